@@ -1,0 +1,39 @@
+"""The `crnet` command: one subcommand per stage, each a thin `main(argv)` in its module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with main(argv), one-line help). Modules import lazily so that
+# `crnet info` does not pay for onnxruntime and `crnet eval` does not pay for onnx.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("crnet.info", "parameter count and FLOPs of each preset"),
+}
+
+
+def usage() -> str:
+    """The top-level help text."""
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = ["usage: crnet <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "`crnet <command> --help` describes a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the subcommand's main; unknown commands list the known ones."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        print(f"crnet: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

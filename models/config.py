@@ -1,0 +1,100 @@
+"""CRNetConfig: every hyperparameter of the model in one dataclass, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class CRNetConfig:
+    """Architecture and preprocessing of one CRNet variant.
+
+    The trunk is a ResNet cut after layer3: ``block`` picks basic or bottleneck blocks,
+    ``trunk_blocks`` the block count of layer1..layer3, ``trunk_widths`` their base widths.
+    layer3 is dilated (stride 1, dilation 2) so the output stride is 8, as in CaNet.
+    """
+
+    name: str = "crnet-lite"
+    block: str = "basic"  # "basic" | "bottleneck"
+    stem_width: int = 32
+    trunk_blocks: tuple[int, int, int] = (1, 1, 1)
+    trunk_widths: tuple[int, int, int] = (32, 64, 128)
+    feature_channels: int = 64  # C: channels of the backbone output
+    reduction: int = 4  # cross-reference FC bottleneck ratio
+    refine_steps: int = 3  # T: recurrent mask-refinement steps
+    dropout: float = 0.1
+    input_size: tuple[int, int] = (193, 193)  # (H, W) the network sees
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    max_shots: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if len(self.trunk_blocks) != 3 or len(self.trunk_widths) != 3:
+            raise ValueError("trunk_blocks and trunk_widths need exactly 3 entries (layer1..3)")
+        if self.refine_steps < 1:
+            raise ValueError(f"refine_steps must be >= 1, got {self.refine_steps}")
+        if min(self.input_size) < 32:
+            raise ValueError(f"input_size must be at least 32x32, got {self.input_size}")
+
+    @property
+    def feature_size(self) -> tuple[int, int]:
+        """Spatial size (h, w) of the backbone output for ``input_size``."""
+
+        def down(n: int) -> int:
+            n = (n + 2 * 3 - 7) // 2 + 1  # stem conv 7x7 stride 2
+            n = (n + 2 - 3) // 2 + 1  # max-pool 3x3 stride 2
+            return (n + 2 - 3) // 2 + 1  # layer2 stride 2
+
+        return down(self.input_size[0]), down(self.input_size[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CRNetConfig:
+        """Inverse of ``to_dict``; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown CRNetConfig keys: {unknown}")
+        values = dict(data)
+        for key in ("trunk_blocks", "trunk_widths", "input_size", "mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+PRESETS: dict[str, CRNetConfig] = {
+    # The paper's size: ResNet-50 layer1..3 (bottleneck 3/4/6), 256 channels, 321x321 -> 41x41.
+    "crnet-r50": CRNetConfig(
+        name="crnet-r50",
+        block="bottleneck",
+        stem_width=64,
+        trunk_blocks=(3, 4, 6),
+        trunk_widths=(64, 128, 256),
+        feature_channels=256,
+        reduction=16,
+        refine_steps=5,
+        dropout=0.5,
+        input_size=(321, 321),
+    ),
+    # A small trunk for CPUs and edge devices, trainable on 2 CPU cores within an hour.
+    "crnet-lite": CRNetConfig(),
+}
+
+
+def preset(name: str) -> CRNetConfig:
+    """The named preset's config; a clear error lists the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
