@@ -1,0 +1,191 @@
+"""Pre- and post-processing in numpy only, shared by training, calibration, eval and runtime.
+
+The canonical path, used by every backend and by the PyTorch reference alike:
+
+* image (HxWx3 uint8 RGB, any size) -> bilinear (half-pixel) to the bundle's input size
+  -> /255 -> (x - mean) / std -> [1,3,H,W] float32;
+* support mask (HxW, 0/1; 255 "ignore" counts as background) -> bilinear to the input
+  size -> bilinear (align_corners) to the feature size, as the model's ``resize_mask``;
+* logits [2,h,w] -> softmax foreground probability -> bilinear (half-pixel) to the
+  caller's image size -> threshold 0.5.
+
+Resizing is done in row chunks so that very large images (8000x8000) do not need
+several full-size float copies at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+THRESHOLD = 0.5
+MAX_PIXELS = 100_000_000  # 10k x 10k; larger images are refused rather than risk memory
+MIN_SIDE = 8
+_CHUNK_ROWS = 512
+
+
+class InputError(ValueError):
+    """An image or mask that cannot be used, with what was expected."""
+
+
+def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Validate an image and convert documented variants to HxWx3 uint8 RGB.
+
+    Accepted: HxWx3 uint8 (RGB), HxW or HxWx1 uint8 (grayscale, replicated to RGB),
+    HxWx4 uint8 (RGBA, alpha dropped). Anything else raises InputError.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        detail = ""
+        if np.issubdtype(image.dtype, np.floating) and np.isnan(image).any():
+            detail = " and contains NaN"
+        raise InputError(
+            f"{what} has dtype {image.dtype}{detail}; expected uint8 RGB in 0..255 "
+            "(convert floats in [0,1] with (image * 255).round().astype(np.uint8))"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise InputError(
+            f"{what} has shape {image.shape}; expected HxWx3 RGB (HxW, HxWx1 grayscale "
+            "and HxWx4 RGBA are converted)"
+        )
+    check_size(image.shape[:2], what)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return image
+
+
+def check_size(shape: Sequence[int], what: str) -> None:
+    """Refuse images smaller than MIN_SIDE or larger than MAX_PIXELS."""
+    height, width = int(shape[0]), int(shape[1])
+    if min(height, width) < MIN_SIDE:
+        raise InputError(f"{what} is {height}x{width}; each side must be at least {MIN_SIDE}")
+    if height * width > MAX_PIXELS:
+        raise InputError(
+            f"{what} is {height}x{width} ({height * width / 1e6:.0f} MP); at most "
+            f"{MAX_PIXELS / 1e6:.0f} MP is accepted, downscale it first"
+        )
+
+
+def as_binary_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
+                   what: str = "mask") -> np.ndarray:
+    """Validate a mask (HxW bool, or integers 0/1 with 255 = ignore) -> HxW float32 0/1."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2:
+        raise InputError(f"{what} has shape {mask.shape}; expected HxW")
+    if image_shape is not None and tuple(mask.shape) != tuple(image_shape[:2]):
+        raise InputError(
+            f"{what} is {mask.shape[0]}x{mask.shape[1]} but its image is "
+            f"{image_shape[0]}x{image_shape[1]}; they must have the same size"
+        )
+    if mask.dtype == np.bool_:
+        return mask.astype(np.float32)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise InputError(
+            f"{what} has dtype {mask.dtype}; expected bool or uint8 0/1 (255 = ignore)"
+        )
+    values = np.unique(mask)
+    if not set(values.tolist()) <= {0, 1, 255}:
+        raise InputError(
+            f"{what} holds values {values[:8].tolist()}; expected 0 (background), "
+            "1 (object) and optionally 255 (ignore)"
+        )
+    return (mask == 1).astype(np.float32)
+
+
+def _source_coordinates(out_size: int, in_size: int, align_corners: bool
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower index, upper index and weight of the upper one, per output position."""
+    if align_corners:
+        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        position = np.arange(out_size, dtype=np.float64) * scale
+    else:
+        scale = in_size / out_size
+        position = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+        position = np.clip(position, 0.0, None)
+    lower = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    weight = (position - lower).astype(np.float32)
+    return lower, upper, weight
+
+
+def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear resize of HxW or HxWxC to ``size`` (h, w), as torch's F.interpolate.
+
+    Works in row chunks; returns float32 (or writes into ``out``).
+    """
+    height, width = int(size[0]), int(size[1])
+    rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
+    cols_low, cols_high, cols_weight = _source_coordinates(width, array.shape[1], align_corners)
+    if array.ndim == 3:
+        cols_weight = cols_weight[:, None]
+    if out is None:
+        out = np.empty((height, width, *array.shape[2:]), dtype=np.float32)
+    for start in range(0, height, _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, height)
+        top = array[rows_low[start:stop]].astype(np.float32, copy=False)
+        bottom = array[rows_high[start:stop]].astype(np.float32, copy=False)
+        weight = rows_weight[start:stop].reshape(-1, *([1] * (array.ndim - 1)))
+        rows = top + (bottom - top) * weight
+        left, right = rows[:, cols_low], rows[:, cols_high]
+        out[start:stop] = left + (right - left) * cols_weight
+    return out
+
+
+def preprocess_image(image: np.ndarray, input_size: Sequence[int], mean: Sequence[float],
+                     std: Sequence[float], what: str = "image") -> np.ndarray:
+    """HxWx3 uint8 RGB -> normalised [1,3,H,W] float32 at ``input_size``."""
+    rgb = as_rgb_uint8(image, what)
+    resized = resize_bilinear(rgb, input_size)
+    scale = np.float32(1.0 / 255.0)
+    normalised = (resized * scale - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def preprocess_mask(mask: np.ndarray, input_size: Sequence[int], feature_size: Sequence[int],
+                    image_shape: Sequence[int] | None = None, what: str = "mask") -> np.ndarray:
+    """HxW mask -> [1,1,h,w] float32 at the feature size (as the model's ``resize_mask``)."""
+    binary = as_binary_mask(mask, image_shape, what)
+    at_input = resize_bilinear(binary, input_size)
+    at_feature = resize_bilinear(at_input, feature_size, align_corners=True)
+    return at_feature[None, None]
+
+
+def mask_at_input_size(mask: np.ndarray, input_size: Sequence[int],
+                       image_shape: Sequence[int] | None = None, what: str = "mask"
+                       ) -> np.ndarray:
+    """HxW mask -> [1,1,H,W] float32 at the network's input size (for the torch forward)."""
+    binary = as_binary_mask(mask, image_shape, what)
+    return resize_bilinear(binary, input_size)[None, None]
+
+
+def foreground_probability(logits: np.ndarray) -> np.ndarray:
+    """[2,h,w] (or [1,2,h,w]) logits -> [h,w] softmax foreground probability, float32."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim == 4:
+        logits = logits[0]
+    background, foreground = logits[0], logits[1]
+    return (1.0 / (1.0 + np.exp(background - foreground))).astype(np.float32)
+
+
+def probability_to_image(probability: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """Foreground probability at feature size -> float32 at the image's own size."""
+    return resize_bilinear(probability, image_shape[:2])
+
+
+def to_mask(probability: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+    """Probability -> bool mask."""
+    return probability > threshold
+
+
+def mask_from_logits(logits: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """[2,h,w] logits -> HxW bool mask at the image's size, without a full-size float copy
+    for the threshold (the probability is resized, then compared)."""
+    return to_mask(probability_to_image(foreground_probability(logits), image_shape))

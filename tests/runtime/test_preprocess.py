@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime.preprocess import (
+    InputError,
+    as_binary_mask,
+    as_rgb_uint8,
+    foreground_probability,
+    preprocess_image,
+    preprocess_mask,
+    resize_bilinear,
+)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(("source", "target"), [((37, 53), (25, 25)), ((20, 31), (193, 97)),
+                                                ((25, 25), (321, 480))])
+def test_resize_matches_torch(source, target, align_corners: bool) -> None:
+    array = np.random.default_rng(0).random((*source, 3), dtype=np.float32)
+    ours = resize_bilinear(array, target, align_corners=align_corners)
+    theirs = F.interpolate(torch.from_numpy(array).permute(2, 0, 1)[None], size=target,
+                           mode="bilinear", align_corners=align_corners)[0].permute(1, 2, 0)
+    np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5)
+    single = resize_bilinear(array[:, :, 0], target, align_corners=align_corners)
+    np.testing.assert_allclose(single, ours[:, :, 0], atol=1e-6)
+
+
+def test_preprocess_image_normalises() -> None:
+    image = np.full((40, 60, 3), 255, np.uint8)
+    tensor = preprocess_image(image, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
+    assert tensor.shape == (1, 3, 32, 32) and tensor.dtype == np.float32
+    np.testing.assert_allclose(tensor[0, :, 0, 0], [1.0, 2.0, 1.0], rtol=1e-6)
+
+
+def test_conversions_and_errors() -> None:
+    gray = np.zeros((20, 20), np.uint8)
+    assert as_rgb_uint8(gray).shape == (20, 20, 3)
+    assert as_rgb_uint8(np.zeros((20, 20, 4), np.uint8)).shape == (20, 20, 3)
+    with pytest.raises(InputError, match="dtype float32 and contains NaN"):
+        as_rgb_uint8(np.full((20, 20, 3), np.nan, np.float32))
+    with pytest.raises(InputError, match="expected HxWx3"):
+        as_rgb_uint8(np.zeros((20, 20, 2), np.uint8))
+    with pytest.raises(InputError, match="at least 8"):
+        as_rgb_uint8(np.zeros((4, 20, 3), np.uint8))
+    with pytest.raises(InputError, match="same size"):
+        as_binary_mask(np.zeros((10, 10), np.uint8), (12, 10))
+    with pytest.raises(InputError, match="holds values"):
+        as_binary_mask(np.full((10, 10), 7, np.uint8))
+    mask = np.array([[0, 1], [255, 1]], np.uint8)
+    np.testing.assert_array_equal(as_binary_mask(mask), [[0, 1], [0, 1]])
+
+
+def test_mask_and_probability() -> None:
+    mask = np.zeros((50, 50), np.uint8)
+    mask[10:40, 10:40] = 1
+    small = preprocess_mask(mask, (33, 33), (5, 5))
+    assert small.shape == (1, 1, 5, 5) and 0.9 < small[0, 0, 2, 2] <= 1.0
+    logits = np.zeros((2, 3, 3), np.float32)
+    logits[1, 0, 0] = 10.0
+    probability = foreground_probability(logits)
+    assert probability[0, 0] > 0.99 and probability[1, 1] == pytest.approx(0.5)
