@@ -44,10 +44,12 @@ class CrossReference(nn.Module):
         self.support_branch = branch()
 
     def forward(self, query_feat: torch.Tensor, support_feat: torch.Tensor) -> torch.Tensor:
-        """Per-shot co-occurrence weights [K, C] for query [1,C,h,w] and supports [K,C,h,w]."""
-        query_weights = self.query_branch(query_feat.mean(dim=(2, 3)))
-        support_weights = self.support_branch(support_feat.mean(dim=(2, 3)))
-        return query_weights * support_weights
+        """Per-shot co-occurrence weights [B*K,C] for queries [B,C,h,w], supports [B*K,C,h,w]."""
+        query_weights = self.query_branch(query_feat.mean(dim=(2, 3)))  # [B, C]
+        support_weights = self.support_branch(support_feat.mean(dim=(2, 3)))  # [B*K, C]
+        episodes, channels = query_weights.shape
+        shot_weights = support_weights.reshape(episodes, -1, channels) * query_weights[:, None]
+        return shot_weights.reshape(-1, channels)
 
 
 class ResidualBlock(nn.Module):
@@ -154,27 +156,33 @@ class CRNet(nn.Module):
         Returns (query_logits [1,2,h,w], support_logits [K,2,h,w]) after ``steps``
         refinement steps (the config's ``refine_steps`` by default); the loop is a plain
         Python loop with a fixed count, so the ONNX export unrolls it.
+
+        Training batches episodes: B queries [B,C,h,w] with B*K supports (episode-major)
+        give [B,2,h,w] and [B*K,2,h,w]; episodes never mix. The export uses B = 1.
         """
         steps = self.config.refine_steps if steps is None else steps
         if not _exporting():
             check_refine_inputs(query_feat, support_feat, support_mask)
-        weights = self.cross_reference(query_feat, support_feat)  # [K,C]
+        episodes, channels = query_feat.shape[0], query_feat.shape[1]
+        weights = self.cross_reference(query_feat, support_feat)  # [B*K, C]
         support_feat = support_feat * weights[:, :, None, None]
-        query_feat = query_feat * weights.mean(dim=0, keepdim=True)[:, :, None, None]
+        per_episode = weights.reshape(episodes, -1, channels)  # [B, K, C]
+        query_feat = query_feat * per_episode.mean(dim=1)[:, :, None, None]
 
         shot_vectors, areas = masked_average_pool(support_feat, support_mask)
-        fused_vector = (shot_vectors * areas).sum(dim=0, keepdim=True) / (
-            areas.sum(dim=0, keepdim=True) + MASK_EPSILON
-        )
-        conditioned = torch.cat(
-            [self.condition(query_feat, fused_vector), self.condition(support_feat, shot_vectors)]
-        )
+        shot_vectors = shot_vectors.reshape(episodes, -1, channels)
+        areas = areas.reshape(episodes, -1, 1)
+        fused_vector = (shot_vectors * areas).sum(dim=1) / (areas.sum(dim=1) + MASK_EPSILON)
+        conditioned = torch.cat([
+            self.condition(query_feat, fused_vector),
+            self.condition(support_feat, shot_vectors.reshape(-1, channels)),
+        ])
         foreground = torch.zeros_like(conditioned[:, :1])
         logits = conditioned.new_zeros(0)
         for _ in range(steps):
             logits = self.refinement(conditioned, foreground)
             foreground = torch.softmax(logits, dim=1)[:, 1:2]
-        return logits[:1], logits[1:]
+        return logits[:episodes], logits[episodes:]
 
     def forward(
         self, query_images: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor
@@ -201,12 +209,17 @@ def check_refine_inputs(
     query_feat: torch.Tensor, support_feat: torch.Tensor, support_mask: torch.Tensor
 ) -> None:
     """Raise a clear ValueError on mismatched shapes or an all-zero support mask."""
-    if query_feat.dim() != 4 or query_feat.shape[0] != 1:
+    if query_feat.dim() != 4:
         raise ValueError(f"query_feat must be [1,C,h,w], got {list(query_feat.shape)}")
     if support_feat.dim() != 4 or support_feat.shape[1:] != query_feat.shape[1:]:
         raise ValueError(
             f"support_feat must be [K,{query_feat.shape[1]},{query_feat.shape[2]},"
             f"{query_feat.shape[3]}] to match the query, got {list(support_feat.shape)}"
+        )
+    if support_feat.shape[0] == 0 or support_feat.shape[0] % query_feat.shape[0] != 0:
+        raise ValueError(
+            f"{support_feat.shape[0]} support features for {query_feat.shape[0]} queries: "
+            "each query needs the same number (>= 1) of shots"
         )
     expected = [support_feat.shape[0], 1, *support_feat.shape[2:]]
     if list(support_mask.shape) != expected:

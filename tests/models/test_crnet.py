@@ -100,8 +100,22 @@ def test_mismatched_shapes_are_clear_errors(tiny_config: CRNetConfig) -> None:
     feat = model.encode(query)
     with pytest.raises(ValueError, match="support_mask must be"):
         model.refine(feat, feat, torch.ones(1, 1, 3, 3))
-    with pytest.raises(ValueError, match="query_feat must be"):
+    with pytest.raises(ValueError, match="1 support features for 2 queries"):
         model.refine(torch.cat([feat, feat]), feat, torch.ones(1, 1, *feat.shape[2:]))
+
+
+def test_batched_episodes_equal_separate_episodes(tiny_config: CRNetConfig) -> None:
+    """Training batches B episodes in one refine call; results equal B separate calls."""
+    model = CRNet(tiny_config).eval()
+    episodes = [_inputs(tiny_config, 2) for _ in range(3)]
+    with torch.no_grad():
+        separate = [model(*episode) for episode in episodes]
+        query_feat = model.encode(torch.cat([e[0] for e in episodes]))
+        support_feat = model.encode(torch.cat([e[1] for e in episodes]))
+        masks = resize_mask(torch.cat([e[2] for e in episodes]), support_feat.shape[2:])
+        query_logits, support_logits = model.refine(query_feat, support_feat, masks)
+    torch.testing.assert_close(query_logits, torch.cat([s[0] for s in separate]))
+    torch.testing.assert_close(support_logits, torch.cat([s[1] for s in separate]))
 
 
 def test_k_shot_fusion_is_weighted_by_mask_area(tiny_config: CRNetConfig) -> None:
