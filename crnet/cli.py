@@ -9,6 +9,10 @@ import sys
 # `crnet info` does not pay for onnxruntime and `crnet eval` does not pay for onnx.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("crnet.info", "parameter count and FLOPs of each preset"),
+    "train": ("models.train", "episodic training on synthetic-5i base classes"),
+    "export": ("export.to_onnx", "split ONNX export of a checkpoint into a bundle, with parity"),
+    "lint": ("export.lint", "check a bundle's graphs against TensorRT's ONNX parser rules"),
+    "eval": ("crnet.evaluate", "mIoU / FB-IoU of a variant against the PyTorch model"),
 }
 
 

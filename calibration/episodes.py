@@ -1,0 +1,115 @@
+"""The few-shot episode shared by every data source, and the PASCAL-5i fold split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IGNORE = 255
+NUM_CLASSES = 20
+NUM_FOLDS = 4
+CLASSES_PER_FOLD = 5
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """K labelled supports and one query, all of one class.
+
+    Images are HxWx3 uint8 RGB; masks are HxW uint8 with 0 = background,
+    1 = the episode's class, 255 = ignore.
+    """
+
+    class_id: int
+    support_images: tuple[np.ndarray, ...]
+    support_masks: tuple[np.ndarray, ...]
+    query_image: np.ndarray
+    query_mask: np.ndarray
+
+    @property
+    def shots(self) -> int:
+        """Number of support images (K)."""
+        return len(self.support_images)
+
+
+def check_fold(fold: int) -> int:
+    """Return ``fold`` or raise a ValueError if it is not 0..3."""
+    if not isinstance(fold, (int, np.integer)) or not 0 <= int(fold) < NUM_FOLDS:
+        raise ValueError(f"fold must be an integer in 0..{NUM_FOLDS - 1}, got {fold!r}")
+    return int(fold)
+
+
+def check_split(split: str) -> str:
+    """Return ``split`` or raise a ValueError if it is not 'train' or 'test'."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def check_shots(shots: int) -> int:
+    """Return ``shots`` or raise a ValueError if it is not a positive integer."""
+    if not isinstance(shots, (int, np.integer)) or int(shots) < 1:
+        raise ValueError(f"shots must be a positive integer, got {shots!r}")
+    return int(shots)
+
+
+def novel_classes(fold: int) -> list[int]:
+    """The 5 novel (test) class ids of ``fold``: 5*fold+1 .. 5*fold+5."""
+    fold = check_fold(fold)
+    return list(range(CLASSES_PER_FOLD * fold + 1, CLASSES_PER_FOLD * fold + CLASSES_PER_FOLD + 1))
+
+
+def fold_classes(fold: int, split: str) -> list[int]:
+    """Class ids of a fold's split: 'train' -> the 15 base classes, 'test' -> the 5 novel ones."""
+    novel = novel_classes(fold)
+    if check_split(split) == "test":
+        return novel
+    return [c for c in range(1, NUM_CLASSES + 1) if c not in novel]
+
+
+# fold -> novel class ids (the standard PASCAL-5i split), as an immutable mapping.
+FOLD_CLASSES: tuple[tuple[int, ...], ...] = tuple(
+    tuple(range(CLASSES_PER_FOLD * f + 1, CLASSES_PER_FOLD * f + CLASSES_PER_FOLD + 1))
+    for f in range(NUM_FOLDS)
+)
+
+
+def class_mask(label: np.ndarray, class_id: int) -> np.ndarray:
+    """Binary episode mask from a class-id label map: 1 where label == class_id, 255 kept."""
+    mask = (label == class_id).astype(np.uint8)
+    mask[label == IGNORE] = IGNORE
+    return mask
+
+
+def episode_rng(*key: int) -> np.random.Generator:
+    """A numpy Generator seeded from a tuple of non-negative ints (never Python's hash())."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header only."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+    return height, width
+
+
+def check_same_size(image_path: Path, mask_path: Path, image_hw: tuple[int, int],
+                    mask_hw: tuple[int, int]) -> None:
+    """Raise a ValueError naming both files when an image and its mask differ in size."""
+    if tuple(image_hw) != tuple(mask_hw):
+        raise ValueError(
+            f"mask size {mask_hw[1]}x{mask_hw[0]} of {mask_path} does not match image size "
+            f"{image_hw[1]}x{image_hw[0]} of {image_path}"
+        )

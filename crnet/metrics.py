@@ -1,0 +1,79 @@
+"""Few-shot segmentation metrics (numpy only): mIoU and FB-IoU in percent.
+
+mIoU: per class, intersections and unions are summed over all episodes of that class,
+IoU = sum(I) / sum(U); the mean is over the classes seen (any episode). FB-IoU:
+foreground and background IoU, each summed over all episodes regardless of class,
+averaged. Target pixels labelled 255 never count. A union of zero pixels (nothing
+to find and nothing predicted) scores IoU 1.0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+
+
+def _iou(intersection: int, union: int) -> float:
+    return 1.0 if union == 0 else intersection / union
+
+
+class FewShotMeter:
+    """Accumulates per-episode confusion counts; see the module docstring for the rules."""
+
+    def __init__(self) -> None:
+        self._inter: dict[int, int] = {}
+        self._union: dict[int, int] = {}
+        self._fg = [0, 0]  # intersection, union
+        self._bg = [0, 0]
+        self.episodes = 0
+
+    def update(self, class_id: int, prediction: np.ndarray, target: np.ndarray) -> None:
+        """Add one episode: ``prediction`` HxW bool (nonzero = foreground), ``target`` 0/1/255."""
+        prediction = np.asarray(prediction)
+        target = np.asarray(target)
+        if prediction.ndim != 2 or prediction.shape != target.shape:
+            raise ValueError(
+                f"prediction shape {prediction.shape} must equal target shape {target.shape} "
+                "and be 2-D (HxW)"
+            )
+        bad = (target != 0) & (target != 1) & (target != IGNORE)
+        if bad.any():
+            raise ValueError(f"target values must be 0, 1 or 255, got {np.unique(target[bad])}")
+        pred = prediction.astype(bool, copy=False)
+        valid = target != IGNORE
+        fg = target == 1
+        bg = target == 0
+        pred_v = pred & valid
+        inter_fg = int(np.count_nonzero(pred_v & fg))
+        union_fg = int(np.count_nonzero(pred_v | fg))
+        nopred_v = valid & ~pred
+        inter_bg = int(np.count_nonzero(nopred_v & bg))
+        union_bg = int(np.count_nonzero(nopred_v | bg))
+        key = int(class_id)
+        self._inter[key] = self._inter.get(key, 0) + inter_fg
+        self._union[key] = self._union.get(key, 0) + union_fg
+        self._fg[0] += inter_fg
+        self._fg[1] += union_fg
+        self._bg[0] += inter_bg
+        self._bg[1] += union_bg
+        self.episodes += 1
+
+    def _require_data(self) -> None:
+        if self.episodes == 0:
+            raise ValueError("FewShotMeter has no episodes; call update() first")
+
+    def per_class_iou(self) -> dict[int, float]:
+        """IoU in percent of each class seen, keyed by class id (sorted)."""
+        return {c: 100.0 * _iou(self._inter[c], self._union[c]) for c in sorted(self._inter)}
+
+    def miou(self) -> float:
+        """Mean over the classes seen of the per-class IoU, in percent."""
+        self._require_data()
+        values = list(self.per_class_iou().values())
+        return float(sum(values) / len(values))
+
+    def fbiou(self) -> float:
+        """Mean of foreground IoU and background IoU over all episodes, in percent."""
+        self._require_data()
+        return 100.0 * (_iou(*self._fg) + _iou(*self._bg)) / 2.0

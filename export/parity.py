@@ -1,0 +1,215 @@
+"""Parity of exported graphs with the PyTorch model, on real few-shot episodes.
+
+Both sides get the same preprocessed arrays (runtime.preprocess): ONNX Runtime (CPU) runs
+backbone -> refine end to end, PyTorch runs ``model.encode`` -> ``model.refine``. Reported:
+the largest absolute difference of every output (and the episode where it occurs), the
+foreground-pixel agreement of the final masks at image size, and |delta mIoU| of the two
+predictors scored by crnet.metrics on the same episodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.crnet import CRNet
+from runtime.preprocess import mask_from_logits, preprocess_image, preprocess_mask
+
+MIN_AGREEMENT = 0.999  # fraction of query pixels whose foreground decision must agree
+MAX_DELTA_MIOU = 0.05  # in the units of crnet.metrics.FewShotMeter.miou() (percent)
+SHOT_CYCLE = (1, 5)  # episode i uses SHOT_CYCLE[i % len]: exercises dynamic K
+OUTPUTS = ("feat", "query_logits", "support_logits")
+
+
+@dataclass
+class OutputDiff:
+    """Largest absolute difference of one output and the episode it occurred in."""
+
+    max_abs_diff: float = 0.0
+    episode: int = -1
+    shots: int = 0
+
+
+@dataclass
+class ParityReport:
+    """ONNX Runtime vs PyTorch on a set of episodes, and whether it passes."""
+
+    episodes: int
+    fold: int
+    seed: int
+    shot_cycle: list[int]
+    outputs: dict[str, OutputDiff]
+    foreground_agreement: float  # fraction of query pixels with the same fg/bg decision
+    foreground_iou: float  # IoU of the two predicted foregrounds (1.0 when both are empty)
+    worst_episode_agreement: float
+    worst_agreement_episode: int
+    torch_miou: float
+    onnx_miou: float
+    delta_miou: float
+    skipped: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """True when every criterion holds."""
+        return not self.failures
+
+    @property
+    def max_abs_logit_diff(self) -> float:
+        """Largest |logit| difference over query and support logits."""
+        return max(self.outputs[name].max_abs_diff for name in ("query_logits",
+                                                                 "support_logits"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report (the manifest's ``parity``)."""
+        data = asdict(self)
+        data.update(passed=self.passed, max_abs_logit_diff=self.max_abs_logit_diff,
+                    thresholds={"min_foreground_agreement": MIN_AGREEMENT,
+                                "max_delta_miou": MAX_DELTA_MIOU},
+                    reference="PyTorch fp32 (CPU)", candidate="ONNX Runtime CPU, fp32 graphs",
+                    data="synthetic-5i test split")
+        return data
+
+    def summary(self) -> str:
+        """Human-readable lines: criteria, then where each output diverged most."""
+        lines = [
+            f"{self.episodes} episodes (fold {self.fold}, seed {self.seed}, shots cycle "
+            f"{self.shot_cycle}, {len(self.skipped)} skipped)",
+            f"foreground agreement {100 * self.foreground_agreement:.4f}% (min "
+            f"{100 * MIN_AGREEMENT:.1f}%; worst episode {self.worst_agreement_episode}: "
+            f"{100 * self.worst_episode_agreement:.3f}%); IoU of the two foregrounds "
+            f"{100 * self.foreground_iou:.3f}%",
+            f"mIoU torch {self.torch_miou:.3f} vs onnx {self.onnx_miou:.3f}: |delta| "
+            f"{self.delta_miou:.4f} (max {MAX_DELTA_MIOU})",
+        ]
+        for name, diff in self.outputs.items():
+            lines.append(f"{name}: max |diff| {diff.max_abs_diff:.3e} at episode "
+                         f"{diff.episode} ({diff.shots}-shot)")
+        lines += [f"FAIL: {failure}" for failure in self.failures]
+        return "\n".join(lines)
+
+
+class ParityError(RuntimeError):
+    """Exported graphs that disagree with PyTorch; carries the report."""
+
+    def __init__(self, report: ParityReport, kept_at: Path | None = None) -> None:
+        where = f"\nthe failing bundle and parity_report.json are in {kept_at}" if kept_at else ""
+        super().__init__(report.summary() + where)
+        self.report = report
+        self.kept_at = kept_at
+
+
+def _episode_arrays(episode: Any, config: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Images [K+1,3,H,W] (supports then query) and support masks [K,1,h,w], preprocessed."""
+    images = [preprocess_image(image, config.input_size, config.mean, config.std,
+                               what=f"support image {i}")
+              for i, image in enumerate(episode.support_images)]
+    images.append(preprocess_image(episode.query_image, config.input_size, config.mean,
+                                   config.std, what="query image"))
+    masks = [preprocess_mask(mask, config.input_size, config.feature_size,
+                             image_shape=image.shape, what=f"support mask {i}")
+             for i, (mask, image) in enumerate(zip(episode.support_masks,
+                                                   episode.support_images, strict=True))]
+    return np.concatenate(images), np.concatenate(masks)
+
+
+def check_parity(
+    model: CRNet,
+    backbone_path: str | Path,
+    refine_path: str | Path,
+    *,
+    episodes: int = 64,
+    fold: int = 0,
+    seed: int = 0,
+    shot_cycle: Sequence[int] = SHOT_CYCLE,
+    progress: bool = True,
+) -> ParityReport:
+    """Compare ONNX Runtime and PyTorch on ``episodes`` synthetic-5i test episodes."""
+    import time
+
+    import onnxruntime as ort
+    from calibration.synthetic import Synthetic5i
+    from crnet.metrics import FewShotMeter
+    from tqdm import tqdm
+
+    if episodes < 1:
+        raise ValueError(f"parity needs at least one episode, got {episodes}")
+    started = time.perf_counter()
+    model.eval()
+    config = model.config
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    backbone = ort.InferenceSession(str(backbone_path), options,
+                                    providers=["CPUExecutionProvider"])
+    refine = ort.InferenceSession(str(refine_path), options, providers=["CPUExecutionProvider"])
+    dataset = Synthetic5i(fold, split="test", seed=seed)
+    diffs = {name: OutputDiff() for name in OUTPUTS}
+    torch_meter, onnx_meter = FewShotMeter(), FewShotMeter()
+    agree = total = both_foreground = either_foreground = 0
+    worst_agreement, worst_episode = 1.0, -1
+    skipped: list[int] = []
+    for index in tqdm(range(episodes), desc="parity", disable=not progress, leave=False):
+        shots = int(shot_cycle[index % len(shot_cycle)])
+        episode = dataset.episode(index, shots)
+        images, masks = _episode_arrays(episode, config)
+        if np.any(masks.reshape(len(masks), -1).sum(axis=1) <= 0):
+            skipped.append(index)  # an object too small to survive the feature-size resize
+            continue
+        (onnx_feat,) = backbone.run(None, {"image": images})
+        onnx_query, onnx_support = refine.run(None, {
+            "query_feat": onnx_feat[-1:], "support_feat": onnx_feat[:-1],
+            "support_mask": masks,
+        })
+        with torch.inference_mode():
+            torch_feat = model.encode(torch.from_numpy(images))
+            torch_query, torch_support = model.refine(
+                torch_feat[-1:], torch_feat[:-1], torch.from_numpy(masks),
+                steps=config.refine_steps)
+        pairs = {"feat": (torch_feat, onnx_feat), "query_logits": (torch_query, onnx_query),
+                 "support_logits": (torch_support, onnx_support)}
+        for name, (reference, candidate) in pairs.items():
+            difference = float(np.max(np.abs(reference.numpy() - candidate)))
+            if not np.isfinite(candidate).all():
+                difference = float("inf")
+            if difference > diffs[name].max_abs_diff or diffs[name].episode < 0:
+                diffs[name] = OutputDiff(difference, index, shots)
+        shape = episode.query_image.shape
+        torch_mask = mask_from_logits(torch_query.numpy()[0], shape)
+        onnx_mask = mask_from_logits(onnx_query[0], shape)
+        same = int(np.count_nonzero(torch_mask == onnx_mask))
+        agree, total = agree + same, total + torch_mask.size
+        both_foreground += int(np.count_nonzero(torch_mask & onnx_mask))
+        either_foreground += int(np.count_nonzero(torch_mask | onnx_mask))
+        if same / torch_mask.size < worst_agreement:
+            worst_agreement, worst_episode = same / torch_mask.size, index
+        torch_meter.update(episode.class_id, torch_mask, episode.query_mask)
+        onnx_meter.update(episode.class_id, onnx_mask, episode.query_mask)
+    if total == 0:
+        raise ValueError(f"all {episodes} parity episodes were skipped (empty support masks)")
+    torch_miou, onnx_miou = float(torch_meter.miou()), float(onnx_meter.miou())
+    report = ParityReport(
+        episodes=episodes, fold=fold, seed=seed, shot_cycle=list(shot_cycle), outputs=diffs,
+        foreground_agreement=agree / total,
+        foreground_iou=both_foreground / either_foreground if either_foreground else 1.0,
+        worst_episode_agreement=worst_agreement,
+        worst_agreement_episode=worst_episode, torch_miou=torch_miou, onnx_miou=onnx_miou,
+        delta_miou=abs(torch_miou - onnx_miou), skipped=skipped,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    if report.foreground_agreement < MIN_AGREEMENT:
+        report.failures.append(
+            f"foreground agreement {100 * report.foreground_agreement:.3f}% < "
+            f"{100 * MIN_AGREEMENT:.1f}% (worst: episode {worst_episode}, "
+            f"{100 * worst_agreement:.2f}%)")
+    if report.delta_miou > MAX_DELTA_MIOU:
+        report.failures.append(f"|delta mIoU| {report.delta_miou:.4f} > {MAX_DELTA_MIOU}")
+    for name, diff in diffs.items():
+        if not np.isfinite(diff.max_abs_diff):
+            report.failures.append(f"{name} is not finite in episode {diff.episode}")
+    return report

@@ -1,0 +1,435 @@
+"""`crnet export`: a checkpoint -> a bundle of split ONNX graphs, checked for parity.
+
+    python export/to_onnx.py                          # the bundled trained checkpoint
+    python export/to_onnx.py --checkpoint ck.safetensors --out bundle/ [--force]
+    python export/to_onnx.py --preset crnet-lite --random-weights --out /tmp/b
+
+Writes ``backbone.fp32.onnx``, ``refine.fp32.onnx``, ``checkpoint.safetensors`` +
+``checkpoint.json`` (a copy of the source) and ``manifest.json`` (runtime.bundle's
+contract). Everything is written into a hidden temporary sibling of the output directory
+and renamed into place only at the end, so an interrupted or failed export leaves nothing
+half-written. An export whose parity or lint check fails is not installed: it is moved to
+``DIR.failed/`` (with ``parity_report.json`` / ``lint_report.json`` beside its manifest)
+for inspection, and ``DIR`` itself is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    CheckpointError,
+    checkpoint_paths,
+    load_checkpoint,
+    preprocessing_of,
+    save_checkpoint,
+)
+from models.config import preset
+from models.crnet import CRNet
+from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, graph_file
+from runtime.files import sha256_file, write_json_atomic
+
+DEFAULT_OUT = Path("bundle")
+DEFAULT_OPSET = 18
+BUNDLE_CHECKPOINT = "checkpoint"  # -> checkpoint.safetensors + checkpoint.json in the bundle
+PARITY_EPISODES = 64
+BATCH_AXIS, SHOTS_AXIS = "batch", "shots"
+
+
+class ExportError(RuntimeError):
+    """An export that cannot start or whose graphs fail a check; nothing is installed."""
+
+
+class BackboneGraph(nn.Module):
+    """Export wrapper: normalised images [N,3,H,W] -> features [N,C,h,w] (model.encode)."""
+
+    def __init__(self, model: CRNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(image)
+
+
+class RefineGraph(nn.Module):
+    """Export wrapper: model.refine with the config's refinement steps, unrolled."""
+
+    def __init__(self, model: CRNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, query_feat: torch.Tensor, support_feat: torch.Tensor,
+                support_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.refine(query_feat, support_feat, support_mask,
+                                 steps=self.model.config.refine_steps)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's informational warnings and log lines."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_graphs(model: CRNet, out_dir: str | Path, opset: int = DEFAULT_OPSET
+                  ) -> dict[str, Path]:
+    """Export the backbone and refine graphs (fp32) of an eval-mode model into ``out_dir``."""
+    model.eval()
+    config = model.config
+    height, width = config.input_size
+    feat_h, feat_w = config.feature_size
+    channels = config.feature_channels
+    out_dir = Path(out_dir)
+    batch = torch.export.Dim(BATCH_AXIS, min=1, max=1024)
+    shots = torch.export.Dim(SHOTS_AXIS, min=1, max=1024)
+    jobs = {
+        "backbone": (
+            BackboneGraph(model), (torch.randn(2, 3, height, width),),
+            ["image"], ["feat"], ({0: batch},),
+        ),
+        "refine": (
+            RefineGraph(model),
+            (torch.randn(1, channels, feat_h, feat_w), torch.randn(2, channels, feat_h, feat_w),
+             torch.rand(2, 1, feat_h, feat_w)),
+            ["query_feat", "support_feat", "support_mask"], ["query_logits", "support_logits"],
+            ({}, {0: shots}, {0: shots}),
+        ),
+    }
+    paths: dict[str, Path] = {}
+    for graph, (wrapper, example, inputs, outputs, dynamic) in jobs.items():
+        path = out_dir / graph_file(graph, "fp32")
+        with torch.no_grad(), _quiet_exporter():
+            torch.onnx.export(
+                wrapper, example, str(path), dynamo=True, external_data=False,
+                opset_version=opset, input_names=inputs, output_names=outputs,
+                dynamic_shapes=dynamic, optimize=True, verbose=False,
+            )
+        paths[graph] = path
+    return paths
+
+
+def validate_graph(path: Path, dynamic_axis: str) -> dict[str, list[dict[str, Any]]]:
+    """Checker (full), strict shape inference, no control flow, static non-batch axes.
+
+    Returns the graph's io specs ``{"inputs": [...], "outputs": [...]}`` for the manifest.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as error:  # onnx raises several error types
+        raise ExportError(f"{path.name} fails ONNX validation: {error}") from error
+    control = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "If", "Scan")})
+    if control:
+        raise ExportError(f"{path.name} contains control flow {control}; it must be unrolled")
+    io: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}
+    for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
+        for value in values:
+            tensor = value.type.tensor_type
+            shape: list[int | str] = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim
+            ]
+            static = all(isinstance(d, int) and d > 0 for d in shape[1:])
+            if not static or (isinstance(shape[0], str) and shape[0] != dynamic_axis):
+                raise ExportError(
+                    f"{path.name}: {value.name} has shape {shape}; only axis 0 may be dynamic "
+                    f"(named {dynamic_axis!r}), spatial sizes are fixed per bundle"
+                )
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            io[kind].append({"name": value.name, "shape": shape, "dtype": dtype})
+    return io
+
+
+def verify_dynamic_axes(paths: dict[str, Path], model: CRNet, max_shots: int) -> dict[str, Any]:
+    """Run both graphs in ONNX Runtime at every N and K the bundle promises; check shapes."""
+    import onnxruntime as ort
+
+    config = model.config
+    height, width = config.input_size
+    feat_h, feat_w = config.feature_size
+    channels = config.feature_channels
+    rng = np.random.default_rng(0)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    backbone = ort.InferenceSession(str(paths["backbone"]), options,
+                                    providers=["CPUExecutionProvider"])
+    refine = ort.InferenceSession(str(paths["refine"]), options,
+                                  providers=["CPUExecutionProvider"])
+    batches = sorted({1, 2, max_shots + 1})
+    for batch in batches:
+        image = rng.standard_normal((batch, 3, height, width), dtype=np.float32)
+        (feat,) = backbone.run(None, {"image": image})
+        if feat.shape != (batch, channels, feat_h, feat_w):
+            raise ExportError(f"backbone at N={batch} gave {feat.shape}")
+    shot_counts = list(range(1, max_shots + 1))
+    for shots in shot_counts:
+        query_logits, support_logits = refine.run(None, {
+            "query_feat": rng.standard_normal((1, channels, feat_h, feat_w), dtype=np.float32),
+            "support_feat": rng.standard_normal((shots, channels, feat_h, feat_w),
+                                                dtype=np.float32),
+            "support_mask": (rng.random((shots, 1, feat_h, feat_w)) > 0.5).astype(np.float32),
+        })
+        if query_logits.shape != (1, 2, feat_h, feat_w) or \
+                support_logits.shape != (shots, 2, feat_h, feat_w):
+            raise ExportError(
+                f"refine at K={shots} gave {query_logits.shape} and {support_logits.shape}"
+            )
+    return {"backbone_batches": batches, "refine_shots": shot_counts}
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    try:
+        ours = metadata.version("crnet-deploy")
+    except metadata.PackageNotFoundError:
+        ours = "unknown"
+    return {"torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "crnet-deploy": ours}
+
+
+def _check_destination(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"output path {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ExportError(
+            f"output directory {out_dir} is not empty; pass --force (force=True) to replace "
+            "it, or choose another --out"
+        )
+
+
+def _load_source(checkpoint: str | Path | None) -> tuple[CRNet, dict[str, Any], Path, Path]:
+    """Model, checkpoint info, and the weights/metadata files to copy into the bundle."""
+    weights, meta = checkpoint_paths(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint)
+    if checkpoint is None and not weights.exists():
+        raise ExportError(
+            f"the bundled trained checkpoint {weights} does not exist yet (it is written by "
+            "training, `python -m models.train`); pass --checkpoint PATH for another one, or "
+            "--preset NAME --random-weights to export an untrained model"
+        )
+    model, info = load_checkpoint(weights)
+    source = {"name": weights.name, "sha256": info.sha256, "training": info.training,
+              "preprocessing": info.preprocessing}
+    return model, source, weights, meta
+
+
+def _publishable(directory: Path) -> None:
+    """Give the bundle ordinary permissions (mkdtemp/mkstemp create owner-only ones)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _install(temporary: Path, out_dir: Path) -> None:
+    """Rename the finished temporary directory onto ``out_dir`` (replacing it if present)."""
+    _publishable(temporary)
+    if out_dir.exists():
+        retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, retired)
+        os.replace(temporary, out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(temporary, out_dir)
+
+
+def failed_dir(out_dir: str | Path) -> Path:
+    """Where an export that failed parity or lint is left for inspection: ``DIR.failed``."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}.failed"
+
+
+def export_bundle(
+    out_dir: str | Path = DEFAULT_OUT,
+    checkpoint: str | Path | None = None,
+    *,
+    model: CRNet | None = None,
+    force: bool = False,
+    opset: int = DEFAULT_OPSET,
+    parity_episodes: int = PARITY_EPISODES,
+    parity_fold: int | None = None,
+    parity_seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Export a checkpoint (the bundled one by default) or an in-memory ``model`` to a bundle.
+
+    Checks the graphs (ONNX checker, strict shape inference, ORT at every N and K), runs
+    parity against PyTorch on ``parity_episodes`` synthetic-5i episodes and the TensorRT
+    lint, writes the manifest, and installs the bundle atomically. Returns the manifest.
+    Raises ExportError (ParityError for a parity failure) or CheckpointError.
+    """
+    from export.lint import format_table, lint_files
+    from export.parity import ParityError, check_parity
+
+    if model is not None and checkpoint is not None:
+        raise ExportError("pass either a checkpoint or a model, not both")
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_destination(out_dir, force)
+    if model is None:
+        model, source, weights, meta = _load_source(checkpoint)
+    else:
+        weights = meta = None
+        source = {"name": f"random-weights:{model.config.name}", "sha256": None,
+                  "training": {}, "preprocessing": preprocessing_of(model.config)}
+    model.eval()
+    config = model.config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".export-tmp",
+                                      dir=out_dir.parent))
+    try:
+        bundle_weights, bundle_meta = checkpoint_paths(temporary / BUNDLE_CHECKPOINT)
+        if weights is None:
+            save_checkpoint(model, bundle_weights, training={"random_weights": True})
+            source["sha256"] = sha256_file(bundle_weights)
+        else:
+            shutil.copyfile(weights, bundle_weights)
+            shutil.copyfile(meta, bundle_meta)
+            if sha256_file(bundle_weights) != source["sha256"]:
+                raise ExportError(f"copy of {weights} into the bundle does not match its hash")
+
+        paths = export_graphs(model, temporary, opset)
+        graphs = {"backbone": validate_graph(paths["backbone"], BATCH_AXIS),
+                  "refine": validate_graph(paths["refine"], SHOTS_AXIS)}
+        dynamic_check = verify_dynamic_axes(paths, model, config.max_shots)
+        lint = lint_files({path.name: path for path in paths.values()})
+        fold = parity_fold if parity_fold is not None else int(
+            source["training"].get("fold", 0) or 0)
+        parity = check_parity(model, paths["backbone"], paths["refine"],
+                              episodes=parity_episodes, fold=fold, seed=parity_seed,
+                              progress=progress)
+
+        files = {p.name: sha256_file(p) for p in sorted(temporary.iterdir()) if p.is_file()}
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": config.to_dict(),
+            "preprocessing": source["preprocessing"] or preprocessing_of(config),
+            "refine_steps": config.refine_steps,
+            "input_size": list(config.input_size),
+            "feature_size": list(config.feature_size),
+            "feature_channels": config.feature_channels,
+            "shots": {"min": 1, "max": config.max_shots},
+            "opset": opset,
+            "graphs": graphs,
+            "variants": {"fp32": {
+                "backbone": paths["backbone"].name, "refine": paths["refine"].name,
+                "how": {"exporter": "torch.onnx.export(dynamo=True, optimize=True)",
+                        "opset": opset, "constant_folding": True,
+                        "refine_steps_unrolled": config.refine_steps},
+            }},
+            "checkpoint": {"weights": bundle_weights.name, "metadata": bundle_meta.name},
+            "files": files,
+            "source_checkpoint": {"name": source["name"], "sha256": source["sha256"]},
+            "versions": _versions(),
+            "dynamic_axes_check": dynamic_check,
+            "parity": parity.to_dict(),
+            "lint": lint.to_dict(),
+            "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        write_json_atomic(temporary / MANIFEST, manifest)
+        if not parity.passed or not lint.passed:
+            write_json_atomic(temporary / "parity_report.json", parity.to_dict())
+            write_json_atomic(temporary / "lint_report.json", lint.to_dict())
+            failed = failed_dir(out_dir)
+            shutil.rmtree(failed, ignore_errors=True)
+            _publishable(temporary)
+            os.replace(temporary, failed)
+            if not parity.passed:
+                raise ParityError(parity, failed)
+            raise ExportError(f"TensorRT lint found errors (bundle left in {failed}):\n"
+                              + format_table(lint.errors))
+        _install(temporary, out_dir)
+        shutil.rmtree(failed_dir(out_dir), ignore_errors=True)  # stale report of an old run
+        return manifest
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI over export_bundle; exits non-zero with a clear message on any failure."""
+    parser = argparse.ArgumentParser(
+        prog="crnet export",
+        description="Export a CRNet checkpoint to a bundle of split ONNX graphs "
+                    "(backbone + refine), check parity with PyTorch and lint for TensorRT.")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help=f"checkpoint .safetensors (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--preset", help="with --random-weights: the preset to build")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="export an untrained model of --preset (tests, CI)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"bundle directory (default: {DEFAULT_OUT}/)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--episodes", type=int, default=PARITY_EPISODES,
+                        help="synthetic-5i episodes for the parity check")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="parity fold (default: the checkpoint's training fold, else 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random-weights and parity seed")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.random_weights != bool(args.preset):
+        parser.error("--preset and --random-weights go together")
+    if args.random_weights and args.checkpoint is not None:
+        parser.error("--checkpoint and --random-weights exclude each other")
+
+    from export.parity import ParityError
+
+    try:
+        model = None
+        if args.random_weights:
+            torch.manual_seed(args.seed)
+            model = CRNet(preset(args.preset)).eval()
+        manifest = export_bundle(
+            args.out, args.checkpoint, model=model, force=args.force, opset=args.opset,
+            parity_episodes=args.episodes, parity_fold=args.fold, parity_seed=args.seed,
+            progress=not args.no_progress)
+    except ParityError as error:
+        print(f"crnet export: parity FAILED\n{error}", file=sys.stderr)
+        return 1
+    except (ExportError, CheckpointError, ValueError, OSError) as error:
+        print(f"crnet export: {error}", file=sys.stderr)
+        return 1
+    parity, lint = manifest["parity"], manifest["lint"]
+    print(f"wrote {args.out}/ in {manifest['export_seconds']:.1f} s: "
+          + ", ".join(sorted(manifest["files"])))
+    print(f"parity on {parity['episodes']} episodes: max |logit diff| "
+          f"{parity['max_abs_logit_diff']:.2e}, foreground agreement "
+          f"{100 * parity['foreground_agreement']:.3f}%, |delta mIoU| "
+          f"{parity['delta_miou']:.4f} -> {'PASS' if parity['passed'] else 'FAIL'}")
+    print(f"TensorRT lint: {lint['errors']} error(s), {lint['warnings']} warning(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
