@@ -58,7 +58,7 @@ def example_grid(episodes: list[Episode], predictions: list[np.ndarray]) -> np.n
 
 
 def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, note: str = "") -> dict[str, Any]:
     """Evaluate and write the card and picture beside the checkpoint; return the figures."""
     from crnet.evaluate import segmenter_predictor
     from models.checkpoint import read_checkpoint_info
@@ -91,12 +91,13 @@ def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
         "swap_true_miou": with_true.miou, "swap_other_miou": with_swap.miou,
         "swap_drop": with_true.miou - with_swap.miou,
     }
-    card = render_card(info, figures, picture.name, checkpoint)
+    card = render_card(info, figures, picture.name, checkpoint, note)
     write_bytes_atomic(f"{stem}.md", card.encode())
     return figures
 
 
-def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Path) -> str:
+def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Path,
+                note: str = "") -> str:
     """The markdown of the model card."""
     training = info.training
     train = training.get("train", {})
@@ -170,6 +171,7 @@ Recipe: `models/train.py` (docstring). Command:
 
 Training time: {training.get('wall_s_this_run', 0) / 60:.0f} minutes on {training.get('machine')}
 ({platform.system()}), torch {training.get('torch')}; seed {train.get('seed')}.
+{note}
 
 ## Limits
 
@@ -185,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--swap-episodes", type=int, default=300)
+    parser.add_argument("--note", default="", help="extra training notes for the card")
     args = parser.parse_args(argv)
-    figures = build_card(args.checkpoint, args.episodes, args.swap_episodes)
+    figures = build_card(args.checkpoint, args.episodes, args.swap_episodes, note=args.note)
     print(json.dumps(figures, indent=2, default=str))
     return 0
 

@@ -30,11 +30,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                                          dir=target.parent)
     os.close(handle)
     temporary_path = Path(temporary)
+    os.chmod(temporary_path, 0o666 & ~_current_umask())  # mkstemp makes owner-only files
     try:
         yield temporary_path
         os.replace(temporary_path, target)
     finally:
         temporary_path.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

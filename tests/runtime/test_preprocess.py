@@ -63,3 +63,17 @@ def test_mask_and_probability() -> None:
     logits[1, 0, 0] = 10.0
     probability = foreground_probability(logits)
     assert probability[0, 0] > 0.99 and probability[1, 1] == pytest.approx(0.5)
+
+
+def test_atomic_write_has_normal_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from runtime.files import write_json_atomic
+
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

@@ -1,0 +1,51 @@
+"""Where a bundle keeps its ONNX Runtime graph-optimised models (stdlib only).
+
+`crnet build` on a machine without TensorRT (or with ``--target ort``) saves ONNX Runtime's
+optimised graphs as ``engines/ort/<graph>.<precision>.onnx`` and records them in the
+manifest's ``ort_builds`` section (export/engine_ort.py). The onnxruntime backend asks
+``ort_build_path`` for the file to prefer over the plain ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ORT_BUILD_DIR = "engines/ort"
+
+
+def ort_build_relpath(graph: str, precision: str) -> str:
+    """Bundle-relative path of one graph's optimised model, e.g. engines/ort/refine.fp16.onnx."""
+    return f"{ORT_BUILD_DIR}/{graph}.{precision}.onnx"
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split(".")[:2])
+
+
+def ort_build_path(bundle: Any, graph: str, precision: str, *,
+                   onnxruntime_version: str | None = None,
+                   execution_provider: str = "CPUExecutionProvider") -> Path | None:
+    """The optimised model of ``graph`` at ``precision`` if the bundle has a usable one.
+
+    ``bundle`` is a runtime.bundle.Bundle. None when there is no build, its file is missing,
+    it was built from a different ONNX than the bundle's current one (stale), for another
+    execution provider, or (when ``onnxruntime_version`` is given) by another ONNX Runtime
+    major.minor, whose fused ops may differ.
+    """
+    entry = bundle.manifest.get("ort_builds", {}).get(precision, {}).get(graph)
+    if not entry or "path" not in entry:
+        return None
+    path = Path(bundle.root) / entry["path"]
+    if not path.is_file():
+        return None
+    source_hash = bundle.manifest.get("files", {}).get(entry.get("source", ""))
+    if entry.get("source_sha256") is None or source_hash != entry["source_sha256"]:
+        return None
+    if entry.get("execution_provider", "CPUExecutionProvider") != execution_provider:
+        return None
+    built_with = entry.get("onnxruntime_version")
+    if onnxruntime_version is not None and built_with is not None and \
+            _major_minor(built_with) != _major_minor(onnxruntime_version):
+        return None
+    return path
