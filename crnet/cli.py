@@ -13,6 +13,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.to_onnx", "split ONNX export of a checkpoint into a bundle, with parity"),
     "lint": ("export.lint", "check a bundle's graphs against TensorRT's ONNX parser rules"),
     "eval": ("crnet.evaluate", "mIoU / FB-IoU of a variant against the PyTorch model"),
+    "bench": ("crnet.bench", "latency, throughput and memory of runtime.Segmenter"),
+    "deploy": ("crnet.deploy", "the main job: export, quantize, build, evaluate, bench, report"),
     "build": ("export.build_engine", "trtexec-style engine build (ORT CPU build without TRT)"),
 }
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.backends.tensorrt_backend import ENGINES_DIR, engine_paths
 from runtime.bundle import GRAPHS, PRECISIONS, Bundle, BundleError, update_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_NO_TENSORRT = 0, 1, 3
-ENGINES_DIR = "engines"
 DEFAULT_TIMING_CACHE = "timing.cache"  # inside BUNDLE/engines/ in bundle mode
 MEMORY_POOLS = ("workspace", "dlaSRAM", "dlaLocalDRAM", "dlaGlobalDRAM", "tacticSharedMem")
 HARDWARE_LEVELS = ("none", "ampere+", "sameComputeCapability")
@@ -264,12 +264,6 @@ def publishable(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)
-
-
-def engine_paths(bundle_root: str | Path, graph: str, precision: str) -> tuple[Path, Path]:
-    """(plan, json) of one graph at one precision: ``engines/<graph>.<precision>.plan|json``."""
-    engines = Path(bundle_root) / ENGINES_DIR
-    return engines / f"{graph}.{precision}.plan", engines / f"{graph}.{precision}.json"
 
 
 def bundle_profile(manifest: dict[str, Any], graph: str) -> tuple[Shapes, Shapes, Shapes]:

@@ -9,20 +9,21 @@ The canonical path, used by every backend and by the PyTorch reference alike:
 * logits [2,h,w] -> softmax foreground probability -> bilinear (half-pixel) to the
   caller's image size -> threshold 0.5.
 
-Resizing is done in row chunks so that very large images (8000x8000) do not need
-several full-size float copies at once.
+Resizing is done in row chunks of about a million values, so that very large images
+(8000x8000) never need a full-size float copy: the input is only gathered at the rows
+the output samples, and the output is produced (and thresholded) chunk by chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 THRESHOLD = 0.5
 MAX_PIXELS = 100_000_000  # 10k x 10k; larger images are refused rather than risk memory
 MIN_SIDE = 8
-_CHUNK_ROWS = 512
+_CHUNK_VALUES = 1 << 20  # float32 values per output chunk (4 MB per temporary)
 
 
 class InputError(ValueError):
@@ -115,27 +116,36 @@ def _source_coordinates(out_size: int, in_size: int, align_corners: bool
     return lower, upper, weight
 
 
+def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool = False
+                    ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (start_row, stop_row, float32 rows) of the bilinear resize, chunk by chunk."""
+    height, width = int(size[0]), int(size[1])
+    rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
+    cols_low, cols_high, cols_weight = _source_coordinates(width, array.shape[1], align_corners)
+    if array.ndim == 3:
+        cols_weight = cols_weight[:, None]
+    values_per_row = width * int(np.prod(array.shape[2:], dtype=np.int64))
+    chunk_rows = max(1, _CHUNK_VALUES // max(values_per_row, 1))
+    for start in range(0, height, chunk_rows):
+        stop = min(start + chunk_rows, height)
+        top = array[rows_low[start:stop]].astype(np.float32, copy=False)
+        bottom = array[rows_high[start:stop]].astype(np.float32, copy=False)
+        weight = rows_weight[start:stop].reshape(-1, *([1] * (array.ndim - 1)))
+        rows = top + (bottom - top) * weight
+        left, right = rows[:, cols_low], rows[:, cols_high]
+        yield start, stop, left + (right - left) * cols_weight
+
+
 def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
                     out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear resize of HxW or HxWxC to ``size`` (h, w), as torch's F.interpolate.
 
     Works in row chunks; returns float32 (or writes into ``out``).
     """
-    height, width = int(size[0]), int(size[1])
-    rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
-    cols_low, cols_high, cols_weight = _source_coordinates(width, array.shape[1], align_corners)
-    if array.ndim == 3:
-        cols_weight = cols_weight[:, None]
     if out is None:
-        out = np.empty((height, width, *array.shape[2:]), dtype=np.float32)
-    for start in range(0, height, _CHUNK_ROWS):
-        stop = min(start + _CHUNK_ROWS, height)
-        top = array[rows_low[start:stop]].astype(np.float32, copy=False)
-        bottom = array[rows_high[start:stop]].astype(np.float32, copy=False)
-        weight = rows_weight[start:stop].reshape(-1, *([1] * (array.ndim - 1)))
-        rows = top + (bottom - top) * weight
-        left, right = rows[:, cols_low], rows[:, cols_high]
-        out[start:stop] = left + (right - left) * cols_weight
+        out = np.empty((int(size[0]), int(size[1]), *array.shape[2:]), dtype=np.float32)
+    for start, stop, rows in _resized_chunks(array, size, align_corners):
+        out[start:stop] = rows
     return out
 
 
@@ -185,7 +195,22 @@ def to_mask(probability: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray
     return probability > threshold
 
 
-def mask_from_logits(logits: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+def probability_to_mask(probability: np.ndarray, image_shape: Sequence[int],
+                        threshold: float = THRESHOLD) -> np.ndarray:
+    """Foreground probability at feature size -> HxW bool mask at the image's size.
+
+    Resizes and thresholds in row chunks, so the only full-size array is the bool result
+    (an 8000x8000 mask needs 64 MB, not a 256 MB float copy). Equal to
+    ``to_mask(probability_to_image(probability, image_shape), threshold)``.
+    """
+    out = np.empty((int(image_shape[0]), int(image_shape[1])), dtype=np.bool_)
+    for start, stop, rows in _resized_chunks(probability, image_shape[:2]):
+        np.greater(rows, threshold, out=out[start:stop])
+    return out
+
+
+def mask_from_logits(logits: np.ndarray, image_shape: Sequence[int],
+                     threshold: float = THRESHOLD) -> np.ndarray:
     """[2,h,w] logits -> HxW bool mask at the image's size, without a full-size float copy
-    for the threshold (the probability is resized, then compared)."""
-    return to_mask(probability_to_image(foreground_probability(logits), image_shape))
+    for the threshold (the probability is resized and compared in row chunks)."""
+    return probability_to_mask(foreground_probability(logits), image_shape, threshold)

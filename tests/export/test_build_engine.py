@@ -299,3 +299,21 @@ def test_layer_precision_summary() -> None:
     assert silent_fp32_warning("fp32", {"fp32": 10}) is None
     warning = silent_fp32_warning("int8", {"fp32": 40, "other": 3})
     assert warning is not None and "40 of 40 layers in fp32" in warning
+
+
+def test_segmenter_loads_the_cpu_build(bundle_copy: Path) -> None:
+    from calibration.synthetic import Synthetic5i
+    from export.engine_ort import build_ort_bundle
+    from runtime import Segmenter
+
+    episode = Synthetic5i(0, split="test", seed=0).episode(0)
+    plain = Segmenter(bundle_copy, backend="onnxruntime", threads=1)
+    plain.set_support(list(episode.support_images), list(episode.support_masks))
+    expected = plain.segment(episode.query_image, return_prob=True)[1]
+    build_ort_bundle(bundle_copy, "fp32", threads=1, log=lambda _: None)
+    built = Segmenter(bundle_copy, backend="onnxruntime", threads=1)
+    built.set_support(list(episode.support_images), list(episode.support_masks))
+    probability = built.segment(episode.query_image, return_prob=True)[1]
+    loaded = built.describe()
+    assert "engines/ort/" in json.dumps(loaded, default=str)
+    np.testing.assert_allclose(probability, expected, atol=1e-5)

@@ -1,0 +1,385 @@
+"""`crnet bench`: latency, throughput, memory and FLOP/s of runtime.Segmenter on a bundle.
+
+    crnet bench BUNDLE --backend onnxruntime --precision fp32 --json bench.json
+        [--iterations 100 --warmup 10 --threads 2 --shots 1 --soak [5000]]
+
+Measured in one process, in this order: support encoding (``set_support``), per-query
+latency of ``segment`` with the cached support (pre- and post-processing included) and
+its throughput, the streaming throughput of ``segment_stream``, peak resident memory
+(VmHWM), optionally a soak of N ``segment`` calls (resident-memory growth, must stay
+below 50 MB), and last, where torch imports, the PyTorch model's full forward on
+(support, query) at the same thread count, alternated call by call with ``segment`` so
+that both meet the same machine load, for the speed-up ratio. FLOPs come from the
+manifest's ``"flops"`` entry (``{"encode": ..., "refine": ...}``) when present, else from
+models.summary when torch imports; the achieved GFLOP/s are set against a numpy float32
+matmul peak measured in a subprocess with the same thread count. Queries are synthetic-5i
+test images. A benchmark prints numbers; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.files import write_json_atomic
+
+SOAK_DEFAULT = 5000
+SOAK_LIMIT_MB = 50.0
+MATMUL_SIZE = 1024
+SPEEDUP_TARGET = 3.0
+
+_MATMUL_SCRIPT = """
+import time, numpy as np
+n = {size}
+rng = np.random.default_rng(0)
+a = rng.standard_normal((n, n), dtype=np.float32)
+b = rng.standard_normal((n, n), dtype=np.float32)
+a @ b
+best = float("inf")
+for _ in range({repeats}):
+    start = time.perf_counter()
+    a @ b
+    best = min(best, time.perf_counter() - start)
+print(2 * n ** 3 / best / 1e9)
+"""
+
+
+def memory_mb(field: str = "VmRSS") -> float:
+    """Resident (VmRSS) or peak resident (VmHWM) memory of this process in MB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    if field == "VmHWM":  # ru_maxrss: kilobytes on Linux, bytes on macOS
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+    return float("nan")
+
+
+def percentiles(times_s: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/mean/min/max of durations, in milliseconds."""
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
+            "min": float(ms.min()), "max": float(ms.max()), "count": int(ms.size)}
+
+
+def time_calls(call: Callable[[int], object], iterations: int, warmup: int,
+               progress: bool = False, description: str = "") -> list[float]:
+    """Durations in seconds of ``call(i)`` for i in range(iterations), after ``warmup``."""
+    from tqdm import tqdm
+
+    for index in range(warmup):
+        call(index)
+    times = []
+    for index in tqdm(range(iterations), desc=description, disable=not progress, leave=False):
+        start = time.perf_counter()
+        call(index)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak_gflops(threads: int, size: int = MATMUL_SIZE, repeats: int = 10) -> float:
+    """Best GFLOP/s of a numpy float32 ``size``x``size`` matmul at ``threads`` BLAS threads.
+
+    Runs in a subprocess so the thread count applies to the BLAS at its start.
+    """
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[name] = str(threads)
+    result = subprocess.run(
+        [sys.executable, "-c", _MATMUL_SCRIPT.format(size=size, repeats=repeats)],
+        capture_output=True, text=True, env=env, check=True, timeout=300)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def model_flops(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """FLOPs of one image's encode and one 1-shot refine: manifest first, else models.summary
+    (needs torch); None when neither is possible."""
+    stored = manifest.get("flops")
+    if isinstance(stored, dict) and {"encode", "refine"} <= set(stored):
+        return {"encode": int(stored["encode"]), "refine": int(stored["refine"]),
+                "source": "manifest"}
+    if importlib.util.find_spec("torch") is None:
+        return None
+    from models.config import CRNetConfig
+    from models.summary import summarize
+
+    summary = summarize(CRNetConfig.from_dict(manifest["model"]))
+    return {"encode": summary.encode_flops, "refine": summary.refine_flops,
+            "source": "models.summary"}
+
+
+def load_queries(shots: int, count: int, fold: int, seed: int
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Support images, support masks (episode 0) and ``count`` query images (episodes 0..)."""
+    from calibration.synthetic import Synthetic5i
+
+    dataset = Synthetic5i(fold, split="test", seed=seed)
+    first = dataset.episode(0, shots)
+    queries = [first.query_image] + [dataset.episode(i, 1).query_image
+                                     for i in range(1, count)]
+    return list(first.support_images), list(first.support_masks), queries
+
+
+def torch_forward(bundle_root: Path, support_images: list[np.ndarray],
+                  support_masks: list[np.ndarray], query: np.ndarray, threads: int
+                  ) -> Callable[[int], object]:
+    """A call running ``CRNet.forward`` (encode support and query, refine) in torch on
+    inputs preprocessed once, with ``threads`` intra-op threads."""
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from runtime.bundle import Bundle
+    from runtime.preprocess import mask_at_input_size, preprocess_image
+
+    bundle = Bundle.load(bundle_root, verify=False)
+    weights = bundle.root / bundle.manifest.get("checkpoint", {}).get(
+        "weights", "checkpoint.safetensors")
+    model, info = load_checkpoint(weights)
+    config = info.config
+    torch.set_num_threads(threads)
+    supports = torch.from_numpy(np.concatenate([
+        preprocess_image(image, config.input_size, config.mean, config.std)
+        for image in support_images]))
+    masks = torch.from_numpy(np.concatenate([
+        mask_at_input_size(mask, config.input_size) for mask in support_masks]))
+    query_tensor = torch.from_numpy(preprocess_image(query, config.input_size, config.mean,
+                                                     config.std))
+
+    def forward(_: int) -> None:
+        with torch.inference_mode():
+            model(query_tensor, supports, masks)
+
+    return forward
+
+
+def interleaved_times(calls: dict[str, Callable[[int], object]], iterations: int, warmup: int,
+                      progress: bool) -> dict[str, list[float]]:
+    """Durations of several calls, alternated call by call so that they share the machine's
+    load (other processes, thermal state) instead of meeting it at different times."""
+    from tqdm import tqdm
+
+    for index in range(warmup):
+        for call in calls.values():
+            call(index)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for index in tqdm(range(iterations), desc="vs torch", disable=not progress, leave=False):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(index)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def soak(segment: Callable[[np.ndarray], object], queries: list[np.ndarray], calls: int,
+         progress: bool) -> dict[str, Any]:
+    """``calls`` segment() calls; resident memory before, after, its growth and maximum."""
+    from tqdm import tqdm
+
+    gc.collect()
+    start = memory_mb("VmRSS")
+    highest = start
+    began = time.perf_counter()
+    for index in tqdm(range(calls), desc="soak", disable=not progress, leave=False):
+        segment(queries[index % len(queries)])
+        if index % 100 == 0:
+            highest = max(highest, memory_mb("VmRSS"))
+    seconds = time.perf_counter() - began
+    gc.collect()
+    end = memory_mb("VmRSS")
+    growth = end - start
+    return {"calls": calls, "seconds": seconds, "rss_start_mb": start, "rss_end_mb": end,
+            "rss_max_mb": max(highest, end), "growth_mb": growth, "limit_mb": SOAK_LIMIT_MB,
+            "passed": bool(growth < SOAK_LIMIT_MB)}
+
+
+def _measure(segmenter: Any, support_images: list[np.ndarray],
+             support_masks: list[np.ndarray], queries: list[np.ndarray], iterations: int,
+             warmup: int, progress: bool) -> dict[str, Any]:
+    """Support encoding, per-query latency, throughput (plain and streamed), peak memory."""
+    encode_times = time_calls(lambda _: segmenter.set_support(support_images, support_masks),
+                              max(3, min(iterations, 10)), 1)
+    segment_times = time_calls(lambda i: segmenter.segment(queries[i % len(queries)]),
+                               iterations, warmup, progress, f"{segmenter.backend_name} segment")
+    started = time.perf_counter()
+    for _ in segmenter.segment_stream(queries[i % len(queries)] for i in range(iterations)):
+        pass
+    stream_seconds = time.perf_counter() - started
+    return {
+        "backend": segmenter.backend_name, "precision": segmenter.precision,
+        "query_size": list(queries[0].shape[:2]), "iterations": iterations, "warmup": warmup,
+        "backend_info": segmenter.describe(),
+        "support_encode_ms": percentiles(encode_times),
+        "latency_ms": percentiles(segment_times),
+        "throughput_qps": iterations / float(np.sum(segment_times)),
+        "stream_throughput_qps": iterations / stream_seconds,
+        "peak_rss_mb": memory_mb("VmHWM"),
+    }
+
+
+def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32", *,
+              iterations: int = 100, warmup: int = 10, threads: int | None = None,
+              shots: int = 1, compare_torch: bool | None = None, soak_calls: int = 0,
+              fold: int = 0, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Run the benchmark and return its JSON-ready report (see the module docstring)."""
+    from runtime import Segmenter
+    from runtime.bundle import Bundle
+    from runtime.segmenter import choose_backend
+
+    if iterations < 1 or warmup < 0:
+        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {iterations}, {warmup}")
+    torch_present = importlib.util.find_spec("torch") is not None
+    if compare_torch is None:
+        compare_torch = torch_present
+    if compare_torch and not torch_present:
+        raise ValueError("--compare-torch needs torch (pip install torch==2.13.0)")
+    threads = threads or os.cpu_count() or 1
+    bundle = Path(bundle)
+    name = choose_backend(backend, Bundle.load(bundle, verify=False), precision)
+    options = {"threads": threads} if name in ("onnxruntime", "torch") else {}
+    support_images, support_masks, queries = load_queries(shots, 8, fold, seed)
+    with Segmenter(bundle, backend=name, precision=precision, **options) as segmenter:
+        report = _measure(segmenter, support_images, support_masks, queries, iterations,
+                          warmup, progress)
+        report.update({"bundle": str(bundle), "threads": threads, "shots": shots})
+        if soak_calls:
+            report["soak"] = soak(segmenter.segment, queries, soak_calls, progress)
+        if compare_torch:
+            forward = torch_forward(bundle, support_images, support_masks, queries[0],
+                                    threads)
+            times = interleaved_times(
+                {"segment": lambda _: segmenter.segment(queries[0]), "torch": forward},
+                iterations, warmup, progress)
+            report["torch_forward_ms"] = percentiles(times["torch"])
+            report["segment_interleaved_ms"] = percentiles(times["segment"])
+            report["speedup_vs_torch"] = (report["torch_forward_ms"]["p50"]
+                                          / report["segment_interleaved_ms"]["p50"])
+            report["speedup_target"] = SPEEDUP_TARGET
+        manifest = segmenter.bundle.manifest if segmenter.bundle is not None else {}
+
+    latency = report["latency_ms"]
+    flops = model_flops(manifest)
+    peak_gflops = matmul_peak_gflops(threads)
+    report["matmul_peak_gflops"] = peak_gflops
+    if flops is not None:
+        per_query = flops["encode"] + flops["refine"]
+        achieved = per_query / (latency["p50"] / 1e3) / 1e9
+        report["flops"] = {**flops, "per_query": per_query,
+                           "note": "encode of one image + one 1-shot refine (conv/linear)"}
+        report["achieved_gflops"] = achieved
+        report["fraction_of_matmul_peak"] = achieved / peak_gflops
+    report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                         "python": platform.python_version(), "numpy": np.__version__}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable lines for the terminal."""
+    latency = report["latency_ms"]
+    lines = [
+        f"{report['backend']} {report['precision']}, {report['threads']} thread(s), "
+        f"{report['shots']}-shot cached support, query {report['query_size'][0]}x"
+        f"{report['query_size'][1]}",
+        f"  segment latency  p50 {latency['p50']:.2f} ms  p90 {latency['p90']:.2f} ms  "
+        f"p99 {latency['p99']:.2f} ms",
+        f"  throughput       {report['throughput_qps']:.1f} queries/s "
+        f"(segment_stream {report['stream_throughput_qps']:.1f}/s)",
+        f"  support encode   p50 {report['support_encode_ms']['p50']:.2f} ms",
+        f"  peak resident    {report['peak_rss_mb']:.0f} MB",
+    ]
+    if "achieved_gflops" in report:
+        lines.append(
+            f"  compute          {report['flops']['per_query'] / 1e9:.2f} GFLOP/query -> "
+            f"{report['achieved_gflops']:.1f} GFLOP/s = "
+            f"{100 * report['fraction_of_matmul_peak']:.0f}% of the numpy matmul peak "
+            f"{report['matmul_peak_gflops']:.1f} GFLOP/s")
+    else:
+        lines.append(f"  matmul peak      {report['matmul_peak_gflops']:.1f} GFLOP/s "
+                     "(model FLOPs unknown: no manifest 'flops' and no torch)")
+    if "speedup_vs_torch" in report:
+        ratio = report["speedup_vs_torch"]
+        lines.append(
+            f"  vs torch         CRNet.forward p50 {report['torch_forward_ms']['p50']:.2f} ms, "
+            f"segment p50 {report['segment_interleaved_ms']['p50']:.2f} ms (interleaved) -> "
+            f"{ratio:.2f}x faster per query (target {SPEEDUP_TARGET:.0f}x: "
+            f"{'met' if ratio >= SPEEDUP_TARGET else 'NOT met'})")
+    if "soak" in report:
+        soak_report = report["soak"]
+        lines.append(
+            f"  soak             {soak_report['calls']} calls in {soak_report['seconds']:.0f} s: "
+            f"resident {soak_report['rss_start_mb']:.0f} -> {soak_report['rss_end_mb']:.0f} MB, "
+            f"growth {soak_report['growth_mb']:+.1f} MB (limit {SOAK_LIMIT_MB:.0f} MB: "
+            f"{'PASS' if soak_report['passed'] else 'FAIL'})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`crnet bench`: benchmark a bundle; exits 1 when the soak's memory growth is too large."""
+    parser = argparse.ArgumentParser(prog="crnet bench", description=main.__doc__)
+    parser.add_argument("bundle", type=Path, help="bundle directory (from crnet export)")
+    parser.add_argument("--backend", default="auto",
+                        choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads for the backend, torch and the matmul peak "
+                             "(default: all cores)")
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--compare-torch", action=argparse.BooleanOptionalAction, default=None,
+                        help="time CRNet.forward in torch too (default: when torch imports)")
+    parser.add_argument("--soak", type=int, nargs="?", const=SOAK_DEFAULT, default=0,
+                        metavar="N", help=f"N segment calls watching memory "
+                                          f"(default N {SOAK_DEFAULT})")
+    parser.add_argument("--fold", type=int, default=0, choices=range(4))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0:
+        parser.error("--iterations must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.soak < 0:
+        parser.error("--soak must be >= 0")
+
+    from runtime.backends.base import BackendError
+    from runtime.bundle import BundleError
+
+    try:
+        report = run_bench(args.bundle, args.backend, args.precision,
+                           iterations=args.iterations, warmup=args.warmup,
+                           threads=args.threads, shots=args.shots,
+                           compare_torch=args.compare_torch, soak_calls=args.soak,
+                           fold=args.fold, seed=args.seed, progress=not args.no_progress)
+    except (BundleError, BackendError, ValueError, OSError) as error:
+        print(f"crnet bench: {error}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
+    if "soak" in report and not report["soak"]["passed"]:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""`crnet deploy`: the whole path from a checkpoint to a checked, benchmarked bundle.
+
+Stages, each reusing its artifacts when their inputs are unchanged (by sha256):
+
+1. export    the checkpoint -> bundle/ (backbone + refine fp32 ONNX, parity checked)
+2. quantize  fp16 and int8 variants (calibrated on base-class episodes)
+3. build     TensorRT engines where TensorRT is installed, else the ONNX Runtime CPU build
+4. evaluate  every variant against the PyTorch fp32 model on the same synthetic-5i
+             test episodes (one pass; one predictor per variant), with the accuracy gates
+5. bench     latency / throughput of each variant through runtime.Segmenter
+6. report    report.md, report.json and overlay pictures in the output directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crnet.evaluate import load_gates, segmenter_predictor
+from crnet.metrics import FewShotMeter
+from crnet.pictures import (
+    PREDICTION_COLOR,
+    SUPPORT_COLOR,
+    TRUTH_COLOR,
+    grid,
+    overlay,
+    save_png,
+)
+from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
+
+PRECISIONS = ("fp32", "fp16", "int8")
+PICTURE_EPISODES = 6
+Log = Callable[[str], None]
+
+
+def _stage(log: Log, number: int, name: str) -> float:
+    log(f"\n[{number}/6] {name}")
+    return time.perf_counter()
+
+
+def export_stage(bundle_dir: Path, checkpoint: Path | None, log: Log,
+                 parity_episodes: int) -> dict[str, Any]:
+    """Export unless the bundle is intact and was made from the same checkpoint."""
+    from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
+    from runtime.bundle import Bundle, BundleError
+
+    info = read_checkpoint_info(checkpoint or DEFAULT_CHECKPOINT)
+    try:
+        bundle = Bundle.load(bundle_dir)
+        if bundle.manifest.get("source_checkpoint", {}).get("sha256") == info.sha256:
+            log(f"  reuse {bundle_dir} (same checkpoint {info.sha256[:12]}, hashes verified)")
+            return {"reused": True, "checkpoint_sha256": info.sha256}
+        log("  checkpoint changed: re-exporting")
+    except BundleError as error:
+        if bundle_dir.exists():
+            log(f"  existing bundle unusable ({error}): re-exporting")
+    from export.to_onnx import export_bundle
+
+    manifest = export_bundle(bundle_dir, info.weights_path, force=True,
+                             parity_episodes=parity_episodes)
+    parity = manifest.get("parity", {})
+    log(f"  exported {bundle_dir}; parity: {_parity_line(parity)}")
+    return {"reused": False, "checkpoint_sha256": info.sha256, "parity": parity}
+
+
+def _parity_line(parity: dict[str, Any]) -> str:
+    keys = ("passed", "pixel_agreement", "delta_miou", "max_abs_diff")
+    return ", ".join(f"{k}={parity[k]}" for k in keys if k in parity) or "recorded in manifest"
+
+
+def _fp32_hashes(manifest: dict[str, Any]) -> dict[str, str]:
+    files = manifest.get("files", {})
+    return {name: files.get(name, "") for name in ("backbone.fp32.onnx", "refine.fp32.onnx")}
+
+
+def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log) -> dict[str, Any]:
+    """Add fp16/int8 variants unless present and made from the current fp32 graphs."""
+    from calibration.quantize import quantize_bundle
+    from runtime.bundle import Bundle
+
+    results: dict[str, Any] = {}
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        manifest = Bundle.load(bundle_dir).manifest
+        variant = manifest.get("variants", {}).get(precision)
+        made_from = (variant or {}).get("how", {}).get("deploy_fp32_sha256")
+        if variant and made_from == _fp32_hashes(manifest):
+            log(f"  reuse {precision} variant (made from the current fp32 graphs)")
+            results[precision] = {"reused": True}
+            continue
+        started = time.perf_counter()
+        quantize_bundle(bundle_dir, precision)
+        stamp = _fp32_hashes(Bundle.load(bundle_dir).manifest)
+
+        def record(manifest: dict[str, Any], precision: str = precision,
+                   stamp: dict[str, str] = stamp) -> None:
+            manifest["variants"][precision]["how"]["deploy_fp32_sha256"] = stamp
+
+        from runtime.bundle import update_manifest
+
+        update_manifest(bundle_dir, record)
+        seconds = time.perf_counter() - started
+        log(f"  {precision}: done in {seconds:.1f} s")
+        results[precision] = {"reused": False, "seconds": seconds}
+    return results
+
+
+def build_stage(bundle_dir: Path, precisions: list[str], log: Log) -> dict[str, Any]:
+    """TensorRT engines where TensorRT imports, else the ONNX Runtime CPU build."""
+    from runtime.backends.base import backend_class
+
+    available, reason = backend_class("tensorrt").is_available()
+    if available:
+        from export.build_engine import build_bundle
+
+        for precision in precisions:
+            build_bundle(bundle_dir, precision, log=lambda line: log(f"  {line}"))
+        return {"target": "tensorrt", "backend": "tensorrt"}
+    log(f"  TensorRT not available ({reason}); building the ONNX Runtime CPU target")
+    from export.engine_ort import build_ort_bundle
+    from runtime.bundle import Bundle
+    from runtime.ort_build import ort_build_path
+
+    bundle = Bundle.load(bundle_dir)
+    for precision in precisions:
+        if all(ort_build_path(bundle, graph, precision) for graph in ("backbone", "refine")):
+            log(f"  reuse ONNX Runtime build of {precision}")
+            continue
+        build_ort_bundle(bundle_dir, precision, log=lambda line: log(f"  {line}"))
+    return {"target": "onnxruntime-cpu", "backend": "onnxruntime", "tensorrt": reason}
+
+
+def _episode_key(bundle_dir: Path, precision: str, backend: str, settings: dict[str, Any]
+                 ) -> str:
+    from runtime.bundle import Bundle
+
+    manifest = Bundle.load(bundle_dir, verify=False).manifest
+    variant = manifest["variants"][precision]
+    hashes = [manifest["files"].get(variant[g], "") for g in ("backbone", "refine")]
+    payload = json.dumps({"hashes": hashes, "backend": backend, "precision": precision,
+                          **settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fold: int,
+                   shots: int, episodes: int, seed: int, cache_dir: Path, log: Log,
+                   progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One pass over the episodes scoring the reference and every variant.
+
+    Returns (records per variant, picture rows). Results are cached by the variant's
+    graph hashes and the episode settings.
+    """
+    from tqdm import tqdm
+
+    from calibration.synthetic import Synthetic5i
+    from runtime import Segmenter
+
+    settings = {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
+                "dataset": "synthetic-5i"}
+    variants = {"reference": ("torch", "fp32"), **{p: (backend, p) for p in precisions}}
+    cached: dict[str, dict[str, Any]] = {}
+    todo: dict[str, Any] = {}
+    for name, (variant_backend, precision) in variants.items():
+        key = _episode_key(bundle_dir, precision, variant_backend, settings)
+        path = cache_dir / f"eval-{key}.json"
+        if path.exists():
+            cached[name] = json.loads(path.read_text())
+            log(f"  reuse evaluation of {variant_backend} {precision} ({path.name})")
+        else:
+            segmenter = Segmenter(bundle_dir, backend=variant_backend, precision=precision)
+            todo[name] = (segmenter_predictor(segmenter), FewShotMeter(), path,
+                          segmenter.backend_name, precision)
+    picture_rows: list[dict[str, Any]] = []
+    timings = {name: 0.0 for name in todo}
+    if todo:
+        dataset = Synthetic5i(fold, split="test", seed=seed)
+        for index, episode in enumerate(tqdm(dataset.episodes(episodes, shots=shots),
+                                             total=episodes, desc="evaluate",
+                                             disable=not progress)):
+            predictions = {}
+            for name, (predict, meter, *_rest) in todo.items():
+                started = time.perf_counter()
+                predictions[name] = predict(episode)
+                timings[name] += time.perf_counter() - started
+                meter.update(episode.class_id, predictions[name], episode.query_mask)
+            if index < PICTURE_EPISODES:
+                picture_rows.append({"episode": episode, "predictions": predictions})
+        for name, (_predict, meter, path, backend_name, precision) in todo.items():
+            cached[name] = {
+                "backend": backend_name, "precision": precision, "miou": meter.miou(),
+                "fbiou": meter.fbiou(),
+                "per_class_iou": {str(k): v for k, v in meter.per_class_iou().items()},
+                "episodes": episodes, "seconds": timings[name], **settings,
+            }
+            write_json_atomic(path, cached[name])
+    reference = cached["reference"]
+    gates = load_gates()
+    records = []
+    for precision in precisions:
+        result = dict(cached[precision])
+        delta = result["miou"] - reference["miou"]
+        gate = gates.get(precision)
+        result.update({
+            "reference_miou": reference["miou"], "reference_fbiou": reference["fbiou"],
+            "delta_miou": delta, "delta_fbiou": result["fbiou"] - reference["fbiou"],
+            "max_abs_delta_miou": gate, "passed": None if gate is None else abs(delta) <= gate,
+        })
+        records.append(result)
+    return records, picture_rows
+
+
+def bench_stage(bundle_dir: Path, backend: str, precisions: list[str], iterations: int,
+                threads: int | None, log: Log, progress: bool) -> dict[str, Any]:
+    """crnet bench per variant; the torch comparison once, on fp32."""
+    from crnet.bench import run_bench
+
+    results = {}
+    for precision in precisions:
+        report = run_bench(bundle_dir, backend, precision, iterations=iterations,
+                           warmup=max(3, iterations // 10), threads=threads, shots=1,
+                           compare_torch=precision == "fp32", soak_calls=0, fold=0, seed=0,
+                           progress=progress)
+        results[precision] = report
+        latency = report.get("latency_ms", {}).get("p50")
+        log(f"  {backend} {precision}: p50 {latency} ms per query")
+    return results
+
+
+def save_pictures(out_dir: Path, rows: list[dict[str, Any]], precisions: list[str]
+                  ) -> list[str]:
+    """One overlay grid per episode: support, truth, PyTorch, each variant."""
+    names = []
+    for index, row in enumerate(rows):
+        episode, predictions = row["episode"], row["predictions"]
+        tiles = [
+            overlay(episode.support_images[0], episode.support_masks[0], SUPPORT_COLOR, 0.35),
+            overlay(episode.query_image, episode.query_mask, TRUTH_COLOR),
+            overlay(episode.query_image, predictions["reference"].astype(np.uint8),
+                    PREDICTION_COLOR),
+            *[overlay(episode.query_image, predictions[p].astype(np.uint8), PREDICTION_COLOR)
+              for p in precisions],
+        ]
+        titles = ["support", "ground truth", "pytorch fp32", *precisions]
+        name = f"pictures/episode-{index:02d}.png"
+        save_png(out_dir / name, grid([tiles], titles=titles, tile=180))
+        names.append(name)
+    return names
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """report.md: what was built, how accurate and how fast each variant is."""
+    lines = [
+        "# crnet deploy report", "",
+        f"Checkpoint sha256 `{report['checkpoint_sha256']}`; bundle `{report['bundle']}`; "
+        f"target **{report['build']['target']}**; machine {report['machine']}.", "",
+        f"## Accuracy (synthetic-5i fold {report['settings']['fold']}, "
+        f"{report['settings']['shots']}-shot, {report['settings']['episodes']} episodes, "
+        f"seed {report['settings']['seed']}; reference: PyTorch fp32)", "",
+        "| variant | backend | mIoU | FB-IoU | delta mIoU | gate | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    reference = report["accuracy"][0]
+    lines.append(f"| pytorch fp32 (reference) | torch | {reference['reference_miou']:.2f} | "
+                 f"{reference['reference_fbiou']:.2f} | - | - | - |")
+    for record in report["accuracy"]:
+        verdict = {True: "pass", False: "**FAIL**", None: "-"}[record["passed"]]
+        lines.append(
+            f"| {record['precision']} | {record['backend']} | {record['miou']:.2f} | "
+            f"{record['fbiou']:.2f} | {record['delta_miou']:+.2f} | "
+            f"{record['max_abs_delta_miou']} | {verdict} |"
+        )
+    lines += ["", "## Speed (runtime.Segmenter, cached 1-shot support)", "",
+              "| variant | p50 ms | p90 ms | p99 ms | queries/s | support encode ms |",
+              "|---|---|---|---|---|---|"]
+    for precision, bench in report["bench"].items():
+        latency = bench.get("latency_ms", {})
+        lines.append(
+            f"| {precision} | {latency.get('p50', float('nan')):.2f} | "
+            f"{latency.get('p90', float('nan')):.2f} | {latency.get('p99', float('nan')):.2f} | "
+            f"{bench.get('throughput_qps', float('nan')):.1f} | "
+            f"{bench.get('support_encode_ms', {}).get('p50', float('nan')):.2f} |"
+        )
+    fp32_bench = report["bench"].get("fp32", {})
+    if "speedup_vs_torch" in fp32_bench:
+        lines += ["", f"PyTorch full forward on (support, query): "
+                      f"{fp32_bench['torch_forward_ms']['p50']:.2f} ms p50; the fp32 "
+                      f"Segmenter with a cached support is "
+                      f"**{fp32_bench['speedup_vs_torch']:.2f}x** faster per query "
+                      f"(target {fp32_bench.get('speedup_target')}x)."]
+    lines += ["", "## Pictures", "",
+              "Support (mask in yellow), ground truth (green), then each model's "
+              "prediction (red).", ""]
+    lines += [f"![episode {i}]({name})" for i, name in enumerate(report["pictures"])]
+    lines += ["", "## Stages", "", "| stage | seconds | reused |", "|---|---|---|"]
+    for stage, info in report["stages"].items():
+        lines.append(f"| {stage} | {info['seconds']:.1f} | {info.get('reused', '')} |")
+    lines += ["", f"Total: {report['total_seconds']:.0f} s. Reproduce: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 1000,
+           fold: int = 0, shots: int = 1, seed: int = 0, bench_iterations: int = 50,
+           precisions: list[str] | None = None, parity_episodes: int = 64,
+           threads: int | None = None, progress: bool = True, log: Log = print,
+           command: str = "crnet deploy") -> dict[str, Any]:
+    """Run every stage into ``out_dir``; return the report (also written to disk)."""
+    precisions = precisions or list(PRECISIONS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle_dir = out_dir / "bundle"
+    started = time.perf_counter()
+    stages: dict[str, dict[str, Any]] = {}
+
+    begin = _stage(log, 1, "export")
+    exported = export_stage(bundle_dir, checkpoint, log, parity_episodes)
+    stages["export"] = {"seconds": time.perf_counter() - begin, "reused": exported["reused"]}
+
+    begin = _stage(log, 2, "quantize (fp16, int8)")
+    quantized = quantize_stage(bundle_dir, precisions, log)
+    stages["quantize"] = {"seconds": time.perf_counter() - begin,
+                          "reused": all(q.get("reused") for q in quantized.values())}
+
+    begin = _stage(log, 3, "build")
+    built = build_stage(bundle_dir, precisions, log)
+    stages["build"] = {"seconds": time.perf_counter() - begin}
+
+    begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} episodes)")
+    accuracy, picture_rows = evaluate_stage(
+        bundle_dir, built["backend"], precisions, fold=fold, shots=shots, episodes=episodes,
+        seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
+    )
+    stages["evaluate"] = {"seconds": time.perf_counter() - begin}
+    from crnet.evaluate import format_table
+
+    log(format_table(accuracy))
+
+    begin = _stage(log, 5, "benchmark")
+    bench = bench_stage(bundle_dir, built["backend"], precisions, bench_iterations, threads,
+                        log, progress)
+    stages["bench"] = {"seconds": time.perf_counter() - begin}
+
+    begin = _stage(log, 6, "report")
+    pictures = save_pictures(out_dir, picture_rows, precisions) if picture_rows else [
+        str(p.relative_to(out_dir)) for p in sorted((out_dir / "pictures").glob("*.png"))
+    ]
+    report = {
+        "checkpoint_sha256": exported["checkpoint_sha256"],
+        "bundle": str(bundle_dir),
+        "build": built, "quantize": quantized, "export": exported,
+        "settings": {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
+                     "dataset": "synthetic-5i"},
+        "accuracy": accuracy, "bench": bench, "pictures": pictures,
+        "machine": f"{platform.machine()}, {platform.python_version()}, "
+                   f"{_cpu_count()} cores",
+        "manifest_sha256": sha256_file(bundle_dir / "manifest.json"),
+        "command": command,
+    }
+    stages["report"] = {"seconds": time.perf_counter() - begin}
+    report["stages"] = stages
+    report["total_seconds"] = time.perf_counter() - started
+    report["passed"] = all(r["passed"] is not False for r in accuracy)
+    write_json_atomic(out_dir / "report.json", report)
+    write_bytes_atomic(out_dir / "report.md", render_report(report).encode())
+    log(f"\nwrote {out_dir / 'report.md'}, {out_dir / 'report.json'} and "
+        f"{len(pictures)} pictures in {report['total_seconds']:.0f} s")
+    return report
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`crnet deploy`: export, quantize, build, evaluate, benchmark, report."""
+    parser = argparse.ArgumentParser(prog="crnet deploy", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint (default: the bundled trained crnet-lite)")
+    parser.add_argument("--out", type=Path, default=Path("deploy-out"),
+                        help="output directory (default deploy-out/)")
+    parser.add_argument("--episodes", type=int, default=1000,
+                        help="synthetic-5i test episodes for the accuracy check (default 1000)")
+    parser.add_argument("--fold", type=int, default=0, choices=range(4))
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precisions", default="fp32,fp16,int8")
+    parser.add_argument("--bench-iterations", type=int, default=50)
+    parser.add_argument("--parity-episodes", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown or "fp32" not in precisions:
+        parser.error(f"--precisions must list fp32 and any of {PRECISIONS}, got {precisions}")
+    if args.episodes < 1 or args.shots < 1 or args.bench_iterations < 1:
+        parser.error("--episodes, --shots and --bench-iterations must be >= 1")
+    command = "crnet deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        report = deploy(args.out, args.checkpoint, episodes=args.episodes, fold=args.fold,
+                        shots=args.shots, seed=args.seed, bench_iterations=args.bench_iterations,
+                        precisions=precisions, parity_episodes=args.parity_episodes,
+                        threads=args.threads, progress=not args.no_progress,
+                        command=command.strip())
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"crnet deploy: {error}", file=sys.stderr)
+        return 1
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The backend interface of runtime.Segmenter, the model spec it needs, and the registry.
+
+A backend runs the two graphs of a bundle (DESIGN.md, "The split") on numpy arrays:
+
+* ``run_backbone(images [N,3,H,W] float32) -> feat [N,C,h,w] float32``
+* ``run_refine(query_feat [1,C,h,w], support_feat [K,C,h,w], support_mask [K,1,h,w])
+  -> (query_logits [1,2,h,w], support_logits [K,2,h,w])``, float32.
+
+Lifecycle as Polygraphy's runners: construct (cheap, no heavy work), ``activate()`` (load
+sessions / engines / weights), run, ``deactivate()``; or ``with backend: ...``.
+
+The registry maps a name to ``"module:Class"`` and imports the module only when asked,
+so ``import runtime`` pulls in neither torch nor tensorrt.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from runtime.bundle import Bundle
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be created, activated or run."""
+
+
+class BackendUnavailable(BackendError):
+    """A backend whose libraries (or hardware) are missing on this machine."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What pre/post-processing needs to know about the model, from a manifest or a config."""
+
+    name: str
+    input_size: tuple[int, int]
+    feature_size: tuple[int, int]
+    feature_channels: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    min_shots: int
+    max_shots: int
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ModelSpec:
+        """Read the spec from a bundle manifest (runtime.bundle's contract)."""
+        model = manifest.get("model", {})
+        preprocessing = manifest.get("preprocessing", {})
+        shots = manifest.get("shots", {})
+        return cls(
+            name=str(model.get("name", "crnet")),
+            input_size=_pair(manifest.get("input_size") or preprocessing["input_size"]),
+            feature_size=_pair(manifest["feature_size"]),
+            feature_channels=int(manifest.get("feature_channels", model.get("feature_channels"))),
+            mean=tuple(float(v) for v in preprocessing.get("mean", model.get("mean"))),
+            std=tuple(float(v) for v in preprocessing.get("std", model.get("std"))),
+            min_shots=int(shots.get("min", 1)),
+            max_shots=int(shots.get("max", model.get("max_shots", 8))),
+        )
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelSpec:
+        """Read the spec from a models.config.CRNetConfig (no import of models here)."""
+        return cls(
+            name=config.name, input_size=_pair(config.input_size),
+            feature_size=_pair(config.feature_size), feature_channels=config.feature_channels,
+            mean=tuple(config.mean), std=tuple(config.std), min_shots=1,
+            max_shots=config.max_shots,
+        )
+
+
+def _pair(values: Sequence[int]) -> tuple[int, int]:
+    return int(values[0]), int(values[1])
+
+
+class Backend:
+    """Base class: lifecycle, context manager, and the two graph calls.
+
+    ``thread_safe``: whether run_* may be called from several threads at once; the
+    Segmenter serialises calls to a backend that says False.
+    """
+
+    name: ClassVar[str] = "base"
+    install_hint: ClassVar[str] = ""
+    thread_safe: ClassVar[bool] = False
+
+    def __init__(self, bundle: Bundle | None, precision: str = "fp32") -> None:
+        self.bundle = bundle
+        self.precision = precision
+        self._active = False
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str]:
+        """(True, version info) if this backend can run here, else (False, reason)."""
+        raise NotImplementedError
+
+    @property
+    def is_active(self) -> bool:
+        """Whether activate() has run (and deactivate() has not)."""
+        return self._active
+
+    def activate(self) -> None:
+        """Load what the backend needs (sessions, engines, weights); idempotent."""
+        if not self._active:
+            self._activate()
+            self._active = True
+
+    def deactivate(self) -> None:
+        """Release what activate() loaded; idempotent."""
+        if self._active:
+            self._active = False
+            self._deactivate()
+
+    def __enter__(self) -> Backend:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.deactivate()
+
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        raise NotImplementedError
+
+    def run_backbone(self, images: np.ndarray) -> np.ndarray:
+        """Normalised images [N,3,H,W] float32 -> features [N,C,h,w] float32."""
+        raise NotImplementedError
+
+    def run_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
+                   support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features and support masks -> (query_logits [1,2,h,w], support_logits [K,2,h,w])."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (backend, precision, devices/providers, ...)."""
+        return {"backend": self.name, "precision": self.precision}
+
+    def _require_active(self) -> None:
+        if not self._active:
+            raise BackendError(f"{self.name} backend is not active; call activate() first "
+                               "(or use it as a context manager)")
+
+
+# name -> "module:Class"; imported on demand.
+REGISTRY: dict[str, str] = {
+    "tensorrt": "runtime.backends.tensorrt_backend:TensorRTBackend",
+    "onnxruntime": "runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "torch": "runtime.backends.torch_backend:TorchBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered under ``name`` (imports its module, not its library)."""
+    if name not in REGISTRY:
+        raise BackendError(f"unknown backend {name!r}; known backends: {sorted(REGISTRY)}")
+    module_name, class_name = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def availability() -> dict[str, tuple[bool, str]]:
+    """``is_available()`` of every registered backend."""
+    return {name: backend_class(name).is_available() for name in REGISTRY}
+
+
+def require_available(name: str) -> type[Backend]:
+    """The backend class, or BackendUnavailable with the reason and what to install."""
+    cls = backend_class(name)
+    available, reason = cls.is_available()
+    if not available:
+        raise BackendUnavailable(
+            f"backend {name!r} is not available: {reason}. {cls.install_hint}".strip()
+        )
+    return cls

@@ -1,0 +1,179 @@
+"""ONNX Runtime backend: runs the bundle's ONNX graphs at the requested precision.
+
+Execution providers, unless ``providers`` is given: TensorRT EP and CUDA EP first when
+onnxruntime-gpu offers them, then the CPU EP. The TensorRT EP caches its engines inside
+the bundle, in ``engines/ort-trt-cache/``, with optimisation profiles covering the
+bundle's shot range. ``threads`` sets the intra-op thread count (ORT's default: one per
+physical core). ORT sessions are thread-safe for ``run``, so this backend is too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import Backend, BackendError, ModelSpec
+from runtime.bundle import Bundle
+from runtime.ort_build import ort_build_path
+
+ORT_TRT_CACHE = Path("engines") / "ort-trt-cache"
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class OnnxRuntimeBackend(Backend):
+    """Both graphs as onnxruntime.InferenceSession objects."""
+
+    name = "onnxruntime"
+    install_hint = ("Install it with `pip install onnxruntime` (CPU) or "
+                    "`pip install onnxruntime-gpu` (CUDA / TensorRT execution providers).")
+    thread_safe = True
+
+    def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
+                 threads: int | None = None, providers: list[Any] | None = None,
+                 use_ort_build: bool = True) -> None:
+        if bundle is None:
+            raise BackendError("the onnxruntime backend needs a bundle directory "
+                               "(write one with `crnet export`)")
+        super().__init__(bundle, precision)
+        if threads is not None and threads < 1:
+            raise BackendError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
+        self.requested_providers = providers
+        self.spec = ModelSpec.from_manifest(bundle.manifest)
+        # Resolve the files now: a missing precision is a clear error at construction.
+        self.paths = {graph: bundle.graph_path(graph, precision)
+                      for graph in ("backbone", "refine")}
+        for path in self.paths.values():
+            if not path.exists():
+                raise BackendError(f"{path} is named by the manifest but missing")
+        self.sessions: dict[str, Any] = {}
+        self.use_ort_build = use_ort_build
+        self.loaded_paths: dict[str, Path] = {}
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str]:
+        try:
+            import onnxruntime
+        except ImportError as error:
+            return False, f"onnxruntime does not import ({error})"
+        return True, (f"onnxruntime {onnxruntime.__version__}, providers "
+                      f"{onnxruntime.get_available_providers()}")
+
+    def providers(self) -> list[Any]:
+        """The execution providers the sessions are created with (see module docstring)."""
+        import onnxruntime as ort
+
+        if self.requested_providers is not None:
+            return list(self.requested_providers)
+        available = ort.get_available_providers()
+        chosen: list[Any] = []
+        if "TensorrtExecutionProvider" in available:
+            chosen.append(("TensorrtExecutionProvider", self._tensorrt_ep_options()))
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+        chosen.append("CPUExecutionProvider")
+        return chosen
+
+    def _tensorrt_ep_options(self) -> dict[str, Any]:
+        assert self.bundle is not None
+        spec = self.spec
+        channels, (height, width) = spec.feature_channels, spec.feature_size
+        image = f"3x{spec.input_size[0]}x{spec.input_size[1]}"
+
+        def shapes(shots: int) -> str:
+            return ",".join([
+                f"image:{shots}x{image}", f"query_feat:1x{channels}x{height}x{width}",
+                f"support_feat:{shots}x{channels}x{height}x{width}",
+                f"support_mask:{shots}x1x{height}x{width}",
+            ])
+
+        options: dict[str, Any] = {
+            "trt_profile_min_shapes": shapes(spec.min_shots),
+            "trt_profile_opt_shapes": shapes(1),
+            "trt_profile_max_shapes": shapes(spec.max_shots),
+        }
+        cache = self.bundle.root / ORT_TRT_CACHE
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return options  # read-only bundle: run without an engine cache
+        options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
+        return options
+
+    def model_path(self, graph: str, providers: list[Any]) -> Path:
+        """The ONNX to load: the bundle's CPU build (`crnet build`) when it is current and
+        only the CPU provider runs, else the variant's graph."""
+        import onnxruntime as ort
+
+        if self.use_ort_build and providers == ["CPUExecutionProvider"]:
+            built = ort_build_path(self.bundle, graph, self.precision,
+                                   onnxruntime_version=ort.__version__)
+            if built is not None:
+                return built
+        return self.paths[graph]
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        providers = self.providers()
+        self.loaded_paths = {graph: self.model_path(graph, providers) for graph in self.paths}
+        try:
+            self.sessions = {graph: ort.InferenceSession(str(path), options, providers=providers)
+                             for graph, path in self.loaded_paths.items()}
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime cannot load {self.precision} graphs of "
+                               f"{self.bundle.root if self.bundle else '?'}: {error}") from error
+        self._input_types = {
+            graph: {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+            for graph, session in self.sessions.items()
+        }
+        expected = {"backbone": {"image"}, "refine": {"query_feat", "support_feat",
+                                                      "support_mask"}}
+        for graph, names in expected.items():
+            if set(self._input_types[graph]) != names:
+                raise BackendError(f"{self.paths[graph].name} has inputs "
+                                   f"{sorted(self._input_types[graph])}, expected {sorted(names)}")
+
+    def _deactivate(self) -> None:
+        self.sessions = {}
+
+    def _feeds(self, graph: str, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        types = self._input_types[graph]
+        return {name: np.ascontiguousarray(array, dtype=types[name])
+                for name, array in arrays.items()}
+
+    def run_backbone(self, images: np.ndarray) -> np.ndarray:
+        self._require_active()
+        (feat,) = self.sessions["backbone"].run(["feat"], self._feeds("backbone", image=images))
+        return np.asarray(feat, dtype=np.float32)
+
+    def run_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
+                   support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._require_active()
+        query_logits, support_logits = self.sessions["refine"].run(
+            ["query_logits", "support_logits"],
+            self._feeds("refine", query_feat=query_feat, support_feat=support_feat,
+                        support_mask=support_mask))
+        return (np.asarray(query_logits, dtype=np.float32),
+                np.asarray(support_logits, dtype=np.float32))
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["threads"] = self.threads
+        if self.sessions:
+            info["providers"] = self.sessions["backbone"].get_providers()
+        loaded = self.loaded_paths or self.paths
+        root = self.bundle.root if self.bundle is not None else None
+        info["files"] = {graph: (path.relative_to(root).as_posix() if root else path.name)
+                         for graph, path in loaded.items()}
+        return info

@@ -1,0 +1,124 @@
+"""PyTorch backend: the fp32 reference, on CPU or CUDA.
+
+Runs ``CRNet.encode`` and ``CRNet.refine`` of the checkpoint a bundle carries
+(``checkpoint.safetensors`` + ``checkpoint.json``, named in the manifest's
+``"checkpoint"`` entry), or of a bare checkpoint (``checkpoint=`` path). torch and
+``models`` are imported only when the backend is activated. Pre- and post-processing are
+the Segmenter's (runtime.preprocess), exactly as for every other backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import Backend, BackendError, ModelSpec
+from runtime.bundle import Bundle
+
+BUNDLE_CHECKPOINT = "checkpoint.safetensors"
+
+
+class TorchBackend(Backend):
+    """models.CRNet in eval mode under torch.inference_mode."""
+
+    name = "torch"
+    install_hint = "Install it with `pip install torch==2.13.0` (a CPU wheel is enough)."
+    thread_safe = True
+
+    def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
+                 checkpoint: str | Path | None = None, device: str | None = None,
+                 threads: int | None = None) -> None:
+        if precision != "fp32":
+            raise BackendError(f"the torch backend is the fp32 reference; precision "
+                               f"{precision!r} runs on onnxruntime or tensorrt")
+        super().__init__(bundle, precision)
+        if bundle is not None and checkpoint is None:
+            entry = bundle.manifest.get("checkpoint", {})
+            checkpoint = bundle.root / entry.get("weights", BUNDLE_CHECKPOINT)
+            if not Path(checkpoint).exists():
+                raise BackendError(
+                    f"bundle {bundle.root} carries no checkpoint ({Path(checkpoint).name}); "
+                    "re-export it with `crnet export` or use Segmenter.from_checkpoint(path)")
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.device_name = device
+        self.threads = threads
+        self.model: Any = None
+        self.checkpoint_info: Any = None
+        self.spec = ModelSpec.from_manifest(bundle.manifest) if bundle is not None else None
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str]:
+        """Whether torch is installed; checked without importing it (import is slow)."""
+        if importlib.util.find_spec("torch") is None:
+            return False, "torch is not installed"
+        try:
+            version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            version = "(version unknown)"
+        return True, f"torch {version}"
+
+    def load_spec(self) -> ModelSpec:
+        """The model spec: from the bundle, else from the checkpoint's JSON (no torch needed
+        beyond models.checkpoint's import)."""
+        if self.spec is None:
+            from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
+
+            info = read_checkpoint_info(self.checkpoint or DEFAULT_CHECKPOINT)
+            self.spec = ModelSpec.from_config(info.config)
+        return self.spec
+
+    def _activate(self) -> None:
+        import torch
+
+        from models.checkpoint import load_checkpoint
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        device = self.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, info = load_checkpoint(self.checkpoint)
+        spec = self.load_spec()
+        if tuple(info.config.input_size) != spec.input_size or \
+                tuple(info.config.feature_size) != spec.feature_size:
+            raise BackendError(
+                f"checkpoint {info.weights_path} is for input {info.config.input_size} but the "
+                f"bundle expects {spec.input_size}; the bundle and its checkpoint disagree")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.checkpoint_info = info
+
+    def _deactivate(self) -> None:
+        self.model = None
+
+    def run_backbone(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        self._require_active()
+        with torch.inference_mode():
+            feat = self.model.encode(torch.from_numpy(np.ascontiguousarray(images,
+                                                                           np.float32))
+                                     .to(self.device))
+        return feat.float().cpu().numpy()
+
+    def run_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
+                   support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        self._require_active()
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(self.device)
+
+        with torch.inference_mode():
+            query_logits, support_logits = self.model.refine(
+                tensor(query_feat), tensor(support_feat), tensor(support_mask))
+        return query_logits.float().cpu().numpy(), support_logits.float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["device"] = str(getattr(self, "device", self.device_name or "auto"))
+        info["checkpoint"] = str(self.checkpoint) if self.checkpoint else "default"
+        return info

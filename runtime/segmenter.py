@@ -1,0 +1,319 @@
+"""runtime.Segmenter: few-shot segmentation with a cached support set, on any backend.
+
+    seg = Segmenter("bundle/", backend="auto", precision="fp32")
+    seg.set_support([support_rgb], [support_mask])     # encodes the supports once
+    mask = seg.segment(query_rgb)                       # HxW bool at the query's size
+    mask, probability = seg.segment(query_rgb, return_prob=True)
+    for mask in seg.segment_stream(frames): ...         # pipelined over a worker thread
+
+Pre/post-processing is runtime.preprocess for every backend. ``backend="auto"`` picks
+tensorrt when it is available and the bundle has engines for the precision, else
+onnxruntime, else torch. Bad input raises runtime.preprocess.InputError (a ValueError)
+naming what was wrong; see ``set_support`` and ``segment`` for the documented conversions.
+
+Thread safety: ``segment`` may be called from several threads at once. The support state
+is one immutable object swapped atomically by ``set_support``; each ``segment`` call uses
+the support that was current when it started. Backends that are not thread-safe
+(tensorrt: one execution context) are serialised with a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import (
+    REGISTRY,
+    Backend,
+    BackendError,
+    ModelSpec,
+    backend_class,
+    require_available,
+)
+from runtime.bundle import PRECISIONS, Bundle
+from runtime.preprocess import (
+    THRESHOLD,
+    InputError,
+    as_rgb_uint8,
+    foreground_probability,
+    preprocess_image,
+    preprocess_mask,
+    probability_to_image,
+    probability_to_mask,
+)
+
+BACKENDS = ("auto", *REGISTRY)
+
+
+class NoSupportError(InputError):
+    """segment() called before set_support()."""
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """An encoded support set: features [K,C,h,w] and masks [K,1,h,w] at feature size."""
+
+    feat: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def shots(self) -> int:
+        """K, the number of support images."""
+        return int(self.feat.shape[0])
+
+
+class Segmenter:
+    """Segment, in query images, the class shown by K labelled support images.
+
+    ``bundle_dir``: a bundle from ``crnet export``; ``backend``: "auto", "onnxruntime",
+    "tensorrt" or "torch"; ``precision``: "fp32", "fp16" or "int8" (a variant of the
+    bundle). ``threshold``: the foreground probability above which a pixel is in the mask.
+    Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``;
+    tensorrt: ``cuda_graphs``; torch: ``device``, ``threads``).
+    """
+
+    def __init__(self, bundle_dir: str | Path, backend: str = "auto",
+                 precision: str = "fp32", *, threshold: float = THRESHOLD,
+                 verify: bool = True, **backend_options: Any) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        bundle = Bundle.load(bundle_dir, verify=verify)
+        name = choose_backend(backend, bundle, precision)
+        cls = require_available(name)
+        self._setup(cls(bundle, precision, **backend_options),
+                    ModelSpec.from_manifest(bundle.manifest), threshold)
+        self.bundle: Bundle | None = bundle
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, *, device: str | None = None,
+                        threads: int | None = None, threshold: float = THRESHOLD
+                        ) -> Segmenter:
+        """A torch-backend Segmenter on a bare checkpoint (None: the bundled default,
+        models.checkpoint.DEFAULT_CHECKPOINT), without a bundle: the PyTorch reference."""
+        backend_cls = require_available("torch")
+        backend = backend_cls(None, "fp32", checkpoint=path, device=device, threads=threads)
+        segmenter = cls.__new__(cls)
+        segmenter._setup(backend, backend.load_spec(), threshold)
+        segmenter.bundle = None
+        return segmenter
+
+    def _setup(self, backend: Backend, spec: ModelSpec, threshold: float) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.backend = backend
+        self.spec = spec
+        self.threshold = float(threshold)
+        self._support: SupportSet | None = None
+        self._support_lock = threading.Lock()
+        self._backend_lock: threading.Lock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if backend.thread_safe else threading.Lock())
+        backend.activate()
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        """The backend actually used ("auto" resolved)."""
+        return self.backend.name
+
+    @property
+    def precision(self) -> str:
+        """The precision variant in use."""
+        return self.backend.precision
+
+    @property
+    def support(self) -> SupportSet | None:
+        """The current encoded support set, or None before set_support()."""
+        return self._support
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description of the backend and model."""
+        info = self.backend.describe()
+        info.update({"model": self.spec.name, "input_size": list(self.spec.input_size),
+                     "feature_size": list(self.spec.feature_size),
+                     "shots": [self.spec.min_shots, self.spec.max_shots]})
+        return info
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the backend (sessions, engines, device memory)."""
+        self.backend.deactivate()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- support ------------------------------------------------------------------------
+
+    def set_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+        """Encode the support set once and cache it for every later segment() call.
+
+        ``images``: K HxWx3 uint8 RGB arrays (HxW / HxWx1 grayscale and HxWx4 RGBA are
+        converted); ``masks``: K HxW bool or integer arrays, 1 = object, 0 = background,
+        255 = ignore (counted as background), each the size of its image. K must lie in the
+        bundle's shot range. A shot whose mask has no object pixel, or whose object
+        vanishes at the feature size, raises InputError naming the shot.
+        """
+        images, masks = _as_list(images, "images"), _as_list(masks, "masks")
+        if len(images) != len(masks):
+            raise InputError(f"{len(images)} support images but {len(masks)} support masks")
+        shots = len(images)
+        if not self.spec.min_shots <= shots <= self.spec.max_shots:
+            raise InputError(
+                f"{shots} support image(s); this bundle accepts {self.spec.min_shots}.."
+                f"{self.spec.max_shots} shots")
+        tensors, small_masks = [], []
+        for shot, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            rgb = as_rgb_uint8(image, f"support image {shot}")
+            small = preprocess_mask(mask, self.spec.input_size, self.spec.feature_size,
+                                    image_shape=rgb.shape, what=f"support mask {shot}")
+            if not small.any():
+                full = np.count_nonzero(np.asarray(mask) == 1)
+                if full == 0:
+                    raise InputError(f"support mask {shot} is empty (no pixel labelled 1): "
+                                     "every shot needs the object marked")
+                raise InputError(
+                    f"support mask {shot} marks {full} pixel(s), too few to survive the resize "
+                    f"to the {self.spec.feature_size[0]}x{self.spec.feature_size[1]} feature "
+                    "map; mark a larger region or crop the support image around the object")
+            tensors.append(preprocess_image(rgb, self.spec.input_size, self.spec.mean,
+                                            self.spec.std, f"support image {shot}"))
+            small_masks.append(small)
+        with self._backend_lock:
+            feat = self.backend.run_backbone(np.concatenate(tensors))
+        _check_finite(feat, "support features")
+        support = SupportSet(feat=feat, mask=np.ascontiguousarray(np.concatenate(small_masks)))
+        with self._support_lock:
+            self._support = support
+
+    def clear_support(self) -> None:
+        """Forget the support set."""
+        with self._support_lock:
+            self._support = None
+
+    # -- query --------------------------------------------------------------------------
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """Query image -> (normalised [1,3,H,W] float32, its original (height, width))."""
+        rgb = as_rgb_uint8(image, "query image")
+        tensor = preprocess_image(rgb, self.spec.input_size, self.spec.mean, self.spec.std,
+                                  "query image")
+        return tensor, (int(rgb.shape[0]), int(rgb.shape[1]))
+
+    def infer(self, tensor: np.ndarray, support: SupportSet | None = None) -> np.ndarray:
+        """Preprocessed query [1,3,H,W] -> foreground probability [h,w] at feature size."""
+        support = support if support is not None else self._current_support()
+        with self._backend_lock:
+            query_feat = self.backend.run_backbone(tensor)
+            query_logits, _ = self.backend.run_refine(query_feat, support.feat, support.mask)
+        _check_finite(query_logits, "query logits")
+        return foreground_probability(query_logits[0])
+
+    def postprocess(self, probability: np.ndarray, image_shape: Sequence[int],
+                    return_prob: bool = False
+                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Feature-size probability -> mask (and probability) at ``image_shape``."""
+        if not return_prob:
+            return probability_to_mask(probability, image_shape, self.threshold)
+        full = probability_to_image(probability, image_shape)
+        return full > self.threshold, full
+
+    def segment(self, image: np.ndarray, return_prob: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Segment the support's class in ``image`` (HxWx3 uint8 RGB; conversions as in
+        set_support).
+
+        Returns the HxW bool mask at the image's own size. With ``return_prob=True``
+        returns ``(mask, probability)``: ``probability`` is HxW float32 in [0, 1], the
+        softmax foreground probability resized (bilinear) to the image's size, and
+        ``mask == (probability > threshold)``. Raises NoSupportError before set_support().
+        """
+        support = self._current_support()
+        tensor, shape = self.preprocess(image)
+        return self.postprocess(self.infer(tensor, support), shape, return_prob)
+
+    def segment_stream(self, frames: Iterable[np.ndarray], return_prob: bool = False,
+                       pipeline: bool = True
+                       ) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
+        """Segment frames in order, yielding what segment() returns for each.
+
+        With ``pipeline`` the next frame is preprocessed on a worker thread while the
+        current one runs through the backend. Frames are drawn from ``frames`` in the
+        calling thread, one ahead of the frame being inferred. Each frame uses the support
+        current when its inference starts. An error raises at the failing frame.
+        """
+        if not pipeline:
+            for frame in frames:
+                yield self.segment(frame, return_prob)
+            return
+        self._current_support()
+        iterator = iter(frames)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter-pre") as pool:
+            pending: Future[tuple[np.ndarray, tuple[int, int]]] | None = None
+            with contextlib.suppress(StopIteration):
+                pending = pool.submit(self.preprocess, next(iterator))
+            while pending is not None:
+                tensor, shape = pending.result()
+                pending = None
+                with contextlib.suppress(StopIteration):
+                    pending = pool.submit(self.preprocess, next(iterator))
+                try:
+                    probability = self.infer(tensor)
+                except BaseException:
+                    if pending is not None:
+                        pending.cancel()
+                    raise
+                yield self.postprocess(probability, shape, return_prob)
+
+    def _current_support(self) -> SupportSet:
+        support = self._support
+        if support is None:
+            raise NoSupportError("no support set: call set_support(images, masks) before "
+                                 "segment()")
+        return support
+
+
+def choose_backend(backend: str, bundle: Bundle, precision: str) -> str:
+    """Resolve "auto": tensorrt if available and the bundle has engines for the precision,
+    else onnxruntime if available, else torch. Other names pass through after a check."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    tensorrt = backend_class("tensorrt")
+    if tensorrt.has_engines(bundle, precision) and tensorrt.is_available()[0]:
+        return "tensorrt"
+    if backend_class("onnxruntime").is_available()[0]:
+        return "onnxruntime"
+    if precision == "fp32" and backend_class("torch").is_available()[0]:
+        return "torch"
+    raise BackendError(
+        f"no backend can run {precision} here: install onnxruntime (`pip install onnxruntime`)"
+        + (" or torch" if precision == "fp32" else ""))
+
+
+def _as_list(items: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    if isinstance(items, np.ndarray):
+        raise InputError(f"support {what} must be a list of arrays (one per shot), "
+                         f"got one array of shape {items.shape}; wrap it: [array]")
+    try:
+        return list(items)
+    except TypeError:
+        raise InputError(f"support {what} must be a list of arrays, got "
+                         f"{type(items).__name__}") from None
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    if not np.isfinite(array).all():
+        raise BackendError(f"{what} contain NaN or infinity (a broken variant, or an fp16 "
+                           "overflow); compare this precision with fp32 using `crnet eval`")

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.backends import REGISTRY, BackendError, availability, backend_class
+from runtime.backends.base import ModelSpec
+from runtime.bundle import Bundle
+
+
+def test_registry_and_availability() -> None:
+    report = availability()
+    assert set(report) == set(REGISTRY) == {"onnxruntime", "tensorrt", "torch"}
+    for available, reason in report.values():
+        assert isinstance(available, bool) and reason
+    with pytest.raises(BackendError, match="unknown backend 'cuda'"):
+        backend_class("cuda")
+
+
+def test_lifecycle_and_graph_calls_agree(runtime_bundle: Path) -> None:
+    bundle = Bundle.load(runtime_bundle)
+    spec = ModelSpec.from_manifest(bundle.manifest)
+    onnx = backend_class("onnxruntime")(bundle, "fp32", threads=1)
+    with pytest.raises(BackendError, match="not active"):
+        onnx.run_backbone(np.zeros((1, 3, *spec.input_size), np.float32))
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((3, 3, *spec.input_size), dtype=np.float32)
+    mask = (rng.random((2, 1, *spec.feature_size)) > 0.5).astype(np.float32)
+    outputs = {}
+    for name, options in (("onnxruntime", {"threads": 1}), ("torch", {"threads": 1})):
+        with backend_class(name)(bundle, "fp32", **options) as backend:
+            assert backend.is_active
+            feat = backend.run_backbone(images)
+            assert feat.shape == (3, spec.feature_channels, *spec.feature_size)
+            query_logits, support_logits = backend.run_refine(feat[:1], feat[1:], mask)
+            assert query_logits.shape == (1, 2, *spec.feature_size)
+            assert support_logits.shape == (2, 2, *spec.feature_size)
+            outputs[name] = (feat, query_logits)
+            assert backend.describe()["backend"] == name
+        assert not backend.is_active
+    for ours, reference in zip(outputs["onnxruntime"], outputs["torch"], strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-3)
+
+
+def test_model_spec_from_manifest(runtime_bundle: Path) -> None:
+    spec = ModelSpec.from_manifest(Bundle.load(runtime_bundle).manifest)
+    assert spec.input_size == (65, 65) and spec.feature_size == (9, 9)
+    assert (spec.min_shots, spec.max_shots) == (1, 8) and len(spec.mean) == 3

@@ -1,0 +1,166 @@
+"""TensorRT backend: the engine-JSON and profile checks (pure Python, run everywhere) and,
+where tensorrt imports and a GPU is present, engines built from the test bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import InputError, Segmenter
+from runtime.backends.base import BackendError
+from runtime.backends.tensorrt_backend import (
+    EngineMismatchError,
+    ProfileError,
+    TensorRTBackend,
+    check_engine_info,
+    check_profile,
+    engine_paths,
+)
+from runtime.bundle import Bundle
+
+INFO = {"tensorrt_version": "10.3.0.26", "compute_capability": "8.7", "gpu_name": "Orin",
+        "profiles": [], "onnx_sha256": "abc"}
+
+
+def test_engine_info_accepts_the_same_machine() -> None:
+    check_engine_info(INFO, "refine.fp32.plan", tensorrt_version="10.3.0.30",
+                      compute_capability=(8, 7), onnx_sha256="abc")
+    check_engine_info({**INFO, "compute_capability": [8, 7]}, "p",
+                      tensorrt_version="10.3.0", compute_capability=(8, 7))
+
+
+@pytest.mark.parametrize(("info", "version", "capability", "message"), [
+    (INFO, "10.4.0.1", (8, 7), r"built with TensorRT 10.3.0.26 but TensorRT 10.4.0.1"),
+    (INFO, "11.1.0", (8, 7), r"same major.minor.patch"),
+    ({**INFO, "version_compatible": True}, "11.1.0", (8, 7), r"same major version"),
+    ({**INFO, "version_compatible": True}, "10.2.0", (8, 7), r"not older"),
+    (INFO, "10.3.0", (9, 0), r"built on Orin \(compute capability 8.7\).*has 9.0"),
+    ({**INFO, "hardware_compatibility_level": "ampere_plus"}, "10.3.0", (7, 5), r">= 8.0"),
+    ({"compute_capability": "8.7"}, "10.3.0", (8, 7), r"lacks \['tensorrt_version'\]"),
+])
+def test_engine_info_mismatches_are_explained(info, version, capability, message) -> None:  # noqa: ANN001
+    with pytest.raises(EngineMismatchError, match=message):
+        check_engine_info(info, "backbone.fp32.plan", tensorrt_version=version,
+                          compute_capability=capability, gpu_name="H100")
+
+
+def test_engine_info_compatible_variants_pass() -> None:
+    check_engine_info({**INFO, "version_compatible": True}, "p", tensorrt_version="10.9.0",
+                      compute_capability=(8, 7))
+    check_engine_info({**INFO, "hardware_compatibility_level": "ampere_plus"}, "p",
+                      tensorrt_version="10.3.0", compute_capability=(9, 0))
+
+
+def test_stale_engine_is_refused() -> None:
+    with pytest.raises(EngineMismatchError, match="stale"):
+        check_engine_info(INFO, "p", tensorrt_version="10.3.0", compute_capability="8.7",
+                          onnx_sha256="def")
+
+
+def test_profile_check_names_tensor_shape_and_range() -> None:
+    check_profile("support_feat", (4, 16, 9, 9), (1, 16, 9, 9), (8, 16, 9, 9))
+    with pytest.raises(ProfileError, match=r"'support_feat' has shape \[9, 16, 9, 9\].*"
+                                           r"\[1, 16, 9, 9\] \.\. \[8, 16, 9, 9\]"):
+        check_profile("support_feat", (9, 16, 9, 9), (1, 16, 9, 9), (8, 16, 9, 9))
+    assert issubclass(ProfileError, InputError)
+
+
+def test_bundle_without_engines(runtime_bundle: Path) -> None:
+    bundle = Bundle.load(runtime_bundle)
+    assert not TensorRTBackend.has_engines(bundle, "fp32")
+    assert engine_paths(runtime_bundle, "refine", "int8")[0].name == "refine.int8.plan"
+    with pytest.raises(BackendError, match=r"backbone.fp32.plan not found.*crnet build"):
+        TensorRTBackend(bundle, "fp32")
+
+
+# -- on a GPU with TensorRT ---------------------------------------------------------------
+
+def _build_engines(bundle_dir: Path, max_refine_shots: int) -> None:
+    """Build fp32 plans + engine JSON for both graphs with the TensorRT builder."""
+    import tensorrt as trt
+
+    from runtime.backends.tensorrt_backend import _cuda, _import_cudart
+    from runtime.files import sha256_file
+
+    cudart = _import_cudart()
+    major = _cuda(cudart, cudart.cudaDeviceGetAttribute(
+        cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, 0), "cc")
+    minor = _cuda(cudart, cudart.cudaDeviceGetAttribute(
+        cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, 0), "cc")
+    manifest = Bundle.load(bundle_dir).manifest
+    logger = trt.Logger(trt.Logger.WARNING)
+    for graph in ("backbone", "refine"):
+        onnx_path = bundle_dir / f"{graph}.fp32.onnx"
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse_from_file(str(onnx_path)), [parser.get_error(i)
+                                                        for i in range(parser.num_errors)]
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        ranges = {}
+        for spec in manifest["graphs"][graph]["inputs"]:
+            shape = spec["shape"]
+            if isinstance(shape[0], str):
+                top = max_refine_shots if graph == "refine" else manifest["shots"]["max"]
+                low, opt, high = [1, *shape[1:]], [1, *shape[1:]], [top, *shape[1:]]
+            else:
+                low = opt = high = list(shape)
+            profile.set_shape(spec["name"], low, opt, high)
+            ranges[spec["name"]] = {"min": low, "opt": opt, "max": high}
+        config.add_optimization_profile(profile)
+        plan = builder.build_serialized_network(network, config)
+        assert plan is not None
+        plan_path, json_path = engine_paths(bundle_dir, graph, "fp32")
+        plan_path.parent.mkdir(exist_ok=True)
+        plan_path.write_bytes(bytes(plan))
+        json_path.write_text(json.dumps({
+            "tensorrt_version": trt.__version__, "compute_capability": f"{major}.{minor}",
+            "gpu_name": "test GPU", "profiles": [ranges], "onnx_sha256": sha256_file(onnx_path),
+        }))
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_matches_onnxruntime(runtime_bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed (NVIDIA GPUs only)")
+    available, reason = TensorRTBackend.is_available()
+    if not available:
+        pytest.skip(f"tensorrt backend unavailable: {reason}")
+    from calibration.synthetic import Synthetic5i
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(runtime_bundle, bundle_dir)
+    _build_engines(bundle_dir, max_refine_shots=4)
+    trt_segmenter = Segmenter(bundle_dir)
+    assert trt_segmenter.backend_name == "tensorrt"
+    reference = Segmenter(bundle_dir, backend="onnxruntime")
+    dataset = Synthetic5i(0, split="test", seed=0)
+    agree = total = 0
+    for index in range(8):
+        episode = dataset.episode(index, 1 + index % 3)
+        try:
+            reference.set_support(list(episode.support_images), list(episode.support_masks))
+        except InputError:
+            continue
+        trt_segmenter.set_support(list(episode.support_images), list(episode.support_masks))
+        for _ in range(3):  # the second and later runs replay a CUDA graph
+            got = trt_segmenter.segment(episode.query_image)
+            expected = reference.segment(episode.query_image)
+            agree += int(np.count_nonzero(got == expected))
+            total += got.size
+    assert agree / total >= 0.999
+    episode = dataset.episode(0, 5)
+    with pytest.raises(ProfileError, match="support_feat"):
+        trt_segmenter.set_support(list(episode.support_images), list(episode.support_masks))
+        trt_segmenter.segment(episode.query_image)
+    trt_segmenter.close()
+
+    _, json_path = engine_paths(bundle_dir, "refine", "fp32")
+    info = json.loads(json_path.read_text())
+    json_path.write_text(json.dumps({**info, "compute_capability": "1.0"}))
+    with pytest.raises(EngineMismatchError, match="compute capability 1.0"):
+        Segmenter(bundle_dir, backend="tensorrt")
