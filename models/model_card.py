@@ -165,11 +165,12 @@ Reproduce: `python -m models.model_card --checkpoint {rel}` (writes this card).
 Recipe: `models/train.py` (docstring). Command:
 `{train_command}`
 
-| step | loss | 1-shot mIoU (200 episodes) | minutes |
+| step | loss | 1-shot mIoU (200 episodes) | minutes into its run segment |
 |---|---|---|---|
 {curve}
 
-Training time: {training.get('wall_s_this_run', 0) / 60:.0f} minutes on {training.get('machine')}
+Wall time of the last run segment: {training.get('wall_s_this_run', 0) / 60:.0f} minutes on
+{training.get('machine')}
 ({platform.system()}), torch {training.get('torch')}; seed {train.get('seed')}.
 {note}
 

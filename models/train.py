@@ -221,6 +221,7 @@ def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=False,
     )
     started = time.time()
+    earlier_s = history[-1].get("total_elapsed_s", history[-1]["elapsed_s"]) if history else 0.0
     losses: list[float] = []
     bar = tqdm(total=train_config.steps, initial=step, desc="train", disable=not progress)
     model.train()
@@ -246,7 +247,8 @@ def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
             model.train()
             history.append({"step": step, "loss": float(np.mean(losses[-100:])),
                             "miou_1shot": result.miou, "fbiou_1shot": result.fbiou,
-                            "elapsed_s": time.time() - started})
+                            "elapsed_s": time.time() - started,
+                            "total_elapsed_s": earlier_s + time.time() - started})
             bar.write(f"step {step}: loss {history[-1]['loss']:.3f} "
                       f"1-shot mIoU {result.miou:.1f} FB-IoU {result.fbiou:.1f}")
         if step % train_config.save_every == 0 or step == train_config.steps:
