@@ -48,7 +48,7 @@ def _stage(log: Log, number: int, name: str) -> float:
 
 
 def export_stage(bundle_dir: Path, checkpoint: Path | None, log: Log,
-                 parity_episodes: int) -> dict[str, Any]:
+                 parity_episodes: int, progress: bool = True) -> dict[str, Any]:
     """Export unless the bundle is intact and was made from the same checkpoint."""
     from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
     from runtime.bundle import Bundle, BundleError
@@ -66,7 +66,7 @@ def export_stage(bundle_dir: Path, checkpoint: Path | None, log: Log,
     from export.to_onnx import export_bundle
 
     manifest = export_bundle(bundle_dir, info.weights_path, force=True,
-                             parity_episodes=parity_episodes)
+                             parity_episodes=parity_episodes, progress=progress)
     parity = manifest.get("parity", {})
     log(f"  exported {bundle_dir}; parity: {_parity_line(parity)}")
     return {"reused": False, "checkpoint_sha256": info.sha256, "parity": parity}
@@ -82,7 +82,8 @@ def _fp32_hashes(manifest: dict[str, Any]) -> dict[str, str]:
     return {name: files.get(name, "") for name in ("backbone.fp32.onnx", "refine.fp32.onnx")}
 
 
-def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log) -> dict[str, Any]:
+def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
+                   progress: bool = True) -> dict[str, Any]:
     """Add fp16/int8 variants unless present and made from the current fp32 graphs."""
     from calibration.quantize import quantize_bundle
     from runtime.bundle import Bundle
@@ -99,7 +100,7 @@ def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log) -> dict[st
             results[precision] = {"reused": True}
             continue
         started = time.perf_counter()
-        quantize_bundle(bundle_dir, precision)
+        quantize_bundle(bundle_dir, precision, progress=progress)
         stamp = _fp32_hashes(Bundle.load(bundle_dir).manifest)
 
         def record(manifest: dict[str, Any], precision: str = precision,
@@ -231,8 +232,8 @@ def bench_stage(bundle_dir: Path, backend: str, precisions: list[str], iteration
                            compare_torch=precision == "fp32", soak_calls=0, fold=0, seed=0,
                            progress=progress)
         results[precision] = report
-        latency = report.get("latency_ms", {}).get("p50")
-        log(f"  {backend} {precision}: p50 {latency} ms per query")
+        latency = report.get("latency_ms", {}).get("p50", float("nan"))
+        log(f"  {backend} {precision}: p50 {latency:.2f} ms per query")
     return results
 
 
@@ -321,11 +322,11 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     stages: dict[str, dict[str, Any]] = {}
 
     begin = _stage(log, 1, "export")
-    exported = export_stage(bundle_dir, checkpoint, log, parity_episodes)
+    exported = export_stage(bundle_dir, checkpoint, log, parity_episodes, progress)
     stages["export"] = {"seconds": time.perf_counter() - begin, "reused": exported["reused"]}
 
     begin = _stage(log, 2, "quantize (fp16, int8)")
-    quantized = quantize_stage(bundle_dir, precisions, log)
+    quantized = quantize_stage(bundle_dir, precisions, log, progress)
     stages["quantize"] = {"seconds": time.perf_counter() - begin,
                           "reused": all(q.get("reused") for q in quantized.values())}
 
