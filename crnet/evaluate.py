@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -172,6 +173,23 @@ def main(argv: list[str] | None = None) -> int:
         source = episode_source(args.dataset, args.fold, args.seed, args.data_root)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+    try:
+        records = _evaluate_variants(args, source, Segmenter)
+    except (ValueError, RuntimeError, OSError) as error:  # bundle, backend and input errors
+        print(f"crnet eval: {error}", file=sys.stderr)
+        return 2
+    print(format_table(records))
+    if args.json is not None:
+        payload = records[0] if len(records) == 1 else {"variants": records}
+        write_json_atomic(args.json, payload)
+        print(f"wrote {args.json}")
+    failed = [r["precision"] for r in records if r["passed"] is False]
+    return 1 if failed else 0
+
+
+def _evaluate_variants(args: argparse.Namespace, source: Any, Segmenter: Any
+                       ) -> list[dict[str, Any]]:
+    """Score the reference and each requested precision; one record per variant."""
     gates = load_gates()
     if args.bundle is None:
         precisions = ["fp32"]
@@ -203,10 +221,4 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset, fold=args.fold, shots=args.shots, seed=args.seed,
             bundle=None if args.bundle is None else str(args.bundle),
         ))
-    print(format_table(records))
-    if args.json is not None:
-        payload = records[0] if len(records) == 1 else {"variants": records}
-        write_json_atomic(args.json, payload)
-        print(f"wrote {args.json}")
-    failed = [r["precision"] for r in records if r["passed"] is False]
-    return 1 if failed else 0
+    return records
