@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 IGNORE = 255
 NUM_CLASSES = 20
@@ -74,6 +78,23 @@ FOLD_CLASSES: tuple[tuple[int, ...], ...] = tuple(
     tuple(range(CLASSES_PER_FOLD * f + 1, CLASSES_PER_FOLD * f + CLASSES_PER_FOLD + 1))
     for f in range(NUM_FOLDS)
 )
+
+
+def assemble_episode(class_id: int, items: Sequence[T], shots: int, rng: np.random.Generator,
+                     load: Callable[[T], tuple[np.ndarray, np.ndarray]]) -> Episode:
+    """An episode from one class's items: a random query and ``shots`` other items as
+    supports, each turned into (image, mask) by ``load``."""
+    query = int(rng.integers(len(items)))
+    others = [i for i in rng.permutation(len(items)) if i != query][:shots]
+    supports = [load(items[i]) for i in others]
+    query_image, query_mask = load(items[query])
+    return Episode(
+        class_id=class_id,
+        support_images=tuple(s[0] for s in supports),
+        support_masks=tuple(s[1] for s in supports),
+        query_image=query_image,
+        query_mask=query_mask,
+    )
 
 
 def class_mask(label: np.ndarray, class_id: int) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 from calibration.episodes import (
     IGNORE,
     Episode,
+    assemble_episode,
     check_same_size,
     check_shots,
     episode_rng,
@@ -109,17 +110,7 @@ class FolderDataset:
         class_id = self.classes[index % len(self.classes)]
         paths = self.images[class_id]
         rng = episode_rng(SALT, self.seed, index)
-        query = int(rng.integers(len(paths)))
-        others = [i for i in rng.permutation(len(paths)) if i != query][:shots]
-        supports = [self._load(paths[i]) for i in others]
-        query_image, query_mask = self._load(paths[query])
-        return Episode(
-            class_id=class_id,
-            support_images=tuple(s[0] for s in supports),
-            support_masks=tuple(s[1] for s in supports),
-            query_image=query_image,
-            query_mask=query_mask,
-        )
+        return assemble_episode(class_id, paths, shots, rng, self._load)
 
     def episodes(self, count: int, shots: int | None = None, start: int = 0) -> Iterator[Episode]:
         """Episodes start .. start+count-1."""

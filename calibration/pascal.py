@@ -30,6 +30,7 @@ import numpy as np
 
 from calibration.episodes import (
     Episode,
+    assemble_episode,
     check_fold,
     check_same_size,
     check_shots,
@@ -158,17 +159,8 @@ class Pascal5i:
         rng = episode_rng(SALT, self.fold, SPLIT_CODE[self.split], self.seed, index)
         class_id = self.classes[int(rng.integers(len(self.classes)))]
         ids = self.images_by_class[class_id]
-        query = int(rng.integers(len(ids)))
-        others = [i for i in rng.permutation(len(ids)) if i != query][:shots]
-        supports = [self._load(ids[i], class_id) for i in others]
-        query_image, query_mask = self._load(ids[query], class_id)
-        return Episode(
-            class_id=class_id,
-            support_images=tuple(s[0] for s in supports),
-            support_masks=tuple(s[1] for s in supports),
-            query_image=query_image,
-            query_mask=query_mask,
-        )
+        return assemble_episode(class_id, ids, shots, rng,
+                                lambda image_id: self._load(image_id, class_id))
 
     def episodes(self, count: int = 1000, shots: int | None = None,
                  start: int = 0) -> Iterator[Episode]:
