@@ -39,6 +39,7 @@ SOAK_DEFAULT = 5000
 SOAK_LIMIT_MB = 50.0
 MATMUL_SIZE = 1024
 SPEEDUP_TARGET = 3.0
+INTERLEAVE_BLOCK = 10
 
 _MATMUL_SCRIPT = """
 import time, numpy as np
@@ -171,20 +172,29 @@ def torch_forward(bundle_root: Path, support_images: list[np.ndarray],
 
 
 def interleaved_times(calls: dict[str, Callable[[int], object]], iterations: int, warmup: int,
-                      progress: bool) -> dict[str, list[float]]:
-    """Durations of several calls, alternated call by call so that they share the machine's
-    load (other processes, thermal state) instead of meeting it at different times."""
+                      progress: bool, block: int = INTERLEAVE_BLOCK) -> dict[str, list[float]]:
+    """Durations of several calls, alternated in blocks of ``block`` calls so that they share
+    the machine's load (other processes, thermal state) instead of meeting it at different
+    times. Blocks rather than single calls: each runtime's thread pool spins for a while
+    after a call, and alternating call by call would time one pool against the other's
+    spinning threads on the same cores."""
     from tqdm import tqdm
 
     for index in range(warmup):
         for call in calls.values():
             call(index)
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for index in tqdm(range(iterations), desc="vs torch", disable=not progress, leave=False):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call(index)
-            times[name].append(time.perf_counter() - start)
+    with tqdm(total=iterations * len(calls), desc="vs torch", disable=not progress,
+              leave=False) as bar:
+        for first in range(0, iterations, block):
+            indices = range(first, min(first + block, iterations))
+            for name, call in calls.items():
+                call(indices[0])  # settle this runtime's thread pool after the switch
+                for index in indices:
+                    start = time.perf_counter()
+                    call(index)
+                    times[name].append(time.perf_counter() - start)
+                    bar.update(1)
     return times
 
 
