@@ -1,0 +1,82 @@
+"""Fixtures for the quantization tests: a tiny random-weight bundle whose masks are not
+trivial, and copies of it with fp16 and int8 variants (few episodes everywhere)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.crnet import CRNet
+from tests.export.conftest import make_tiny_config
+
+CALIBRATION_EPISODES = 6
+SENSITIVITY_EPISODES = 6
+
+
+def balanced_tiny_model(seed: int = 0, margin_std: float = 4.0) -> CRNet:
+    """A random tiny CRNet with decisive, input-dependent masks: the classifier is scaled
+    so the fg-bg logit margin spreads by about ``margin_std`` and its bias centred so about
+    half of the query pixels are foreground. (An untouched random model gives near-constant
+    probabilities; its mIoU would neither show nor hide any accuracy loss reliably.)"""
+    from calibration.reader import base_episodes, episode_arrays
+
+    torch.manual_seed(seed)
+    model = CRNet(make_tiny_config()).eval()
+    manifest = {"input_size": list(model.config.input_size),
+                "feature_size": list(model.config.feature_size),
+                "preprocessing": {"mean": list(model.config.mean), "std": list(model.config.std)}}
+    inputs = []
+    for episode in base_episodes(0, 4, seed=7):
+        images, masks = episode_arrays(episode, manifest)
+        inputs.append((torch.from_numpy(images), torch.from_numpy(masks)))
+    classifier = model.refinement.classifier
+    with torch.no_grad():
+        for _ in range(3):  # the refinement feeds its output back: settle in a few passes
+            margins = []
+            for images, masks in inputs:
+                features = model.encode(images)
+                query_logits, _ = model.refine(features[1:], features[:1], masks)
+                margins.append((query_logits[0, 1] - query_logits[0, 0]).numpy().ravel())
+            margin = np.concatenate(margins)
+            scale = margin_std / max(float(margin.std()), 1e-6)
+            classifier.weight.mul_(scale)
+            classifier.bias.mul_(scale)
+            classifier.bias[1] -= float(np.median(margin)) * scale
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_q(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fp32 bundle of the balanced tiny model (exported once per session)."""
+    from export.to_onnx import export_bundle
+
+    checkpoint = save_checkpoint(balanced_tiny_model(),
+                                 tmp_path_factory.mktemp("checkpoint") / "tiny",
+                                 training={"fold": 0})
+    out = tmp_path_factory.mktemp("quantize") / "bundle"
+    export_bundle(out, checkpoint, parity_episodes=2, progress=False)
+    return out
+
+
+def copy_bundle(source: Path, destination: Path) -> Path:
+    """A private copy of a bundle for a test that modifies it."""
+    shutil.copytree(source, destination)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def quantized_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_q: Path) -> Path:
+    """The tiny bundle with fp16 and int8 variants (int8: min-max on a few episodes)."""
+    from calibration.quantize import quantize_fp16, quantize_int8
+
+    bundle = copy_bundle(tiny_bundle_q, tmp_path_factory.mktemp("variants") / "bundle")
+    quantize_fp16(bundle, check_episodes=2, progress=False)
+    quantize_int8(bundle, calibration_method="minmax",
+                  calibration_episodes=CALIBRATION_EPISODES,
+                  sensitivity_episodes=SENSITIVITY_EPISODES, progress=False)
+    return bundle
