@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.train", "episodic training on synthetic-5i base classes"),
     "export": ("export.to_onnx", "split ONNX export of a checkpoint into a bundle, with parity"),
     "lint": ("export.lint", "check a bundle's graphs against TensorRT's ONNX parser rules"),
+    "quantize": ("calibration.quantize", "add fp16 or int8 variants of a bundle's graphs"),
     "eval": ("crnet.evaluate", "mIoU / FB-IoU of a variant against the PyTorch model"),
     "bench": ("crnet.bench", "latency, throughput and memory of runtime.Segmenter"),
     "deploy": ("crnet.deploy", "the main job: export, quantize, build, evaluate, bench, report"),
