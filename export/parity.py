@@ -134,9 +134,10 @@ def check_parity(
     import time
 
     import onnxruntime as ort
+    from tqdm import tqdm
+
     from calibration.synthetic import Synthetic5i
     from crnet.metrics import FewShotMeter
-    from tqdm import tqdm
 
     if episodes < 1:
         raise ValueError(f"parity needs at least one episode, got {episodes}")
