@@ -15,8 +15,8 @@ scratch on synthetic-5i):
 * augmentation: the generator varies scale, rotation, aspect and colour per instance;
   a horizontal flip of query and support is added.
 * evaluation: every ``eval_every`` steps, mIoU on ``eval_episodes`` 1-shot test
-  episodes of the fold's 5 novel classes (seed 0), with the same predictor that
-  `crnet eval` uses.
+  episodes of the fold's 5 novel classes (seed 0), through the same evaluation loop,
+  metrics and numpy pre/post-processing as `crnet eval` (on the in-memory model).
 * resumable: ``state.safetensors`` + ``state.json`` (model, optimiser, step, history)
   in the run directory every ``save_every`` steps; ``--resume`` continues from it.
 """
