@@ -86,7 +86,7 @@ def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
                    progress: bool = True) -> dict[str, Any]:
     """Add fp16/int8 variants unless present and made from the current fp32 graphs."""
     from calibration.quantize import quantize_bundle
-    from runtime.bundle import Bundle
+    from runtime.bundle import Bundle, update_manifest
 
     results: dict[str, Any] = {}
     for precision in precisions:
@@ -100,14 +100,11 @@ def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
             results[precision] = {"reused": True}
             continue
         started = time.perf_counter()
-        quantize_bundle(bundle_dir, precision, progress=progress)
-        stamp = _fp32_hashes(Bundle.load(bundle_dir).manifest)
+        stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, progress=progress))
 
         def record(manifest: dict[str, Any], precision: str = precision,
                    stamp: dict[str, str] = stamp) -> None:
             manifest["variants"][precision]["how"]["deploy_fp32_sha256"] = stamp
-
-        from runtime.bundle import update_manifest
 
         update_manifest(bundle_dir, record)
         seconds = time.perf_counter() - started

@@ -17,7 +17,7 @@ import numpy as np
 
 from calibration.episodes import Episode, episode_rng
 from calibration.synthetic import CLASS_NAMES, SUPPORT_DISTRACTOR_PROB, Synthetic5i
-from crnet.evaluate import EvalResult, evaluate
+from crnet.evaluate import EvalResult, evaluate, segmenter_predictor
 from crnet.pictures import PREDICTION_COLOR, SUPPORT_COLOR, TRUTH_COLOR, grid, overlay, save_png
 from runtime.files import write_bytes_atomic
 
@@ -60,7 +60,6 @@ def example_grid(episodes: list[Episode], predictions: list[np.ndarray]) -> np.n
 def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
                progress: bool = True, note: str = "") -> dict[str, Any]:
     """Evaluate and write the card and picture beside the checkpoint; return the figures."""
-    from crnet.evaluate import segmenter_predictor
     from models.checkpoint import read_checkpoint_info
     from runtime import Segmenter
 
