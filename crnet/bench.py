@@ -5,15 +5,18 @@
 
 Measured in one process, in this order: support encoding (``set_support``), per-query
 latency of ``segment`` with the cached support (pre- and post-processing included) and
-its throughput, the streaming throughput of ``segment_stream``, peak resident memory
+its throughput, the same split into stages (numpy preprocessing, backbone, query refine,
+post-processing), the streaming throughput of ``segment_stream``, peak resident memory
 (VmHWM), optionally a soak of N ``segment`` calls (resident-memory growth, must stay
 below 50 MB), and last, where torch imports, the PyTorch model's full forward on
-(support, query) at the same thread count, alternated call by call with ``segment`` so
-that both meet the same machine load, for the speed-up ratio. FLOPs come from the
-manifest's ``"flops"`` entry (``{"encode": ..., "refine": ...}``) when present, else from
-models.summary when torch imports; the achieved GFLOP/s are set against a numpy float32
-matmul peak measured in a subprocess with the same thread count. Queries are synthetic-5i
-test images. A benchmark prints numbers; nothing here asserts a time.
+(support, query) at the same thread count, alternated with ``segment`` in blocks of 10
+calls so that both meet the same machine load, for the speed-up ratio. FLOPs come from
+the manifest's ``"flops"`` entry (models.summary.flops_entry, written by the export) when
+present, else from models.summary when torch imports; a query costs one encode plus the
+query branch of the refine. The achieved GFLOP/s, of ``segment`` and of the torch
+forward, are set against a numpy float32 matmul peak measured in a subprocess with the
+same thread count. Queries are synthetic-5i test images. A benchmark prints numbers;
+nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -111,11 +114,17 @@ def matmul_peak_gflops(threads: int, size: int = MATMUL_SIZE, repeats: int = 10)
 
 
 def model_flops(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """FLOPs of one image's encode and one 1-shot refine: manifest first, else models.summary
-    (needs torch); None when neither is possible."""
+    """FLOPs of one image's encode, one 1-shot refine, its query branch alone and one 1-shot
+    forward: manifest first, else models.summary (needs torch); None when neither is
+    possible. A manifest written before the query branch was counted gives refine_query
+    None."""
     stored = manifest.get("flops")
     if isinstance(stored, dict) and {"encode", "refine"} <= set(stored):
-        return {"encode": int(stored["encode"]), "refine": int(stored["refine"]),
+        encode, refine = int(stored["encode"]), int(stored["refine"])
+        query = stored.get("refine_query")
+        return {"encode": encode, "refine": refine,
+                "refine_query": int(query) if query is not None else None,
+                "forward": int(stored.get("forward", 2 * encode + refine)),
                 "source": "manifest"}
     if importlib.util.find_spec("torch") is None:
         return None
@@ -124,7 +133,34 @@ def model_flops(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
     summary = summarize(CRNetConfig.from_dict(manifest["model"]))
     return {"encode": summary.encode_flops, "refine": summary.refine_flops,
+            "refine_query": summary.refine_query_flops, "forward": summary.forward_flops,
             "source": "models.summary"}
+
+
+def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warmup: int
+                ) -> dict[str, dict[str, float]]:
+    """Per-stage durations of segment() with the cached support: numpy preprocessing, the
+    backbone, the query refine, and post-processing (softmax, resize, threshold)."""
+    from runtime.preprocess import foreground_probability
+
+    backend, support = segmenter.backend, segmenter.support
+    names = ("preprocess", "backbone", "refine", "postprocess")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(warmup + iterations):
+        query = queries[index % len(queries)]
+        marks = [time.perf_counter()]
+        tensor, shape = segmenter.preprocess(query)
+        marks.append(time.perf_counter())
+        feat = backend.run_backbone(tensor)
+        marks.append(time.perf_counter())
+        logits = backend.run_query_refine(feat, support.feat, support.mask)
+        marks.append(time.perf_counter())
+        segmenter.postprocess(foreground_probability(logits), shape)
+        marks.append(time.perf_counter())
+        if index >= warmup:
+            for name, start, stop in zip(names, marks, marks[1:], strict=False):
+                times[name].append(stop - start)
+    return {name: percentiles(values) for name, values in times.items()}
 
 
 def load_queries(shots: int, count: int, fold: int, seed: int
@@ -238,6 +274,7 @@ def _measure(segmenter: Any, support_images: list[np.ndarray],
         "backend_info": segmenter.describe(),
         "support_encode_ms": percentiles(encode_times),
         "latency_ms": percentiles(segment_times),
+        "stages_ms": stage_times(segmenter, queries, iterations, warmup),
         "throughput_qps": iterations / float(np.sum(segment_times)),
         "stream_throughput_qps": iterations / stream_seconds,
         "peak_rss_mb": memory_mb("VmHWM"),
@@ -289,12 +326,20 @@ def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32"
     peak_gflops = matmul_peak_gflops(threads)
     report["matmul_peak_gflops"] = peak_gflops
     if flops is not None:
-        per_query = flops["encode"] + flops["refine"]
+        query_refine = flops["refine_query"]
+        per_query = flops["encode"] + (query_refine if query_refine is not None
+                                       else flops["refine"])
         achieved = per_query / (latency["p50"] / 1e3) / 1e9
         report["flops"] = {**flops, "per_query": per_query,
-                           "note": "encode of one image + one 1-shot refine (conv/linear)"}
+                           "note": "per query: one image encoded + the query branch of a "
+                                   "1-shot refine (conv/linear, 2 x MACs)"
+                                   if query_refine is not None else
+                                   "per query: one image encoded + a whole 1-shot refine"}
         report["achieved_gflops"] = achieved
         report["fraction_of_matmul_peak"] = achieved / peak_gflops
+        if "torch_forward_ms" in report:
+            report["torch_achieved_gflops"] = (
+                flops["forward"] / (report["torch_forward_ms"]["p50"] / 1e3) / 1e9)
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "python": platform.python_version(), "numpy": np.__version__}
     return report
@@ -311,6 +356,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"p99 {latency['p99']:.2f} ms",
         f"  throughput       {report['throughput_qps']:.1f} queries/s "
         f"(segment_stream {report['stream_throughput_qps']:.1f}/s)",
+        "  stages p50       " + ", ".join(
+            f"{name} {values['p50']:.2f} ms" for name, values in report["stages_ms"].items()),
         f"  support encode   p50 {report['support_encode_ms']['p50']:.2f} ms",
         f"  peak resident    {report['peak_rss_mb']:.0f} MB",
     ]
@@ -330,6 +377,10 @@ def format_report(report: dict[str, Any]) -> str:
             f"segment p50 {report['segment_interleaved_ms']['p50']:.2f} ms (interleaved) -> "
             f"{ratio:.2f}x faster per query (target {SPEEDUP_TARGET:.0f}x: "
             f"{'met' if ratio >= SPEEDUP_TARGET else 'NOT met'})")
+        if "torch_achieved_gflops" in report:
+            lines.append(
+                f"                   torch: {report['flops']['forward'] / 1e9:.2f} GFLOP/forward "
+                f"-> {report['torch_achieved_gflops']:.1f} GFLOP/s")
     if "soak" in report:
         soak_report = report["soak"]
         lines.append(

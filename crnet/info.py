@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps([
             {"name": s.name, "parameters": s.parameters, "encode_flops": s.encode_flops,
-             "refine_flops": s.refine_flops, "forward_flops": s.forward_flops,
+             "refine_flops": s.refine_flops, "refine_query_flops": s.refine_query_flops,
+             "segment_flops": s.segment_flops, "forward_flops": s.forward_flops,
              "input_size": list(s.input_size), "feature_size": list(s.feature_size)}
             for s in summaries
         ], indent=2))

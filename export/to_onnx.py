@@ -44,6 +44,7 @@ from models.checkpoint import (
 )
 from models.config import preset
 from models.crnet import CRNet
+from models.summary import flops_entry
 from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, graph_file
 from runtime.files import sha256_file, write_json_atomic
 
@@ -339,6 +340,7 @@ def export_bundle(
             "feature_size": list(config.feature_size),
             "feature_channels": config.feature_channels,
             "shots": {"min": 1, "max": config.max_shots},
+            "flops": flops_entry(config),
             "opset": opset,
             "graphs": graphs,
             "variants": {"fp32": {

@@ -159,8 +159,39 @@ class CRNet(nn.Module):
 
         Training batches episodes: B queries [B,C,h,w] with B*K supports (episode-major)
         give [B,2,h,w] and [B*K,2,h,w]; episodes never mix. The export uses B = 1.
+
+        The query and support branches are refined separately (the head has no batch
+        statistics, so this equals refining them as one batch): the query logits then
+        depend on the supports only through the cross-reference weights and the fused
+        class vector, and a runtime that needs only the query mask can drop the support
+        branch from the exported graph (see ``refine_query``).
         """
         steps = self.config.refine_steps if steps is None else steps
+        query_feat, fused_vector, support_feat, shot_vectors = self._cross_and_pool(
+            query_feat, support_feat, support_mask)
+        query_logits = self._refine_steps(self.condition(query_feat, fused_vector), steps)
+        support_logits = self._refine_steps(self.condition(support_feat, shot_vectors), steps)
+        return query_logits, support_logits
+
+    def refine_query(
+        self,
+        query_feat: torch.Tensor,
+        support_feat: torch.Tensor,
+        support_mask: torch.Tensor,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        """The query logits of ``refine`` alone, without refining the supports."""
+        steps = self.config.refine_steps if steps is None else steps
+        query_feat, fused_vector, _, _ = self._cross_and_pool(
+            query_feat, support_feat, support_mask)
+        return self._refine_steps(self.condition(query_feat, fused_vector), steps)
+
+    def _cross_and_pool(
+        self, query_feat: torch.Tensor, support_feat: torch.Tensor, support_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-reference both branches and pool the class vectors: (reweighted query
+        features [B,C,h,w], fused class vector [B,C], reweighted support features
+        [B*K,C,h,w], per-shot class vectors [B*K,C])."""
         if not _exporting():
             check_refine_inputs(query_feat, support_feat, support_mask)
         episodes, channels = query_feat.shape[0], query_feat.shape[1]
@@ -170,19 +201,19 @@ class CRNet(nn.Module):
         query_feat = query_feat * per_episode.mean(dim=1)[:, :, None, None]
 
         shot_vectors, areas = masked_average_pool(support_feat, support_mask)
-        shot_vectors = shot_vectors.reshape(episodes, -1, channels)
+        episode_vectors = shot_vectors.reshape(episodes, -1, channels)
         areas = areas.reshape(episodes, -1, 1)
-        fused_vector = (shot_vectors * areas).sum(dim=1) / (areas.sum(dim=1) + MASK_EPSILON)
-        conditioned = torch.cat([
-            self.condition(query_feat, fused_vector),
-            self.condition(support_feat, shot_vectors.reshape(-1, channels)),
-        ])
+        fused_vector = (episode_vectors * areas).sum(dim=1) / (areas.sum(dim=1) + MASK_EPSILON)
+        return query_feat, fused_vector, support_feat, shot_vectors
+
+    def _refine_steps(self, conditioned: torch.Tensor, steps: int) -> torch.Tensor:
+        """``steps`` recurrent refinements from an all-background start -> logits."""
         foreground = torch.zeros_like(conditioned[:, :1])
         logits = conditioned.new_zeros(0)
         for _ in range(steps):
             logits = self.refinement(conditioned, foreground)
             foreground = torch.softmax(logits, dim=1)[:, 1:2]
-        return logits[:episodes], logits[episodes:]
+        return logits
 
     def forward(
         self, query_images: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor

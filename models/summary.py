@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ class ModelSummary:
     name: str
     parameters: int
     encode_flops: int  # one image through the backbone
-    refine_flops: int  # one 1-shot refine call (all refinement steps)
+    refine_flops: int  # one 1-shot refine call (all refinement steps), both branches
+    refine_query_flops: int  # the query branch alone (what a cached-support query runs)
     input_size: tuple[int, int]
     feature_size: tuple[int, int]
     refine_steps: int
@@ -27,6 +29,11 @@ class ModelSummary:
     def forward_flops(self) -> int:
         """A 1-shot forward: two images encoded plus one refine."""
         return 2 * self.encode_flops + self.refine_flops
+
+    @property
+    def segment_flops(self) -> int:
+        """One query against a cached support: one image encoded plus the query branch."""
+        return self.encode_flops + self.refine_query_flops
 
 
 def count_flops(module: nn.Module, run: callable) -> int:
@@ -66,15 +73,27 @@ def summarize(config: CRNetConfig) -> ModelSummary:
     feat = model.encode(image).detach()
     mask = torch.ones(1, 1, *feat.shape[2:])
     refine_flops = count_flops(model, lambda: model.refine(feat, feat, mask))
+    refine_query_flops = count_flops(model, lambda: model.refine_query(feat, feat, mask))
     return ModelSummary(
         name=config.name,
         parameters=sum(p.numel() for p in model.parameters()),
         encode_flops=encode_flops,
         refine_flops=refine_flops,
+        refine_query_flops=refine_query_flops,
         input_size=config.input_size,
         feature_size=tuple(feat.shape[2:]),
         refine_steps=config.refine_steps,
     )
+
+
+def flops_entry(config: CRNetConfig) -> dict[str, Any]:
+    """The manifest's ``"flops"`` entry: FLOPs per image encode, per 1-shot refine (both
+    branches and the query branch alone), per 1-shot forward and per cached-support query."""
+    summary = summarize(config)
+    return {"encode": summary.encode_flops, "refine": summary.refine_flops,
+            "refine_query": summary.refine_query_flops, "forward": summary.forward_flops,
+            "segment": summary.segment_flops,
+            "counted": "conv and linear layers, 2 x multiply-accumulates"}
 
 
 def format_summary(summary: ModelSummary) -> str:
@@ -88,5 +107,8 @@ def format_summary(summary: ModelSummary) -> str:
         f"  encode (1 img)  {summary.encode_flops / 1e9:8.2f} GFLOPs",
         f"  refine (1-shot) {summary.refine_flops / 1e9:8.2f} GFLOPs "
         f"({summary.refine_steps} steps)",
+        f"  query branch    {summary.refine_query_flops / 1e9:8.2f} GFLOPs "
+        "(the refine a cached-support query runs)",
+        f"  segment 1 query {summary.segment_flops / 1e9:8.2f} GFLOPs (encode + query branch)",
         f"  forward 1-shot  {summary.forward_flops / 1e9:8.2f} GFLOPs",
     ])

@@ -16,6 +16,7 @@ the output samples, and the output is produced (and thresholded) chunk by chunk.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -100,9 +101,11 @@ def as_binary_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
     return (mask == 1).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
 def _source_coordinates(out_size: int, in_size: int, align_corners: bool
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and weight of the upper one, per output position."""
+    """Lower index, upper index and weight of the upper one, per output position (cached:
+    a video's frames all share one geometry; the arrays are read-only)."""
     if align_corners:
         scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
         position = np.arange(out_size, dtype=np.float64) * scale
@@ -113,27 +116,54 @@ def _source_coordinates(out_size: int, in_size: int, align_corners: bool
     lower = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
     upper = np.minimum(lower + 1, in_size - 1)
     weight = (position - lower).astype(np.float32)
+    for array in (lower, upper, weight):
+        array.flags.writeable = False
     return lower, upper, weight
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_columns(out_size: int, in_size: int, align_corners: bool, values_per_pixel: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_source_coordinates`` along a row of ``values_per_pixel`` interleaved values
+    (HxWxC seen as H x (W*C)): one flat gather per row instead of a strided one."""
+    lower, upper, weight = _source_coordinates(out_size, in_size, align_corners)
+    offsets = np.arange(values_per_pixel)
+    flat = ((lower[:, None] * values_per_pixel + offsets).ravel(),
+            (upper[:, None] * values_per_pixel + offsets).ravel(),
+            np.repeat(weight, values_per_pixel))
+    for array in flat:
+        array.flags.writeable = False
+    return flat
 
 
 def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool = False
                     ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (start_row, stop_row, float32 rows) of the bilinear resize, chunk by chunk."""
+    """Yield (start_row, stop_row, float32 rows) of the bilinear resize, chunk by chunk.
+
+    Rows first (gathering only the input rows the output samples, so the float copy is
+    of output height), then columns, with HxWxC flattened to H x (W*C) so each step is one
+    contiguous gather and an in-place lerp.
+    """
     height, width = int(size[0]), int(size[1])
+    trailing = array.shape[2:]
+    per_pixel = int(np.prod(trailing, dtype=np.int64))
+    flat = array.reshape(array.shape[0], array.shape[1] * per_pixel)
     rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
-    cols_low, cols_high, cols_weight = _source_coordinates(width, array.shape[1], align_corners)
-    if array.ndim == 3:
-        cols_weight = cols_weight[:, None]
-    values_per_row = width * int(np.prod(array.shape[2:], dtype=np.int64))
-    chunk_rows = max(1, _CHUNK_VALUES // max(values_per_row, 1))
+    cols_low, cols_high, cols_weight = _flat_columns(width, array.shape[1], align_corners,
+                                                     per_pixel)
+    chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
     for start in range(0, height, chunk_rows):
         stop = min(start + chunk_rows, height)
-        top = array[rows_low[start:stop]].astype(np.float32, copy=False)
-        bottom = array[rows_high[start:stop]].astype(np.float32, copy=False)
-        weight = rows_weight[start:stop].reshape(-1, *([1] * (array.ndim - 1)))
-        rows = top + (bottom - top) * weight
+        rows = flat[rows_low[start:stop]].astype(np.float32)
+        below = flat[rows_high[start:stop]].astype(np.float32)
+        below -= rows
+        below *= rows_weight[start:stop, None]
+        rows += below
         left, right = rows[:, cols_low], rows[:, cols_high]
-        yield start, stop, left + (right - left) * cols_weight
+        right -= left
+        right *= cols_weight
+        left += right
+        yield start, stop, left.reshape(stop - start, width, *trailing)
 
 
 def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
@@ -151,12 +181,19 @@ def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool 
 
 def preprocess_image(image: np.ndarray, input_size: Sequence[int], mean: Sequence[float],
                      std: Sequence[float], what: str = "image") -> np.ndarray:
-    """HxWx3 uint8 RGB -> normalised [1,3,H,W] float32 at ``input_size``."""
+    """HxWx3 uint8 RGB -> normalised [1,3,H,W] float32 at ``input_size``.
+
+    ``(resized / 255 - mean) / std``, computed as one multiply-add per value.
+    """
     rgb = as_rgb_uint8(image, what)
     resized = resize_bilinear(rgb, input_size)
-    scale = np.float32(1.0 / 255.0)
-    normalised = (resized * scale - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32)
+    std_array = np.asarray(std, np.float64)
+    scale = (1.0 / (255.0 * std_array)).astype(np.float32)[:, None, None]
+    shift = (-np.asarray(mean, np.float64) / std_array).astype(np.float32)[:, None, None]
+    out = np.empty((1, 3, resized.shape[0], resized.shape[1]), dtype=np.float32)
+    np.multiply(resized.transpose(2, 0, 1), scale, out=out[0])
+    out[0] += shift
+    return out
 
 
 def preprocess_mask(mask: np.ndarray, input_size: Sequence[int], feature_size: Sequence[int],

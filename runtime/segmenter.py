@@ -214,8 +214,7 @@ class Segmenter:
         """Preprocessed query [1,3,H,W] -> foreground probability [h,w] at feature size."""
         support = support if support is not None else self._current_support()
         with self._backend_lock:
-            query_feat = self.backend.run_backbone(tensor)
-            query_logits, _ = self.backend.run_refine(query_feat, support.feat, support.mask)
+            query_logits = self.backend.run_query(tensor, support.feat, support.mask)
         _check_finite(query_logits, "query logits")
         return foreground_probability(query_logits[0])
 

@@ -5,6 +5,9 @@ A backend runs the two graphs of a bundle (DESIGN.md, "The split") on numpy arra
 * ``run_backbone(images [N,3,H,W] float32) -> feat [N,C,h,w] float32``
 * ``run_refine(query_feat [1,C,h,w], support_feat [K,C,h,w], support_mask [K,1,h,w])
   -> (query_logits [1,2,h,w], support_logits [K,2,h,w])``, float32.
+* ``run_query_refine(...)`` with the same inputs -> ``query_logits`` alone: what
+  ``Segmenter.segment`` calls. The default runs ``run_refine`` and drops the support
+  logits; a backend that can skip the support branch overrides it.
 
 Lifecycle as Polygraphy's runners: construct (cheap, no heavy work), ``activate()`` (load
 sessions / engines / weights), run, ``deactivate()``; or ``with backend: ...``.
@@ -137,6 +140,17 @@ class Backend:
                    support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features and support masks -> (query_logits [1,2,h,w], support_logits [K,2,h,w])."""
         raise NotImplementedError
+
+    def run_query_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
+                         support_mask: np.ndarray) -> np.ndarray:
+        """Like run_refine, but only the query logits [1,2,h,w] float32."""
+        return self.run_refine(query_feat, support_feat, support_mask)[0]
+
+    def run_query(self, image: np.ndarray, support_feat: np.ndarray,
+                  support_mask: np.ndarray) -> np.ndarray:
+        """One query against encoded supports: normalised image [1,3,H,W] -> query logits
+        [1,2,h,w]; run_backbone then run_query_refine unless a backend fuses them."""
+        return self.run_query_refine(self.run_backbone(image), support_feat, support_mask)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (backend, precision, devices/providers, ...)."""

@@ -108,14 +108,26 @@ class TorchBackend(Backend):
         import torch
 
         self._require_active()
-
-        def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(self.device)
-
         with torch.inference_mode():
             query_logits, support_logits = self.model.refine(
-                tensor(query_feat), tensor(support_feat), tensor(support_mask))
+                *self._tensors(query_feat, support_feat, support_mask))
         return query_logits.float().cpu().numpy(), support_logits.float().cpu().numpy()
+
+    def run_query_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
+                         support_mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        self._require_active()
+        with torch.inference_mode():
+            query_logits = self.model.refine_query(
+                *self._tensors(query_feat, support_feat, support_mask))
+        return query_logits.float().cpu().numpy()
+
+    def _tensors(self, *arrays: np.ndarray) -> list[Any]:
+        import torch
+
+        return [torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(self.device)
+                for array in arrays]
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -28,10 +28,18 @@ def test_bench_writes_valid_json(bench_bundle: Path, tmp_path: Path,
     assert report["support_encode_ms"]["p50"] > 0 and report["throughput_qps"] > 0
     assert report["peak_rss_mb"] > 0 and report["matmul_peak_gflops"] > 0
     assert report["flops"]["per_query"] > 0 and report["achieved_gflops"] > 0
+    flops = report["flops"]
+    assert flops["source"] == "manifest"  # written by the export
+    assert flops["per_query"] == flops["encode"] + flops["refine_query"]
+    assert flops["refine_query"] < flops["refine"]
+    assert flops["forward"] == 2 * flops["encode"] + flops["refine"]
+    assert set(report["stages_ms"]) == {"preprocess", "backbone", "refine", "postprocess"}
+    assert all(stage["p50"] > 0 and stage["count"] == 4 for stage in report["stages_ms"].values())
+    assert report["torch_achieved_gflops"] > 0
     assert report["speedup_vs_torch"] > 0 and report["torch_forward_ms"]["count"] == 4
     assert report["soak"]["calls"] == 20 and "growth_mb" in report["soak"]
     printed = capsys.readouterr().out
-    assert "faster per query" in printed and "soak" in printed
+    assert "faster per query" in printed and "soak" in printed and "stages p50" in printed
 
 
 def test_bench_without_torch_comparison_and_errors(bench_bundle: Path, tmp_path: Path,

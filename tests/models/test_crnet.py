@@ -71,6 +71,22 @@ def test_refine_of_encode_equals_forward(tiny_config: CRNetConfig, shots: int) -
         assert torch.equal(whole, parts)
 
 
+@pytest.mark.parametrize("shots", [1, 3])
+def test_refine_query_is_the_query_half_of_refine(tiny_config: CRNetConfig, shots: int) -> None:
+    model = CRNet(tiny_config).eval()
+    query, supports, masks = _inputs(tiny_config, shots)
+    with torch.no_grad():
+        query_feat, support_feat = model.encode(query), model.encode(supports)
+        small_masks = resize_mask(masks, support_feat.shape[2:])
+        query_logits, _ = model.refine(query_feat, support_feat, small_masks)
+        alone = model.refine_query(query_feat, support_feat, small_masks)
+        # The supports still matter to the query branch (cross-reference, class vector).
+        other = model.refine_query(query_feat, support_feat.flip(0).roll(1, dims=2),
+                                   small_masks)
+    assert torch.equal(alone, query_logits)
+    assert not torch.allclose(other, query_logits)
+
+
 def test_refine_steps_argument_changes_output(tiny_config: CRNetConfig) -> None:
     model = CRNet(tiny_config).eval()
     query, supports, masks = _inputs(tiny_config, 1)

@@ -37,11 +37,44 @@ def test_lifecycle_and_graph_calls_agree(runtime_bundle: Path) -> None:
             query_logits, support_logits = backend.run_refine(feat[:1], feat[1:], mask)
             assert query_logits.shape == (1, 2, *spec.feature_size)
             assert support_logits.shape == (2, 2, *spec.feature_size)
+            # The query-only paths segment() uses give the same query logits.
+            np.testing.assert_allclose(backend.run_query_refine(feat[:1], feat[1:], mask),
+                                       query_logits, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(backend.run_query(images[:1], feat[1:], mask),
+                                       query_logits, rtol=1e-5, atol=1e-5)
             outputs[name] = (feat, query_logits)
             assert backend.describe()["backend"] == name
         assert not backend.is_active
     for ours, reference in zip(outputs["onnxruntime"], outputs["torch"], strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-3)
+
+
+def test_onnxruntime_query_sessions_and_their_fallback(
+        runtime_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = Bundle.load(runtime_bundle)
+    spec = ModelSpec.from_manifest(bundle.manifest)
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((1, 3, *spec.input_size), dtype=np.float32)
+    mask = np.zeros((1, 1, *spec.feature_size), np.float32)
+    mask[..., 2:6, 2:6] = 1.0
+    backend_type = backend_class("onnxruntime")
+    with backend_type(bundle, "fp32", threads=1) as backend:
+        info = backend.describe()["query_refine"]
+        assert info["pruned"] and info["chained"] == "yes" and info["nodes"] < info["of_nodes"]
+        support = backend.run_backbone(rng.standard_normal((1, 3, *spec.input_size),
+                                                           dtype=np.float32))
+        fused = backend.run_query(image, support, mask)
+
+    def refuse(*_: object) -> None:
+        raise ValueError("cannot prune this graph")
+
+    monkeypatch.setattr("runtime.graph_prune.prune_to_outputs", refuse)
+    with backend_type(bundle, "fp32", threads=1) as backend:
+        info = backend.describe()["query_refine"]
+        assert not info["pruned"] and "cannot prune this graph" in info["reason"]
+        assert set(backend.sessions) == {"backbone", "refine"}
+        np.testing.assert_allclose(backend.run_query(image, support, mask), fused,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_model_spec_from_manifest(runtime_bundle: Path) -> None:

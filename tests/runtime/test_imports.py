@@ -39,6 +39,7 @@ def test_onnxruntime_segmenter_never_imports_torch(runtime_bundle: Path) -> None
         "result = seg.segment(image)\n"
         "list(seg.segment_stream([image, image]))\n"
         "assert result.shape == (90, 120) and result.dtype == bool\n"
+        "assert seg.describe()['query_refine']['chained'] == 'yes'  # onnx, still no torch\n"
         "print(','.join(sorted(m for m in ('torch', 'tensorrt') if m in sys.modules)))\n"
     )
     assert run_python(code) == ""
