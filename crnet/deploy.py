@@ -255,6 +255,15 @@ def save_pictures(out_dir: Path, rows: list[dict[str, Any]], precisions: list[st
     return names
 
 
+def _stage_split(bench: dict[str, Any]) -> str:
+    """The bench's per-stage p50s as "0.33 / 1.63 / 2.10 / 0.17", or "-"."""
+    stages = bench.get("stages_ms")
+    if not stages:
+        return "-"
+    return " / ".join(f"{stages[name]['p50']:.2f}" for name in
+                      ("preprocess", "backbone", "refine", "postprocess") if name in stages)
+
+
 def render_report(report: dict[str, Any]) -> str:
     """report.md: what was built, how accurate and how fast each variant is."""
     lines = [
@@ -278,15 +287,17 @@ def render_report(report: dict[str, Any]) -> str:
             f"{record['max_abs_delta_miou']} | {verdict} |"
         )
     lines += ["", "## Speed (runtime.Segmenter, cached 1-shot support)", "",
-              "| variant | p50 ms | p90 ms | p99 ms | queries/s | support encode ms |",
-              "|---|---|---|---|---|---|"]
+              "| variant | p50 ms | p90 ms | p99 ms | queries/s | support encode ms | "
+              "p50 ms: preprocess / backbone / refine / postprocess |",
+              "|---|---|---|---|---|---|---|"]
     for precision, bench in report["bench"].items():
         latency = bench.get("latency_ms", {})
         lines.append(
             f"| {precision} | {latency.get('p50', float('nan')):.2f} | "
             f"{latency.get('p90', float('nan')):.2f} | {latency.get('p99', float('nan')):.2f} | "
             f"{bench.get('throughput_qps', float('nan')):.1f} | "
-            f"{bench.get('support_encode_ms', {}).get('p50', float('nan')):.2f} |"
+            f"{bench.get('support_encode_ms', {}).get('p50', float('nan')):.2f} | "
+            f"{_stage_split(bench)} |"
         )
     fp32_bench = report["bench"].get("fp32", {})
     if "speedup_vs_torch" in fp32_bench:
