@@ -5,18 +5,19 @@
 
 Measured in one process, in this order: support encoding (``set_support``), per-query
 latency of ``segment`` with the cached support (pre- and post-processing included) and
-its throughput, the same split into stages (numpy preprocessing, backbone, query refine,
-post-processing), the streaming throughput of ``segment_stream``, peak resident memory
-(VmHWM), optionally a soak of N ``segment`` calls (resident-memory growth, must stay
-below 50 MB), and last, where torch imports, the PyTorch model's full forward on
-(support, query) at the same thread count, alternated with ``segment`` in blocks of 10
-calls so that both meet the same machine load, for the speed-up ratio. FLOPs come from
-the manifest's ``"flops"`` entry (models.summary.flops_entry, written by the export) when
-present, else from models.summary when torch imports; a query costs one encode plus the
-query branch of the refine. The achieved GFLOP/s, of ``segment`` and of the torch
-forward, are set against a numpy float32 matmul peak measured in a subprocess with the
-same thread count. Queries are synthetic-5i test images. A benchmark prints numbers;
-nothing here asserts a time.
+its throughput, the same split into stages (numpy preprocessing, inference,
+post-processing; and the backbone and the query refine run apart), the streaming
+throughput of ``segment_stream``, peak resident memory (VmHWM), optionally a soak of N
+``segment`` calls (resident-memory growth, must stay below 50 MB), and last, where torch
+imports, the PyTorch model's full forward on (support, query) at the same thread count,
+alternated with ``segment`` in blocks of 10 calls so that both meet the same machine
+load, for the speed-up ratio. FLOPs come from the manifest's ``"flops"`` entry
+(models.summary.flops_entry, written by the export) when present, else from
+models.summary when torch imports; a query costs one encode plus the query branch of the
+refine (the whole refine where the backend runs both branches). The achieved GFLOP/s, of
+``segment`` and of the torch forward, are set against a numpy float32 matmul peak
+measured in a subprocess with the same thread count. Queries are synthetic-5i test
+images. A benchmark prints numbers; nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -140,27 +141,41 @@ def model_flops(manifest: dict[str, Any]) -> dict[str, Any] | None:
 def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warmup: int
                 ) -> dict[str, dict[str, float]]:
     """Per-stage durations of segment() with the cached support: numpy preprocessing, the
-    backbone, the query refine, and post-processing (softmax, resize, threshold)."""
+    inference (``run_query``, the very call segment() makes), post-processing (softmax,
+    resize, threshold); then, for where the inference time goes, the backbone and the
+    query refine run one after the other (``run_backbone`` + ``run_query_refine``: separate
+    sessions, so their sum can exceed the fused inference)."""
     from runtime.preprocess import foreground_probability
 
     backend, support = segmenter.backend, segmenter.support
-    names = ("preprocess", "backbone", "refine", "postprocess")
+    names = ("preprocess", "inference", "postprocess", "backbone", "refine")
     times: dict[str, list[float]] = {name: [] for name in names}
     for index in range(warmup + iterations):
         query = queries[index % len(queries)]
         marks = [time.perf_counter()]
         tensor, shape = segmenter.preprocess(query)
         marks.append(time.perf_counter())
-        feat = backend.run_backbone(tensor)
-        marks.append(time.perf_counter())
-        logits = backend.run_query_refine(feat, support.feat, support.mask)
+        logits = backend.run_query(tensor, support.feat, support.mask)
         marks.append(time.perf_counter())
         segmenter.postprocess(foreground_probability(logits), shape)
+        marks.append(time.perf_counter())
+        feat = backend.run_backbone(tensor)
+        marks.append(time.perf_counter())
+        backend.run_query_refine(feat, support.feat, support.mask)
         marks.append(time.perf_counter())
         if index >= warmup:
             for name, start, stop in zip(names, marks, marks[1:], strict=False):
                 times[name].append(stop - start)
     return {name: percentiles(values) for name, values in times.items()}
+
+
+def runs_query_branch_only(backend_info: dict[str, Any]) -> bool:
+    """Whether the backend's segment() skips the support branch of the refine: the torch
+    backend always does (``refine_query``), onnxruntime when it could cut the graph
+    (``describe()["query_refine"]``), tensorrt never (its refine engine is the full graph)."""
+    if backend_info.get("backend") == "torch":
+        return True
+    return bool(backend_info.get("query_refine", {}).get("pruned", False))
 
 
 def load_queries(shots: int, count: int, fold: int, seed: int
@@ -326,15 +341,15 @@ def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32"
     peak_gflops = matmul_peak_gflops(threads)
     report["matmul_peak_gflops"] = peak_gflops
     if flops is not None:
-        query_refine = flops["refine_query"]
-        per_query = flops["encode"] + (query_refine if query_refine is not None
-                                       else flops["refine"])
+        query_only = flops["refine_query"] is not None and runs_query_branch_only(
+            report["backend_info"])
+        per_query = flops["encode"] + (flops["refine_query"] if query_only else flops["refine"])
         achieved = per_query / (latency["p50"] / 1e3) / 1e9
         report["flops"] = {**flops, "per_query": per_query,
                            "note": "per query: one image encoded + the query branch of a "
-                                   "1-shot refine (conv/linear, 2 x MACs)"
-                                   if query_refine is not None else
-                                   "per query: one image encoded + a whole 1-shot refine"}
+                                   "1-shot refine (conv/linear, 2 x MACs)" if query_only else
+                                   "per query: one image encoded + a whole 1-shot refine "
+                                   "(this backend runs both branches)"}
         report["achieved_gflops"] = achieved
         report["fraction_of_matmul_peak"] = achieved / peak_gflops
         if "torch_forward_ms" in report:
@@ -343,6 +358,14 @@ def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32"
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "python": platform.python_version(), "numpy": np.__version__}
     return report
+
+
+def _format_stages(stages: dict[str, dict[str, float]]) -> str:
+    p50 = {name: values["p50"] for name, values in stages.items()}
+    return (f"  stages p50       preprocess {p50['preprocess']:.2f} ms, inference "
+            f"{p50['inference']:.2f} ms, postprocess {p50['postprocess']:.2f} ms\n"
+            f"                   (run apart: backbone {p50['backbone']:.2f} ms + refine "
+            f"{p50['refine']:.2f} ms)")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -356,8 +379,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"p99 {latency['p99']:.2f} ms",
         f"  throughput       {report['throughput_qps']:.1f} queries/s "
         f"(segment_stream {report['stream_throughput_qps']:.1f}/s)",
-        "  stages p50       " + ", ".join(
-            f"{name} {values['p50']:.2f} ms" for name, values in report["stages_ms"].items()),
+        _format_stages(report["stages_ms"]),
         f"  support encode   p50 {report['support_encode_ms']['p50']:.2f} ms",
         f"  peak resident    {report['peak_rss_mb']:.0f} MB",
     ]

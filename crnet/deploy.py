@@ -256,12 +256,12 @@ def save_pictures(out_dir: Path, rows: list[dict[str, Any]], precisions: list[st
 
 
 def _stage_split(bench: dict[str, Any]) -> str:
-    """The bench's per-stage p50s as "0.33 / 1.63 / 2.10 / 0.17", or "-"."""
+    """The bench's per-stage p50s as "0.33 / 3.10 / 0.17", or "-"."""
     stages = bench.get("stages_ms")
     if not stages:
         return "-"
     return " / ".join(f"{stages[name]['p50']:.2f}" for name in
-                      ("preprocess", "backbone", "refine", "postprocess") if name in stages)
+                      ("preprocess", "inference", "postprocess") if name in stages)
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -288,7 +288,7 @@ def render_report(report: dict[str, Any]) -> str:
         )
     lines += ["", "## Speed (runtime.Segmenter, cached 1-shot support)", "",
               "| variant | p50 ms | p90 ms | p99 ms | queries/s | support encode ms | "
-              "p50 ms: preprocess / backbone / refine / postprocess |",
+              "p50 ms: preprocess / inference / postprocess |",
               "|---|---|---|---|---|---|---|"]
     for precision, bench in report["bench"].items():
         latency = bench.get("latency_ms", {})

@@ -20,9 +20,10 @@ def prune_to_outputs(model: Any, outputs: Iterable[str]) -> Any:
     """A copy of ``model`` (onnx.ModelProto) that computes only ``outputs``.
 
     Keeps every graph input (so the pruned model is fed exactly like the original), the
-    nodes the outputs depend on, in their original (topological) order, and the
-    initializers those nodes read. Raises ValueError for an output the graph lacks or a
-    graph with subgraphs (Loop/If), which this does not follow.
+    nodes the outputs depend on, in their original (topological) order, the initializers
+    those nodes read, and the requested outputs in the graph's order. Raises ValueError
+    for an output the graph lacks or a graph with subgraphs (Loop/If), which this does not
+    follow.
     """
     import onnx
 
@@ -58,7 +59,13 @@ def prune_to_outputs(model: Any, outputs: Iterable[str]) -> Any:
     kept_outputs = [output for output in graph.output if output.name in set(wanted)]
     del target.output[:]
     target.output.extend(kept_outputs)
-    produced = {name for node in nodes for name in node.output}
+    # Before IR 4 initializers were listed as graph inputs too: drop those whose
+    # initializer went, or they would become inputs the caller must feed.
+    dropped = {tensor.name for tensor in graph.initializer} - read
+    kept_inputs = [value for value in graph.input if value.name not in dropped]
+    del target.input[:]
+    target.input.extend(kept_inputs)
+    produced = {name for node in nodes for name in node.output} - set(wanted)
     kept_info = [info for info in graph.value_info if info.name in produced]
     del target.value_info[:]
     target.value_info.extend(kept_info)
@@ -73,6 +80,24 @@ def chain_backbone(backbone: Any, refine_query: Any) -> Any:
     from onnx import compose
 
     return compose.merge_models(
-        compose.add_prefix(backbone, "backbone/", rename_inputs=False, rename_outputs=False),
-        compose.add_prefix(refine_query, "refine/", rename_inputs=False, rename_outputs=False),
+        compose.add_prefix(_without_io_value_info(backbone), "backbone/",
+                           rename_inputs=False, rename_outputs=False),
+        compose.add_prefix(_without_io_value_info(refine_query), "refine/",
+                           rename_inputs=False, rename_outputs=False),
         io_map=[("feat", "query_feat")])
+
+
+def _without_io_value_info(model: Any) -> Any:
+    """A copy without value_info entries named like graph inputs or outputs: add_prefix
+    renames value_info even where it keeps the input and output names, and the renamed
+    entry (quantize_static writes one for ``feat``) would then hide ``feat`` from
+    merge_models."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    io_names = {value.name for value in (*copy.graph.input, *copy.graph.output)}
+    kept = [info for info in copy.graph.value_info if info.name not in io_names]
+    del copy.graph.value_info[:]
+    copy.graph.value_info.extend(kept)
+    return copy

@@ -147,15 +147,19 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
     height, width = int(size[0]), int(size[1])
     trailing = array.shape[2:]
     per_pixel = int(np.prod(trailing, dtype=np.int64))
-    flat = array.reshape(array.shape[0], array.shape[1] * per_pixel)
+    values_per_row = array.shape[1] * per_pixel
     rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
     cols_low, cols_high, cols_weight = _flat_columns(width, array.shape[1], align_corners,
                                                      per_pixel)
     chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
     for start in range(0, height, chunk_rows):
         stop = min(start + chunk_rows, height)
-        rows = flat[rows_low[start:stop]].astype(np.float32)
-        below = flat[rows_high[start:stop]].astype(np.float32)
+        # Gathering rows copies them (a view's too) into contiguous [n, W, *C] arrays,
+        # which then reshape to [n, W*C] without a copy; the input itself is never copied.
+        rows = array[rows_low[start:stop]].reshape(-1, values_per_row).astype(
+            np.float32, copy=False)
+        below = array[rows_high[start:stop]].reshape(-1, values_per_row).astype(
+            np.float32, copy=False)
         below -= rows
         below *= rows_weight[start:stop, None]
         rows += below

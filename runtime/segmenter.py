@@ -75,8 +75,9 @@ class Segmenter:
     ``bundle_dir``: a bundle from ``crnet export``; ``backend``: "auto", "onnxruntime",
     "tensorrt" or "torch"; ``precision``: "fp32", "fp16" or "int8" (a variant of the
     bundle). ``threshold``: the foreground probability above which a pixel is in the mask.
-    Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``;
-    tensorrt: ``cuda_graphs``; torch: ``device``, ``threads``).
+    Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``,
+    ``spinning``, ``use_ort_build``; tensorrt: ``cuda_graphs``; torch: ``device``,
+    ``threads``).
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto",

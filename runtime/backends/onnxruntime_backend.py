@@ -189,20 +189,28 @@ class OnnxRuntimeBackend(Backend):
 
             refine = onnx.load(str(self.loaded_paths["refine"]))
             refine_query = prune_to_outputs(refine, ["query_logits"])
-            self.sessions["refine_query"] = ort.InferenceSession(
-                refine_query.SerializeToString(), options, providers=providers)
+            if _convolutions(refine_query) == _convolutions(refine):
+                raise ValueError("query_logits needs every convolution of the refine graph "
+                                 "(a bundle exported before the query and support branches "
+                                 "were split); re-export it to run the query branch alone")
+            session = ort.InferenceSession(refine_query.SerializeToString(), options,
+                                           providers=providers)
+            _check_inputs(session, {"query_feat", "support_feat", "support_mask"})
         except Exception as error:  # no onnx package, or a graph this cannot prune
             self.query_refine = {"pruned": False, "reason": f"{type(error).__name__}: {error}"}
             return
+        self.sessions["refine_query"] = session
         self.query_refine = {"pruned": True, "nodes": len(refine_query.graph.node),
                              "of_nodes": len(refine.graph.node)}
         try:
             query = chain_backbone(onnx.load(str(self.loaded_paths["backbone"])), refine_query)
-            self.sessions["query"] = ort.InferenceSession(
-                query.SerializeToString(), self._options(spinning=True), providers=providers)
+            session = ort.InferenceSession(query.SerializeToString(),
+                                           self._options(spinning=True), providers=providers)
+            _check_inputs(session, {"image", "support_feat", "support_mask"})
         except Exception as error:  # graphs onnx.compose cannot merge
             self.query_refine["chained"] = f"no ({type(error).__name__}: {error})"
         else:
+            self.sessions["query"] = session
             self.query_refine["chained"] = "yes"
 
     def _deactivate(self) -> None:
@@ -253,7 +261,7 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["threads"] = self.threads
-        info["spinning"] = self.spinning
+        info["spinning"] = {"query": "query" in self.sessions, "other sessions": self.spinning}
         if self.sessions:
             info["providers"] = self.sessions["backbone"].get_providers()
         loaded = self.loaded_paths or self.paths
@@ -263,3 +271,16 @@ class OnnxRuntimeBackend(Backend):
         if self.query_refine:
             info["query_refine"] = self.query_refine
         return info
+
+
+def _check_inputs(session: Any, expected: set[str]) -> None:
+    """Raise ValueError unless ``session`` takes exactly the inputs ``expected``."""
+    names = {value.name for value in session.get_inputs()}
+    if names != expected:
+        raise ValueError(f"the cut graph takes inputs {sorted(names)}, expected "
+                         f"{sorted(expected)}")
+
+
+def _convolutions(model: Any) -> int:
+    """Convolution nodes of a model (Conv, and ORT's fused/NCHWc variants)."""
+    return sum(node.op_type.endswith("Conv") for node in model.graph.node)

@@ -221,6 +221,25 @@ def test_sensitivity_keeps_a_broken_layer_in_fp32(quantized_bundle: Path,
     assert abs(how["sensitivity"]["steps"][-1]["delta_miou"]) <= 0.5
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_variants_run_as_one_cut_query_session(quantized_bundle: Path, precision: str) -> None:
+    from runtime.backends import backend_class
+    from runtime.bundle import Bundle
+
+    bundle = Bundle.load(quantized_bundle)
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((2, 3, *bundle.manifest["input_size"]), dtype=np.float32)
+    mask = np.zeros((1, 1, *bundle.manifest["feature_size"]), np.float32)
+    mask[..., 2:6, 2:6] = 1.0
+    with backend_class("onnxruntime")(bundle, precision, threads=1) as backend:
+        info = backend.describe()["query_refine"]
+        assert info["pruned"] and info["chained"] == "yes", info
+        feat = backend.run_backbone(image)
+        expected, _ = backend.run_refine(feat[:1], feat[1:], mask)
+        np.testing.assert_allclose(backend.run_query(image[:1], feat[1:], mask), expected,
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_unknown_precision_and_layer_are_errors(quantized_bundle: Path) -> None:
     with pytest.raises(QuantizeError, match="fp16 or int8"):
         quantize.quantize_bundle(quantized_bundle, "int4")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from crnet.bench import main, percentiles
+from crnet.bench import main, percentiles, runs_query_branch_only
 from tests.runtime.bundles import export_tiny_bundle
 
 
@@ -33,7 +33,8 @@ def test_bench_writes_valid_json(bench_bundle: Path, tmp_path: Path,
     assert flops["per_query"] == flops["encode"] + flops["refine_query"]
     assert flops["refine_query"] < flops["refine"]
     assert flops["forward"] == 2 * flops["encode"] + flops["refine"]
-    assert set(report["stages_ms"]) == {"preprocess", "backbone", "refine", "postprocess"}
+    assert set(report["stages_ms"]) == {"preprocess", "inference", "postprocess", "backbone",
+                                        "refine"}
     assert all(stage["p50"] > 0 and stage["count"] == 4 for stage in report["stages_ms"].values())
     assert report["torch_achieved_gflops"] > 0
     assert report["speedup_vs_torch"] > 0 and report["torch_forward_ms"]["count"] == 4
@@ -58,3 +59,12 @@ def test_bench_without_torch_comparison_and_errors(bench_bundle: Path, tmp_path:
 def test_percentiles() -> None:
     stats = percentiles([0.001, 0.002, 0.003, 0.004])
     assert stats["p50"] == pytest.approx(2.5) and stats["min"] == pytest.approx(1.0)
+
+
+def test_which_backends_run_the_query_branch_alone() -> None:
+    assert runs_query_branch_only({"backend": "torch"})
+    assert runs_query_branch_only({"backend": "onnxruntime",
+                                   "query_refine": {"pruned": True, "chained": "yes"}})
+    assert not runs_query_branch_only({"backend": "onnxruntime",
+                                       "query_refine": {"pruned": False, "reason": "TensorRT EP"}})
+    assert not runs_query_branch_only({"backend": "tensorrt"})

@@ -35,7 +35,7 @@ def test_deploy_writes_the_report_and_reuses_artifacts(tmp_path: Path) -> None:
     assert "| fp16 | onnxruntime |" in markdown
     fp32_speed = next(line for line in markdown.splitlines() if line.startswith("| fp32 | ")
                       and "onnxruntime" not in line)
-    assert fp32_speed.count(" / ") == 3  # preprocess / backbone / refine / postprocess
+    assert fp32_speed.count(" / ") == 2  # preprocess / inference / postprocess
     assert "![episode 0](pictures/episode-00.png)" in markdown
     picture = Image.open(out / on_disk["pictures"][0])
     assert picture.size[0] > 4 * picture.size[1]  # support, truth, reference, fp32, fp16

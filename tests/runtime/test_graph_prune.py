@@ -85,3 +85,24 @@ def test_prune_refuses_unknown_outputs_and_subgraphs() -> None:
         "nested", [condition, value], [result]))
     with pytest.raises(ValueError, match="subgraphs"):
         prune_to_outputs(nested, ["y"])
+
+
+def test_prune_drops_initializers_listed_as_inputs() -> None:
+    """Before IR 4 initializers were graph inputs too; an unread one must not stay an input."""
+    from onnx import numpy_helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    kept, dropped = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [2])
+                     for name in ("a", "b"))
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2]) for name in "yz"]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "a"], ["y"]), helper.make_node("Mul", ["x", "b"], ["z"])],
+        "old", [value, kept, dropped], outputs,
+        initializer=[numpy_helper.from_array(np.ones(2, np.float32), name) for name in "ab"],
+        value_info=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, ir_version=3, opset_imports=[helper.make_opsetid("", 9)])
+    pruned = prune_to_outputs(model, ["y"])
+    assert [i.name for i in pruned.graph.input] == ["x", "a"]
+    assert [t.name for t in pruned.graph.initializer] == ["a"]
+    assert [n.op_type for n in pruned.graph.node] == ["Add"]
+    assert list(pruned.graph.value_info) == []  # an output's value_info is not kept

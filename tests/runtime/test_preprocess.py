@@ -42,6 +42,15 @@ def test_preprocess_image_matches_torch_reference() -> None:
     np.testing.assert_allclose(ours, reference.numpy(), atol=1e-4)  # values up to ~2.6
 
 
+def test_views_resize_like_their_copies() -> None:
+    frame = np.random.default_rng(3).integers(0, 256, (120, 160, 4), dtype=np.uint8)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    for view in (frame, frame[10:90, 20:150], frame[::2, ::3]):  # RGBA, crop, strided
+        np.testing.assert_array_equal(
+            preprocess_image(view, (33, 47), mean, std),
+            preprocess_image(np.ascontiguousarray(view[:, :, :3]), (33, 47), mean, std))
+
+
 def test_preprocess_image_normalises() -> None:
     image = np.full((40, 60, 3), 255, np.uint8)
     tensor = preprocess_image(image, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
