@@ -5,9 +5,12 @@ A backend runs the two graphs of a bundle (DESIGN.md, "The split") on numpy arra
 * ``run_backbone(images [N,3,H,W] float32) -> feat [N,C,h,w] float32``
 * ``run_refine(query_feat [1,C,h,w], support_feat [K,C,h,w], support_mask [K,1,h,w])
   -> (query_logits [1,2,h,w], support_logits [K,2,h,w])``, float32.
-* ``run_query_refine(...)`` with the same inputs -> ``query_logits`` alone: what
-  ``Segmenter.segment`` calls. The default runs ``run_refine`` and drops the support
-  logits; a backend that can skip the support branch overrides it.
+* ``run_query_refine(...)`` with the same inputs -> ``query_logits`` alone. The default
+  runs ``run_refine`` and drops the support logits; a backend that can skip the support
+  branch overrides it.
+* ``run_query(image [1,3,H,W], support_feat, support_mask) -> query_logits``: what
+  ``Segmenter.segment`` calls. The default is ``run_backbone`` then ``run_query_refine``;
+  a backend that can run both in one call overrides it.
 
 Lifecycle as Polygraphy's runners: construct (cheap, no heavy work), ``activate()`` (load
 sessions / engines / weights), run, ``deactivate()``; or ``with backend: ...``.

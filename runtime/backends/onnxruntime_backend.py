@@ -241,7 +241,7 @@ class OnnxRuntimeBackend(Backend):
                          support_mask: np.ndarray) -> np.ndarray:
         self._require_active()
         if "refine_query" not in self.sessions:
-            return self.run_refine(query_feat, support_feat, support_mask)[0]
+            return super().run_query_refine(query_feat, support_feat, support_mask)
         (query_logits,) = self.sessions["refine_query"].run(
             ["query_logits"],
             self._feeds("refine", query_feat=query_feat, support_feat=support_feat,
