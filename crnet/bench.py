@@ -140,13 +140,11 @@ def model_flops(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warmup: int
                 ) -> dict[str, dict[str, float]]:
-    """Per-stage durations of segment() with the cached support: numpy preprocessing, the
-    inference (``run_query``, the very call segment() makes), post-processing (softmax,
-    resize, threshold); then, for where the inference time goes, the backbone and the
-    query refine run one after the other (``run_backbone`` + ``run_query_refine``: separate
-    sessions, so their sum can exceed the fused inference)."""
-    from runtime.preprocess import foreground_probability
-
+    """Per-stage durations of segment() with the cached support, through the Segmenter's
+    own steps: ``preprocess`` (numpy), ``infer`` (``run_query`` and the softmax),
+    ``postprocess`` (resize, threshold); then, for where the inference time goes, the
+    backbone and the query refine run one after the other (``run_backbone`` +
+    ``run_query_refine``: separate sessions, so their sum can exceed the fused inference)."""
     backend, support = segmenter.backend, segmenter.support
     names = ("preprocess", "inference", "postprocess", "backbone", "refine")
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -155,9 +153,9 @@ def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warm
         marks = [time.perf_counter()]
         tensor, shape = segmenter.preprocess(query)
         marks.append(time.perf_counter())
-        logits = backend.run_query(tensor, support.feat, support.mask)
+        probability = segmenter.infer(tensor, support)
         marks.append(time.perf_counter())
-        segmenter.postprocess(foreground_probability(logits), shape)
+        segmenter.postprocess(probability, shape)
         marks.append(time.perf_counter())
         feat = backend.run_backbone(tensor)
         marks.append(time.perf_counter())

@@ -166,9 +166,7 @@ class OnnxRuntimeBackend(Backend):
         expected = {"backbone": {"image"}, "refine": {"query_feat", "support_feat",
                                                       "support_mask"}}
         for graph, names in expected.items():
-            if set(self._input_types[graph]) != names:
-                raise BackendError(f"{self.paths[graph].name} has inputs "
-                                   f"{sorted(self._input_types[graph])}, expected {sorted(names)}")
+            _check_inputs(self.sessions[graph], names, self.paths[graph].name)
 
         self._activate_query_refine(options, providers)
 
@@ -195,7 +193,8 @@ class OnnxRuntimeBackend(Backend):
                                  "were split); re-export it to run the query branch alone")
             session = ort.InferenceSession(refine_query.SerializeToString(), options,
                                            providers=providers)
-            _check_inputs(session, {"query_feat", "support_feat", "support_mask"})
+            _check_inputs(session, {"query_feat", "support_feat", "support_mask"},
+                          "the refine graph cut to query_logits")
         except Exception as error:  # no onnx package, or a graph this cannot prune
             self.query_refine = {"pruned": False, "reason": f"{type(error).__name__}: {error}"}
             return
@@ -206,7 +205,8 @@ class OnnxRuntimeBackend(Backend):
             query = chain_backbone(onnx.load(str(self.loaded_paths["backbone"])), refine_query)
             session = ort.InferenceSession(query.SerializeToString(),
                                            self._options(spinning=True), providers=providers)
-            _check_inputs(session, {"image", "support_feat", "support_mask"})
+            _check_inputs(session, {"image", "support_feat", "support_mask"},
+                          "the chained query graph")
         except Exception as error:  # graphs onnx.compose cannot merge
             self.query_refine["chained"] = f"no ({type(error).__name__}: {error})"
         else:
@@ -273,12 +273,11 @@ class OnnxRuntimeBackend(Backend):
         return info
 
 
-def _check_inputs(session: Any, expected: set[str]) -> None:
-    """Raise ValueError unless ``session`` takes exactly the inputs ``expected``."""
+def _check_inputs(session: Any, expected: set[str], what: str) -> None:
+    """Raise BackendError unless ``session`` takes exactly the inputs ``expected``."""
     names = {value.name for value in session.get_inputs()}
     if names != expected:
-        raise ValueError(f"the cut graph takes inputs {sorted(names)}, expected "
-                         f"{sorted(expected)}")
+        raise BackendError(f"{what} has inputs {sorted(names)}, expected {sorted(expected)}")
 
 
 def _convolutions(model: Any) -> int:
