@@ -40,10 +40,13 @@ from typing import Any
 
 import numpy as np
 
+from models.provenance import training_fold
 from runtime.bundle import GRAPHS, Bundle, BundleError, graph_file, update_manifest
+from runtime.errors import CrnetError
 from runtime.files import write_bytes_atomic
+from runtime.layout import RANGES_FILE, trt_calibration_cache
 
-# fp16: ops kept in fp32. Measured with sensitivity.fp16_op_damage on crnet-lite fold 0
+# fp16: ops kept in fp32. Measured by casting one op type at a time on crnet-lite fold 0
 # (64 base-class episodes): casting any single one of them to fp16 moved the mean |query
 # probability| error by < 1e-6; Sigmoid alone raised the max error from 1.1e-3 to 1.6e-3.
 # ReduceSum/ReduceMean/Div are kept for range and accumulation: masked average pooling
@@ -60,9 +63,7 @@ DEFAULT_CALIBRATION_EPISODES = 64
 DEFAULT_CALIBRATION_SHOTS = 1
 DEFAULT_CALIBRATION_SEED = 0
 PERCENTILE = 99.999
-RANGES_FILE = "calibration/ranges.int8.json"
 RANGES_FORMAT = "crnet-deploy/int8-ranges"
-TRT_CACHE_FILE = "calibration/{graph}.trt10.int8.calib"  # one per graph: tensor names overlap
 # quantize_static settings that yield a graph TensorRT accepts (shared/FACTS.md).
 TRT_EXTRA_OPTIONS: dict[str, Any] = {
     "ActivationSymmetric": True,
@@ -74,7 +75,7 @@ TRT_EXTRA_OPTIONS: dict[str, Any] = {
 }
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(CrnetError, RuntimeError):
     """A variant that cannot be produced or fails a check; nothing is installed."""
 
 
@@ -109,14 +110,21 @@ def _quiet() -> Iterator[None]:
 
 
 def default_fold(bundle: Bundle) -> int:
-    """The fold the bundle's checkpoint was trained on (its base classes), else 0."""
+    """The fold the bundle's checkpoint was trained on (its base classes), else 0.
+
+    Read through models.provenance from the checkpoint JSON copied into the bundle (what
+    `crnet train` wrote), falling back to the manifest's copy of the training record.
+    """
     meta_name = bundle.manifest.get("checkpoint", {}).get("metadata")
-    if meta_name and (bundle.root / meta_name).exists():
-        training = json.loads((bundle.root / meta_name).read_text()).get("training", {})
-        fold = training.get("fold")
-        if isinstance(fold, int):
-            return fold
-    return 0
+    training = bundle.manifest.get("source_checkpoint", {}).get("training")
+    if meta_name and (bundle.root / meta_name).is_file():
+        try:
+            training = json.loads((bundle.root / meta_name).read_text()).get("training")
+        except (OSError, ValueError, AttributeError) as error:
+            raise QuantizeError(f"cannot read the checkpoint record {meta_name} of "
+                                f"{bundle.root}: {error}") from error
+    fold = training_fold(training)
+    return 0 if fold is None else fold
 
 
 def load_fp32_bundle(bundle_dir: str | Path) -> Bundle:
@@ -472,8 +480,11 @@ def quantize_int8(
         if sensitivity:
             check = sens.SensitivitySet.build(bundle.root, fold, sensitivity_episodes,
                                               progress=progress)
-            ranking = sens.rank_layers(check, preprocessed, ranges, layers, op_types,
-                                       progress=progress)
+            def quantize_alone(layer: sens.Layer) -> Any:
+                return quantize_graph(preprocessed[layer.graph], ranges[layer.graph],
+                                      nodes_to_quantize=layer.nodes, op_types=op_types)
+
+            ranking = sens.rank_layers(check, layers, quantize_alone, progress=progress)
             excluded, steps = sens.choose_exclusions(
                 check, build, ranking, target_delta, always=exclude_layers,
                 progress=progress)
@@ -494,7 +505,7 @@ def quantize_int8(
     if not calibration["reused"]:
         provenance = {k: v for k, v in calibration.items() if k != "reused"}
         extra_files[RANGES_FILE] = ranges_json(ranges, provenance)
-    cache_files = {graph: TRT_CACHE_FILE.format(graph=graph) for graph in GRAPHS}
+    cache_files = {graph: trt_calibration_cache(graph) for graph in GRAPHS}
     if trt10_cache:
         extra_files.update({cache_files[graph]: trt10_calibration_cache(ranges[graph]).encode()
                             for graph in GRAPHS})
@@ -575,9 +586,10 @@ def main(argv: list[str] | None = None) -> int:
                 sensitivity_episodes=args.sensitivity_episodes,
                 target_delta=args.target_delta, exclude_layers=args.exclude_layer,
                 progress=progress)
-    except (QuantizeError, BundleError, ValueError, OSError) as error:
-        print(f"crnet quantize: {error}", file=sys.stderr)
-        return 1
+    except BundleError:
+        raise
+    except ValueError as error:  # onnx / onnxruntime reject a graph with a ValueError
+        raise QuantizeError(str(error)) from error
     how = manifest["variants"][args.precision]["how"]
     print(summary(args.bundle, args.precision, how))
     return 0
@@ -608,4 +620,6 @@ def summary(bundle_dir: Path, precision: str, how: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.errors import run_command
+
+    sys.exit(run_command("crnet quantize", main))

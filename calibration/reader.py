@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.episodes import Episode
+from data.episodes import Episode
 from runtime.bundle import Bundle
 from runtime.preprocess import preprocess_image, preprocess_mask
 
@@ -82,7 +82,7 @@ class FeedReader:
 def base_episodes(fold: int, count: int, shots: int = 1, seed: int = 0,
                   start: int = 0) -> Iterable[Episode]:
     """Episodes ``start .. start+count-1`` of synthetic-5i's base-class (train) split."""
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
 
     if count < 1:
         raise ValueError(f"need at least one calibration episode, got {count}")

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from calibration.reader import EpisodeFeeds, base_episodes, collect_feeds, cpu_session
-from crnet.metrics import FewShotMeter
 from runtime.bundle import GRAPHS, Bundle
+from runtime.metrics import FewShotMeter
 from runtime.preprocess import foreground_probability, probability_to_mask
 
 SENSITIVITY_SEED = 1  # calibration uses seed 0: the two episode sets are independent
@@ -144,21 +144,20 @@ class SensitivitySet:
                      max_probability_error=float(max(e.max() for e in errors)))
 
 
-def rank_layers(check: SensitivitySet, preprocessed: dict[str, Path],
-                ranges: dict[str, dict[str, tuple[float, float]]], layers: dict[str, Layer],
-                op_types: Sequence[str], episodes: int = RANK_EPISODES, progress: bool = True
-                ) -> list[tuple[str, float]]:
+def rank_layers(check: SensitivitySet, layers: dict[str, Layer],
+                quantize_alone: Callable[[Layer], Any], episodes: int = RANK_EPISODES,
+                progress: bool = True) -> list[tuple[str, float]]:
     """(layer, damage) for every layer quantized alone, most harmful first; damage is the
-    mean |query probability - fp32's| on the first ``episodes`` episodes."""
-    from tqdm import tqdm
+    mean |query probability - fp32's| on the first ``episodes`` episodes.
 
-    from calibration.quantize import quantize_graph
+    ``quantize_alone(layer)`` returns the ModelProto of the layer's graph with only that
+    layer quantized (the caller owns the quantizer; this module only scores)."""
+    from tqdm import tqdm
 
     damages = []
     for name, layer in tqdm(sorted(layers.items()), desc="layer sensitivity",
                             disable=not progress, leave=False):
-        model = quantize_graph(preprocessed[layer.graph], ranges[layer.graph],
-                               nodes_to_quantize=layer.nodes, op_types=op_types)
+        model = quantize_alone(layer)
         score = check.score({layer.graph: model.SerializeToString()}, limit=episodes)
         damages.append((name, round(score.probability_mae, 8)))
     return sorted(damages, key=lambda item: -item[1])
@@ -190,24 +189,3 @@ def choose_exclusions(check: SensitivitySet, build: Callable[[Sequence[str]], di
         excluded.append(candidates.pop(0))
     bar.close()
     return excluded, steps
-
-
-def fp16_op_damage(bundle_dir: str | Path, check: SensitivitySet,
-                   candidates: Sequence[str]) -> dict[str, dict[str, float]]:
-    """For each candidate op type: the fp16 graphs' score with only that op cast to fp16
-    (every other candidate kept fp32), plus ``"all kept"`` and ``"none kept"``."""
-    import onnx
-
-    from calibration.quantize import convert_fp16
-
-    bundle = Bundle.load(bundle_dir, verify=False)
-    fp32 = {graph: onnx.load(str(bundle.graph_path(graph, "fp32"))) for graph in GRAPHS}
-
-    def measure(keep: Sequence[str]) -> dict[str, float]:
-        graphs = {g: convert_fp16(m, keep).SerializeToString() for g, m in fp32.items()}
-        return check.score(graphs).to_dict()
-
-    results = {"all kept": measure(candidates), "none kept": measure([])}
-    for op in candidates:
-        results[f"{op} in fp16"] = measure([c for c in candidates if c != op])
-    return results

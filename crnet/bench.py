@@ -37,7 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from crnet.evaluate import BACKENDS
+from runtime.errors import UsageError
 from runtime.files import write_json_atomic
+from runtime.layout import PRECISIONS
 
 SOAK_DEFAULT = 5000
 SOAK_LIMIT_MB = 50.0
@@ -179,7 +182,7 @@ def runs_query_branch_only(backend_info: dict[str, Any]) -> bool:
 def load_queries(shots: int, count: int, fold: int, seed: int
                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Support images, support masks (episode 0) and ``count`` query images (episodes 0..)."""
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
 
     dataset = Synthetic5i(fold, split="test", seed=seed)
     first = dataset.episode(0, shots)
@@ -415,9 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     """`crnet bench`: benchmark a bundle; exits 1 when the soak's memory growth is too large."""
     parser = argparse.ArgumentParser(prog="crnet bench", description=main.__doc__)
     parser.add_argument("bundle", type=Path, help="bundle directory (from crnet export)")
-    parser.add_argument("--backend", default="auto",
-                        choices=["auto", "onnxruntime", "tensorrt", "torch"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
@@ -450,9 +452,10 @@ def main(argv: list[str] | None = None) -> int:
                            threads=args.threads, shots=args.shots,
                            compare_torch=args.compare_torch, soak_calls=args.soak,
                            fold=args.fold, seed=args.seed, progress=not args.no_progress)
-    except (BundleError, BackendError, ValueError, OSError) as error:
-        print(f"crnet bench: {error}", file=sys.stderr)
-        return 1
+    except (BundleError, BackendError):
+        raise
+    except ValueError as error:  # a bad option value found while setting the bench up
+        raise UsageError(str(error)) from error
     print(format_report(report))
     if args.json is not None:
         write_json_atomic(args.json, report)
@@ -463,4 +466,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.errors import run_command
+
+    sys.exit(run_command("crnet bench", main))

@@ -1,15 +1,22 @@
-"""The `crnet` command: one subcommand per stage, each a thin `main(argv)` in its module."""
+"""The `crnet` command: one subcommand per stage, each a thin `main(argv)` in its module.
+
+The top layer of the project (shared/DESIGN.md): it imports every package below it and
+nothing imports it. Exit codes follow runtime.errors.run_command: 0 success, 1 an
+expected error or a failed check (printed as one line), 2 a bad command line.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
+from runtime.errors import EXIT_USAGE, run_command
+
 # subcommand -> (module with main(argv), one-line help). Modules import lazily so that
-# `crnet info` does not pay for onnxruntime and `crnet eval` does not pay for onnx.
+# `crnet info` does not pay for onnxruntime, and `--help` works in the plain install.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("crnet.info", "parameter count and FLOPs of each preset"),
-    "train": ("models.train", "episodic training on synthetic-5i base classes"),
+    "train": ("models.train", "episodic training on base-class episodes"),
     "export": ("export.to_onnx", "split ONNX export of a checkpoint into a bundle, with parity"),
     "lint": ("export.lint", "check a bundle's graphs against TensorRT's ONNX parser rules"),
     "quantize": ("calibration.quantize", "add fp16 or int8 variants of a bundle's graphs"),
@@ -34,13 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(usage())
-        return 0 if args else 2
+        return 0 if args else EXIT_USAGE
     command, rest = args[0], args[1:]
     if command not in SUBCOMMANDS:
         print(f"crnet: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(SUBCOMMANDS[command][0])
-    return int(module.main(rest) or 0)
+        return EXIT_USAGE
+
+    def run(arguments: list[str] | None) -> int:
+        module = importlib.import_module(SUBCOMMANDS[command][0])
+        return int(module.main(arguments) or 0)
+
+    try:
+        return run_command(f"crnet {command}", run, rest)
+    except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from crnet.evaluate import load_gates, segmenter_predictor
-from crnet.metrics import FewShotMeter
-from crnet.pictures import (
+from crnet.evaluate import load_gates
+from data.pictures import (
     PREDICTION_COLOR,
     SUPPORT_COLOR,
     TRUTH_COLOR,
@@ -35,11 +34,16 @@ from crnet.pictures import (
     overlay,
     save_png,
 )
+from runtime.errors import CrnetError
 from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
+from runtime.layout import GRAPHS, PRECISIONS, graph_file
 
-PRECISIONS = ("fp32", "fp16", "int8")
 PICTURE_EPISODES = 6
 Log = Callable[[str], None]
+
+
+class DeployError(CrnetError, RuntimeError):
+    """A deploy stage that a library rejected (the message is the library's)."""
 
 
 def _stage(log: Log, number: int, name: str) -> float:
@@ -79,7 +83,7 @@ def _parity_line(parity: dict[str, Any]) -> str:
 
 def _fp32_hashes(manifest: dict[str, Any]) -> dict[str, str]:
     files = manifest.get("files", {})
-    return {name: files.get(name, "") for name in ("backbone.fp32.onnx", "refine.fp32.onnx")}
+    return {name: files.get(name, "") for name in (graph_file(g, "fp32") for g in GRAPHS)}
 
 
 def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
@@ -152,22 +156,30 @@ def _episode_key(bundle_dir: Path, precision: str, backend: str, settings: dict[
 
 def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fold: int,
                    shots: int, episodes: int, seed: int, cache_dir: Path, log: Log,
-                   progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One pass over the episodes scoring the reference and every variant.
+                   progress: bool, dataset: str = "synthetic-5i",
+                   data_root: Path | None = None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One pass over the episodes scoring the reference and every variant (crnet eval's
+    path: data.evaluation), gated as crnet eval gates them.
 
     Returns (records per variant, picture rows). Results are cached by the variant's
     graph hashes and the episode settings.
     """
-    from tqdm import tqdm
-
-    from calibration.synthetic import Synthetic5i
+    from data.evaluation import (
+        EvalResult,
+        episode_source,
+        evaluate_many,
+        gate_record,
+        segmenter_predictor,
+    )
     from runtime import Segmenter
 
     settings = {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
-                "dataset": "synthetic-5i"}
+                "dataset": dataset}
     variants = {"reference": ("torch", "fp32"), **{p: (backend, p) for p in precisions}}
     cached: dict[str, dict[str, Any]] = {}
-    todo: dict[str, Any] = {}
+    predictors: dict[str, Any] = {}
+    pending: dict[str, tuple[Path, str, str]] = {}
     for name, (variant_backend, precision) in variants.items():
         key = _episode_key(bundle_dir, precision, variant_backend, settings)
         path = cache_dir / f"eval-{key}.json"
@@ -176,44 +188,30 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
             log(f"  reuse evaluation of {variant_backend} {precision} ({path.name})")
         else:
             segmenter = Segmenter(bundle_dir, backend=variant_backend, precision=precision)
-            todo[name] = (segmenter_predictor(segmenter), FewShotMeter(), path,
-                          segmenter.backend_name, precision)
+            predictors[name] = segmenter_predictor(segmenter)
+            pending[name] = (path, segmenter.backend_name, precision)
     picture_rows: list[dict[str, Any]] = []
-    timings = {name: 0.0 for name in todo}
-    if todo:
-        dataset = Synthetic5i(fold, split="test", seed=seed)
-        for index, episode in enumerate(tqdm(dataset.episodes(episodes, shots=shots),
-                                             total=episodes, desc="evaluate",
-                                             disable=not progress)):
-            predictions = {}
-            for name, (predict, meter, *_rest) in todo.items():
-                started = time.perf_counter()
-                predictions[name] = predict(episode)
-                timings[name] += time.perf_counter() - started
-                meter.update(episode.class_id, predictions[name], episode.query_mask)
-            if index < PICTURE_EPISODES:
-                picture_rows.append({"episode": episode, "predictions": predictions})
-        for name, (_predict, meter, path, backend_name, precision) in todo.items():
-            cached[name] = {
-                "backend": backend_name, "precision": precision, "miou": meter.miou(),
-                "fbiou": meter.fbiou(),
-                "per_class_iou": {str(k): v for k, v in meter.per_class_iou().items()},
-                "episodes": episodes, "seconds": timings[name], **settings,
-            }
+
+    def keep_picture(index: int, episode: Any, predictions: dict[str, np.ndarray]) -> None:
+        if index < PICTURE_EPISODES:
+            picture_rows.append({"episode": episode, "predictions": predictions})
+
+    if predictors:
+        source = episode_source(dataset, fold, seed, data_root)
+        results = evaluate_many(predictors, source.episodes(episodes, shots=shots),
+                                total=episodes, progress=progress, description="evaluate",
+                                on_episode=keep_picture)
+        for name, result in results.items():
+            path, backend_name, precision = pending[name]
+            cached[name] = {"backend": backend_name, "precision": precision,
+                            **result.to_dict(), **settings}
             write_json_atomic(path, cached[name])
-    reference = cached["reference"]
+    reference = EvalResult.from_dict(cached["reference"])
     gates = load_gates()
-    records = []
-    for precision in precisions:
-        result = dict(cached[precision])
-        delta = result["miou"] - reference["miou"]
-        gate = gates.get(precision)
-        result.update({
-            "reference_miou": reference["miou"], "reference_fbiou": reference["fbiou"],
-            "delta_miou": delta, "delta_fbiou": result["fbiou"] - reference["fbiou"],
-            "max_abs_delta_miou": gate, "passed": None if gate is None else abs(delta) <= gate,
-        })
-        records.append(result)
+    records = [gate_record(EvalResult.from_dict(cached[precision]), reference,
+                           gates.get(precision), backend=cached[precision]["backend"],
+                           precision=precision, **settings)
+               for precision in precisions]
     return records, picture_rows
 
 
@@ -348,7 +346,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
     )
     stages["evaluate"] = {"seconds": time.perf_counter() - begin}
-    from crnet.evaluate import format_table
+    from data.evaluation import format_table
 
     log(format_table(accuracy))
 
@@ -421,11 +419,14 @@ def main(argv: list[str] | None = None) -> int:
                         precisions=precisions, parity_episodes=args.parity_episodes,
                         threads=args.threads, progress=not args.no_progress,
                         command=command.strip())
-    except (ValueError, RuntimeError, OSError) as error:
-        print(f"crnet deploy: {error}", file=sys.stderr)
-        return 1
+    except CrnetError:
+        raise
+    except (ValueError, RuntimeError) as error:  # a library's rejection, reported in one line
+        raise DeployError(str(error)) from error
     return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.errors import run_command
+
+    sys.exit(run_command("crnet deploy", main))

@@ -6,7 +6,6 @@ import argparse
 import json
 
 from models.config import PRESETS, preset
-from models.summary import format_summary, summarize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = [preset(name) for name in (args.presets or sorted(PRESETS))]
     except ValueError as error:
         parser.error(str(error))
+    from models.summary import format_summary, summarize
+
     summaries = [summarize(config) for config in configs]
     if args.json:
         print(json.dumps([

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from export.build_engine import Log, publishable, select_precisions
+from export.build_settings import Log, select_precisions
 from runtime.bundle import GRAPHS, Bundle, update_manifest
 from runtime.files import atomic_path, sha256_file
-from runtime.ort_build import ort_build_relpath
+from runtime.layout import ort_build_relpath
 
 ORT_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
@@ -78,7 +78,6 @@ def ort_build(onnx_path: str | Path, out_path: str | Path, level: str = "extende
         options.optimized_model_filepath = str(temporary)
         ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         model = onnx.load(str(temporary), load_external_data=False)
-        publishable(temporary)
     seconds = time.perf_counter() - started
     domains = sorted({node.domain for node in model.graph.node if node.domain not in ("",
                                                                                       "ai.onnx")})

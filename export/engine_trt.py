@@ -20,14 +20,14 @@ import subprocess
 import time
 from typing import Any
 
-from export.build_engine import (
+from export.build_settings import (
     BuildSettings,
     EngineBuildError,
     Log,
     format_trtexec,
-    publishable,
 )
 from runtime.files import atomic_path, sha256_file, write_json_atomic
+from runtime.layout import engine_json_path, engine_layers_path
 
 INSTALL_HINT = (
     "TensorRT is not installed (`import tensorrt` failed: {reason}). Building engines needs "
@@ -231,10 +231,8 @@ def _load_timing_cache(config: Any, settings: BuildSettings, log: Log) -> str:
 
 
 def _write_plan(serialized: Any, settings: BuildSettings) -> None:
-    with atomic_path(settings.engine) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(serialized)
-        publishable(temporary)
+    with atomic_path(settings.engine) as temporary, open(temporary, "wb") as handle:
+        handle.write(serialized)
 
 
 def _inspect(trt: Any, logger: Any, serialized: Any, settings: BuildSettings, log: Log
@@ -293,13 +291,11 @@ def build_engine(settings: BuildSettings, log: Log = print, device: int = 0) -> 
     if settings.timing_cache is not None:
         with atomic_path(settings.timing_cache) as temporary:
             temporary.write_bytes(bytes(config.get_timing_cache().serialize()))
-            publishable(temporary)
     information, tensors = _inspect(trt, logger, serialized, settings, log)
-    layers_path = settings.engine.with_suffix(".layers.json")
+    layers_path = engine_layers_path(settings.engine)
     counts = summarize_layers(information) if information is not None else None
     if information is not None:
         write_json_atomic(layers_path, information)
-        publishable(layers_path)
     info: dict[str, Any] = {
         "tensorrt_version": trt.__version__,
         "compute_capability": machine["compute_capability"],
@@ -338,7 +334,6 @@ def build_engine(settings: BuildSettings, log: Log = print, device: int = 0) -> 
     if warning:
         info["warnings"] = [warning]
         log(f"WARNING: {warning}")
-    write_json_atomic(settings.engine.with_suffix(".json"), info)
-    publishable(settings.engine.with_suffix(".json"))
+    write_json_atomic(engine_json_path(settings.engine), info)
     log(f"layers per precision: {counts}")
     return info

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from export import trt_ops
+from runtime.errors import CrnetError
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 _SHAPE_SOURCES = frozenset({"Shape", "Size"})
@@ -30,6 +31,10 @@ _SHAPE_PASS_THROUGH = frozenset({
     "Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Add", "Sub", "Mul",
     "Div", "Mod", "Floor", "Ceil", "Identity", "Max", "Min", "Reshape", "Neg",
 })
+
+
+class LintInputError(CrnetError, ValueError):
+    """A path that is neither a bundle nor a readable ONNX file."""
 
 
 @dataclass(frozen=True)
@@ -414,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="OUT", help="also write the report as JSON here")
     parser.add_argument("--no-info", action="store_true", help="hide info-level findings")
     args = parser.parse_args(argv)
+    if args.json:
+        from runtime.files import check_writable_file
+
+        check_writable_file(args.json, "--json")
     findings: list[Finding] = []
     graphs: list[str] = []
     try:
@@ -422,12 +431,11 @@ def main(argv: list[str] | None = None) -> int:
             report = (lint_bundle(path) if path.is_dir()
                       else lint_files({path.name: path}) if path.exists() else None)
             if report is None:
-                raise FileNotFoundError(f"no such bundle or ONNX file: {path}")
+                raise LintInputError(f"no such bundle or ONNX file: {path}")
             findings.extend(report.findings)
             graphs.extend(report.graphs)
-    except (OSError, ValueError, DecodeError) as error:
-        print(f"crnet lint: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, DecodeError) as error:
+        raise LintInputError(f"cannot lint {raw}: {error}") from error
     total = LintReport(graphs=graphs, findings=findings)
     shown = [f for f in findings if not (args.no_info and f.severity == INFO)]
     print(format_table(shown))
@@ -441,4 +449,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.errors import run_command
+
+    sys.exit(run_command("crnet lint", main))

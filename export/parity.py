@@ -4,7 +4,7 @@ Both sides get the same preprocessed arrays (runtime.preprocess): ONNX Runtime (
 backbone -> refine end to end, PyTorch runs ``model.encode`` -> ``model.refine``. Reported:
 the largest absolute difference of every output (and the episode where it occurs), the
 foreground-pixel agreement of the final masks at image size, and |delta mIoU| of the two
-predictors scored by crnet.metrics on the same episodes.
+predictors scored by runtime.metrics on the same episodes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from models.crnet import CRNet
+from runtime.bundle import Bundle
+from runtime.errors import CrnetError
 from runtime.preprocess import mask_from_logits, preprocess_image, preprocess_mask
 
 MIN_AGREEMENT = 0.999  # fraction of query pixels whose foreground decision must agree
-MAX_DELTA_MIOU = 0.05  # in the units of crnet.metrics.FewShotMeter.miou() (percent)
+MAX_DELTA_MIOU = 0.05  # in the units of runtime.metrics.FewShotMeter.miou() (percent)
 SHOT_CYCLE = (1, 5)  # episode i uses SHOT_CYCLE[i % len]: exercises dynamic K
 OUTPUTS = ("feat", "query_logits", "support_logits")
 
@@ -95,7 +95,11 @@ class ParityReport:
         return "\n".join(lines)
 
 
-class ParityError(RuntimeError):
+class ParityInputError(CrnetError, ValueError):
+    """A parity run that cannot be made (no episodes, or every episode skipped)."""
+
+
+class ParityError(CrnetError, RuntimeError):
     """Exported graphs that disagree with PyTorch; carries the report."""
 
     def __init__(self, report: ParityReport, kept_at: Path | None = None) -> None:
@@ -120,9 +124,8 @@ def _episode_arrays(episode: Any, config: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_parity(
-    model: CRNet,
-    backbone_path: str | Path,
-    refine_path: str | Path,
+    model: Any,
+    bundle: Bundle,
     *,
     episodes: int = 64,
     fold: int = 0,
@@ -130,69 +133,66 @@ def check_parity(
     shot_cycle: Sequence[int] = SHOT_CYCLE,
     progress: bool = True,
 ) -> ParityReport:
-    """Compare ONNX Runtime and PyTorch on ``episodes`` synthetic-5i test episodes."""
+    """Compare a bundle's fp32 graphs with the PyTorch ``model`` on ``episodes`` synthetic-5i
+    test episodes, through the runtime's backends (ONNX Runtime CPU and torch), the same
+    backends `crnet eval` compares."""
     import time
 
-    import onnxruntime as ort
     from tqdm import tqdm
 
-    from calibration.synthetic import Synthetic5i
-    from crnet.metrics import FewShotMeter
+    from data.synthetic import Synthetic5i
+    from models.torch_backend import TorchBackend
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from runtime.metrics import FewShotMeter
 
     if episodes < 1:
-        raise ValueError(f"parity needs at least one episode, got {episodes}")
+        raise ParityInputError(f"parity needs at least one episode, got {episodes}")
     started = time.perf_counter()
     model.eval()
     config = model.config
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    backbone = ort.InferenceSession(str(backbone_path), options,
-                                    providers=["CPUExecutionProvider"])
-    refine = ort.InferenceSession(str(refine_path), options, providers=["CPUExecutionProvider"])
+    candidate = OnnxRuntimeBackend(bundle, "fp32", use_ort_build=False)
+    reference = TorchBackend(None, "fp32", model=model, device="cpu")
     dataset = Synthetic5i(fold, split="test", seed=seed)
     diffs = {name: OutputDiff() for name in OUTPUTS}
     torch_meter, onnx_meter = FewShotMeter(), FewShotMeter()
     agree = total = both_foreground = either_foreground = 0
     worst_agreement, worst_episode = 1.0, -1
     skipped: list[int] = []
-    for index in tqdm(range(episodes), desc="parity", disable=not progress, leave=False):
-        shots = int(shot_cycle[index % len(shot_cycle)])
-        episode = dataset.episode(index, shots)
-        images, masks = _episode_arrays(episode, config)
-        if np.any(masks.reshape(len(masks), -1).sum(axis=1) <= 0):
-            skipped.append(index)  # an object too small to survive the feature-size resize
-            continue
-        (onnx_feat,) = backbone.run(None, {"image": images})
-        onnx_query, onnx_support = refine.run(None, {
-            "query_feat": onnx_feat[-1:], "support_feat": onnx_feat[:-1],
-            "support_mask": masks,
-        })
-        with torch.inference_mode():
-            torch_feat = model.encode(torch.from_numpy(images))
-            torch_query, torch_support = model.refine(
-                torch_feat[-1:], torch_feat[:-1], torch.from_numpy(masks),
-                steps=config.refine_steps)
-        pairs = {"feat": (torch_feat, onnx_feat), "query_logits": (torch_query, onnx_query),
-                 "support_logits": (torch_support, onnx_support)}
-        for name, (reference, candidate) in pairs.items():
-            difference = float(np.max(np.abs(reference.numpy() - candidate)))
-            if not np.isfinite(candidate).all():
-                difference = float("inf")
-            if difference > diffs[name].max_abs_diff or diffs[name].episode < 0:
-                diffs[name] = OutputDiff(difference, index, shots)
-        shape = episode.query_image.shape
-        torch_mask = mask_from_logits(torch_query.numpy()[0], shape)
-        onnx_mask = mask_from_logits(onnx_query[0], shape)
-        same = int(np.count_nonzero(torch_mask == onnx_mask))
-        agree, total = agree + same, total + torch_mask.size
-        both_foreground += int(np.count_nonzero(torch_mask & onnx_mask))
-        either_foreground += int(np.count_nonzero(torch_mask | onnx_mask))
-        if same / torch_mask.size < worst_agreement:
-            worst_agreement, worst_episode = same / torch_mask.size, index
-        torch_meter.update(episode.class_id, torch_mask, episode.query_mask)
-        onnx_meter.update(episode.class_id, onnx_mask, episode.query_mask)
+    with candidate, reference:
+        for index in tqdm(range(episodes), desc="parity", disable=not progress, leave=False):
+            shots = int(shot_cycle[index % len(shot_cycle)])
+            episode = dataset.episode(index, shots)
+            images, masks = _episode_arrays(episode, config)
+            if np.any(masks.reshape(len(masks), -1).sum(axis=1) <= 0):
+                skipped.append(index)  # an object too small to survive the feature resize
+                continue
+            outputs = {}
+            for name, backend in (("torch", reference), ("onnx", candidate)):
+                feat = backend.run_backbone(images)
+                query_logits, support_logits = backend.run_refine(feat[-1:], feat[:-1], masks)
+                outputs[name] = {"feat": feat, "query_logits": query_logits,
+                                 "support_logits": support_logits}
+            for name in OUTPUTS:
+                expected, actual = outputs["torch"][name], outputs["onnx"][name]
+                difference = float(np.max(np.abs(expected - actual)))
+                if not np.isfinite(actual).all():
+                    difference = float("inf")
+                if difference > diffs[name].max_abs_diff or diffs[name].episode < 0:
+                    diffs[name] = OutputDiff(difference, index, shots)
+            shape = episode.query_image.shape
+            torch_mask = mask_from_logits(outputs["torch"]["query_logits"][0], shape)
+            onnx_mask = mask_from_logits(outputs["onnx"]["query_logits"][0], shape)
+            same = int(np.count_nonzero(torch_mask == onnx_mask))
+            agree, total = agree + same, total + torch_mask.size
+            both_foreground += int(np.count_nonzero(torch_mask & onnx_mask))
+            either_foreground += int(np.count_nonzero(torch_mask | onnx_mask))
+            if same / torch_mask.size < worst_agreement:
+                worst_agreement, worst_episode = same / torch_mask.size, index
+            torch_meter.update(episode.class_id, torch_mask, episode.query_mask)
+            onnx_meter.update(episode.class_id, onnx_mask, episode.query_mask)
     if total == 0:
-        raise ValueError(f"all {episodes} parity episodes were skipped (empty support masks)")
+        raise ParityInputError(
+            f"all {episodes} parity episodes were skipped (empty support masks)")
     torch_miou, onnx_miou = float(torch_meter.miou()), float(onnx_meter.miou())
     report = ParityReport(
         episodes=episodes, fold=fold, seed=seed, shot_cycle=list(shot_cycle), outputs=diffs,

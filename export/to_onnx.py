@@ -16,122 +16,34 @@ for inspection, and ``DIR`` itself is left as it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-import warnings
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from models.checkpoint import (
-    DEFAULT_CHECKPOINT,
-    CheckpointError,
-    checkpoint_paths,
-    load_checkpoint,
-    preprocessing_of,
-    save_checkpoint,
-)
 from models.config import preset
-from models.crnet import CRNet
-from models.summary import flops_entry
-from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, graph_file
+from models.provenance import training_fold
+from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle
+from runtime.errors import CrnetError
 from runtime.files import sha256_file, write_json_atomic
+from runtime.layout import LINT_REPORT, PARITY_REPORT
 
 DEFAULT_OUT = Path("bundle")
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 18  # export.graphs has the same default; kept here so --help needs no torch
 BUNDLE_CHECKPOINT = "checkpoint"  # -> checkpoint.safetensors + checkpoint.json in the bundle
 PARITY_EPISODES = 64
-BATCH_AXIS, SHOTS_AXIS = "batch", "shots"
+BATCH_AXIS, SHOTS_AXIS = "batch", "shots"  # as export.graphs names the dynamic axes
 
 
-class ExportError(RuntimeError):
+class ExportError(CrnetError, RuntimeError):
     """An export that cannot start or whose graphs fail a check; nothing is installed."""
-
-
-class BackboneGraph(nn.Module):
-    """Export wrapper: normalised images [N,3,H,W] -> features [N,C,h,w] (model.encode)."""
-
-    def __init__(self, model: CRNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(image)
-
-
-class RefineGraph(nn.Module):
-    """Export wrapper: model.refine with the config's refinement steps, unrolled."""
-
-    def __init__(self, model: CRNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, query_feat: torch.Tensor, support_feat: torch.Tensor,
-                support_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.refine(query_feat, support_feat, support_mask,
-                                 steps=self.model.config.refine_steps)
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's informational warnings and log lines."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def export_graphs(model: CRNet, out_dir: str | Path, opset: int = DEFAULT_OPSET
-                  ) -> dict[str, Path]:
-    """Export the backbone and refine graphs (fp32) of an eval-mode model into ``out_dir``."""
-    model.eval()
-    config = model.config
-    height, width = config.input_size
-    feat_h, feat_w = config.feature_size
-    channels = config.feature_channels
-    out_dir = Path(out_dir)
-    batch = torch.export.Dim(BATCH_AXIS, min=1, max=1024)
-    shots = torch.export.Dim(SHOTS_AXIS, min=1, max=1024)
-    jobs = {
-        "backbone": (
-            BackboneGraph(model), (torch.randn(2, 3, height, width),),
-            ["image"], ["feat"], ({0: batch},),
-        ),
-        "refine": (
-            RefineGraph(model),
-            (torch.randn(1, channels, feat_h, feat_w), torch.randn(2, channels, feat_h, feat_w),
-             torch.rand(2, 1, feat_h, feat_w)),
-            ["query_feat", "support_feat", "support_mask"], ["query_logits", "support_logits"],
-            ({}, {0: shots}, {0: shots}),
-        ),
-    }
-    paths: dict[str, Path] = {}
-    for graph, (wrapper, example, inputs, outputs, dynamic) in jobs.items():
-        path = out_dir / graph_file(graph, "fp32")
-        with torch.no_grad(), _quiet_exporter():
-            torch.onnx.export(
-                wrapper, example, str(path), dynamo=True, external_data=False,
-                opset_version=opset, input_names=inputs, output_names=outputs,
-                dynamic_shapes=dynamic, optimize=True, verbose=False,
-            )
-        paths[graph] = path
-    return paths
 
 
 def validate_graph(path: Path, dynamic_axis: str) -> dict[str, list[dict[str, Any]]]:
@@ -168,7 +80,7 @@ def validate_graph(path: Path, dynamic_axis: str) -> dict[str, list[dict[str, An
     return io
 
 
-def verify_dynamic_axes(paths: dict[str, Path], model: CRNet, max_shots: int) -> dict[str, Any]:
+def verify_dynamic_axes(paths: dict[str, Path], model: Any, max_shots: int) -> dict[str, Any]:
     """Run both graphs in ONNX Runtime at every N and K the bundle promises; check shapes."""
     import onnxruntime as ort
 
@@ -208,6 +120,7 @@ def verify_dynamic_axes(paths: dict[str, Path], model: CRNet, max_shots: int) ->
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
+    import torch
 
     try:
         ours = metadata.version("crnet-deploy")
@@ -227,13 +140,15 @@ def _check_destination(out_dir: Path, force: bool) -> None:
         )
 
 
-def _load_source(checkpoint: str | Path | None) -> tuple[CRNet, dict[str, Any], Path, Path]:
+def _load_source(checkpoint: str | Path | None) -> tuple[Any, dict[str, Any], Path, Path]:
     """Model, checkpoint info, and the weights/metadata files to copy into the bundle."""
+    from models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_paths, load_checkpoint
+
     weights, meta = checkpoint_paths(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint)
     if checkpoint is None and not weights.exists():
         raise ExportError(
             f"the bundled trained checkpoint {weights} does not exist yet (it is written by "
-            "training, `python -m models.train`); pass --checkpoint PATH for another one, or "
+            "training, `crnet train`); pass --checkpoint PATH for another one, or "
             "--preset NAME --random-weights to export an untrained model"
         )
     model, info = load_checkpoint(weights)
@@ -273,7 +188,7 @@ def export_bundle(
     out_dir: str | Path = DEFAULT_OUT,
     checkpoint: str | Path | None = None,
     *,
-    model: CRNet | None = None,
+    model: Any = None,
     force: bool = False,
     opset: int = DEFAULT_OPSET,
     parity_episodes: int = PARITY_EPISODES,
@@ -288,8 +203,11 @@ def export_bundle(
     lint, writes the manifest, and installs the bundle atomically. Returns the manifest.
     Raises ExportError (ParityError for a parity failure) or CheckpointError.
     """
+    from export.graphs import export_graphs
     from export.lint import format_table, lint_files
     from export.parity import ParityError, check_parity
+    from models.checkpoint import checkpoint_paths, preprocessing_of, save_checkpoint
+    from models.summary import flops_entry
 
     if model is not None and checkpoint is not None:
         raise ExportError("pass either a checkpoint or a model, not both")
@@ -323,13 +241,8 @@ def export_bundle(
                   "refine": validate_graph(paths["refine"], SHOTS_AXIS)}
         dynamic_check = verify_dynamic_axes(paths, model, config.max_shots)
         lint = lint_files({path.name: path for path in paths.values()})
-        fold = parity_fold if parity_fold is not None else int(
-            source["training"].get("fold", 0) or 0)
-        parity = check_parity(model, paths["backbone"], paths["refine"],
-                              episodes=parity_episodes, fold=fold, seed=parity_seed,
-                              progress=progress)
-
-        files = {p.name: sha256_file(p) for p in sorted(temporary.iterdir()) if p.is_file()}
+        fold = parity_fold if parity_fold is not None else (
+            training_fold(source["training"]) or 0)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -350,18 +263,24 @@ def export_bundle(
                         "refine_steps_unrolled": config.refine_steps},
             }},
             "checkpoint": {"weights": bundle_weights.name, "metadata": bundle_meta.name},
-            "files": files,
             "source_checkpoint": {"name": source["name"], "sha256": source["sha256"]},
             "versions": _versions(),
             "dynamic_axes_check": dynamic_check,
+        }
+        # parity runs the unfinished bundle through the runtime's own backends
+        parity = check_parity(model, Bundle(temporary, manifest), episodes=parity_episodes,
+                              fold=fold, seed=parity_seed, progress=progress)
+        manifest.update({
+            "files": {p.name: sha256_file(p) for p in sorted(temporary.iterdir())
+                      if p.is_file()},
             "parity": parity.to_dict(),
             "lint": lint.to_dict(),
             "export_seconds": round(time.perf_counter() - started, 2),
-        }
+        })
         write_json_atomic(temporary / MANIFEST, manifest)
         if not parity.passed or not lint.passed:
-            write_json_atomic(temporary / "parity_report.json", parity.to_dict())
-            write_json_atomic(temporary / "lint_report.json", lint.to_dict())
+            write_json_atomic(temporary / PARITY_REPORT, parity.to_dict())
+            write_json_atomic(temporary / LINT_REPORT, lint.to_dict())
             failed = failed_dir(out_dir)
             shutil.rmtree(failed, ignore_errors=True)
             _publishable(temporary)
@@ -385,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Export a CRNet checkpoint to a bundle of split ONNX graphs "
                     "(backbone + refine), check parity with PyTorch and lint for TensorRT.")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"checkpoint .safetensors (default: {DEFAULT_CHECKPOINT})")
+                        help="checkpoint .safetensors (default: the bundled trained "
+                             "crnet-lite, models/weights/crnet-lite-fold0.safetensors)")
     parser.add_argument("--preset", help="with --random-weights: the preset to build")
     parser.add_argument("--random-weights", action="store_true",
                         help="export an untrained model of --preset (tests, CI)")
@@ -410,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = None
         if args.random_weights:
+            import torch
+
+            from models.crnet import CRNet
+
             torch.manual_seed(args.seed)
             model = CRNet(preset(args.preset)).eval()
         manifest = export_bundle(
@@ -418,9 +342,6 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress)
     except ParityError as error:
         print(f"crnet export: parity FAILED\n{error}", file=sys.stderr)
-        return 1
-    except (ExportError, CheckpointError, ValueError, OSError) as error:
-        print(f"crnet export: {error}", file=sys.stderr)
         return 1
     parity, lint = manifest["parity"], manifest["lint"]
     print(f"wrote {args.out}/ in {manifest['export_seconds']:.1f} s: "
@@ -434,4 +355,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.errors import run_command
+
+    sys.exit(run_command("crnet export", main))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from models.config import CRNetConfig
 from models.crnet import CRNet
+from runtime.errors import CrnetError
 from runtime.files import atomic_path, sha256_file, write_json_atomic
 
 FORMAT = "crnet-deploy/checkpoint"
@@ -26,7 +27,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "crnet-lite-fold0.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CrnetError, ValueError):
     """A checkpoint that is missing, unsafe, corrupt or does not fit the model."""
 
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from runtime.errors import CrnetError
+
+
+class ConfigError(CrnetError, ValueError):
+    """A model or training configuration that is not valid (names the field and the rule)."""
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,17 +39,16 @@ class CRNetConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     max_shots: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.block not in ("basic", "bottleneck"):
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+            raise ConfigError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
         if len(self.trunk_blocks) != 3 or len(self.trunk_widths) != 3:
-            raise ValueError("trunk_blocks and trunk_widths need exactly 3 entries (layer1..3)")
+            raise ConfigError("trunk_blocks and trunk_widths need exactly 3 entries (layer1..3)")
         if self.refine_steps < 1:
-            raise ValueError(f"refine_steps must be >= 1, got {self.refine_steps}")
+            raise ConfigError(f"refine_steps must be >= 1, got {self.refine_steps}")
         if min(self.input_size) < 32:
-            raise ValueError(f"input_size must be at least 32x32, got {self.input_size}")
+            raise ConfigError(f"input_size must be at least 32x32, got {self.input_size}")
 
     @property
     def feature_size(self) -> tuple[int, int]:
@@ -63,9 +69,12 @@ class CRNetConfig:
     def from_dict(cls, data: dict[str, Any]) -> CRNetConfig:
         """Inverse of ``to_dict``; unknown keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        if data.get("extra") == {}:  # an empty field that older checkpoints recorded
+            del data["extra"]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown CRNetConfig keys: {unknown}")
+            raise ConfigError(f"unknown CRNetConfig keys: {unknown}")
         values = dict(data)
         for key in ("trunk_blocks", "trunk_widths", "input_size", "mean", "std"):
             if key in values:
@@ -97,4 +106,24 @@ def preset(name: str) -> CRNetConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run besides the model config."""
+
+    preset: str = "crnet-lite"
+    fold: int = 0
+    steps: int = 3000
+    batch: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 200
+    min_lr_ratio: float = 0.02
+    clip_norm: float = 5.0
+    seed: int = 0
+    eval_every: int = 500
+    eval_episodes: int = 200
+    save_every: int = 100
+    threads: int = 0  # 0: torch's default

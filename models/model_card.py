@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from calibration.episodes import Episode, episode_rng
-from calibration.synthetic import CLASS_NAMES, SUPPORT_DISTRACTOR_PROB, Synthetic5i
-from crnet.evaluate import EvalResult, evaluate, segmenter_predictor
-from crnet.pictures import PREDICTION_COLOR, SUPPORT_COLOR, TRUTH_COLOR, grid, overlay, save_png
+from data.episodes import Episode, episode_rng
+from data.evaluation import EvalResult, evaluate, segmenter_predictor
+from data.pictures import PREDICTION_COLOR, SUPPORT_COLOR, TRUTH_COLOR, grid, overlay, save_png
+from data.synthetic import CLASS_NAMES, SUPPORT_DISTRACTOR_PROB, Synthetic5i
+from models.provenance import training_fold
 from runtime.files import write_bytes_atomic
 
 SWAP_SALT = 7919  # keys the swapped supports' random stream apart from the episodes'
@@ -64,7 +65,7 @@ def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
     from runtime import Segmenter
 
     info = read_checkpoint_info(checkpoint)
-    fold = int(info.training.get("train", {}).get("fold", 0))
+    fold = training_fold(info.training) or 0
     segmenter = Segmenter.from_checkpoint(checkpoint)
     predict = segmenter_predictor(segmenter)
     dataset = Synthetic5i(fold, split="test", seed=0)
@@ -161,7 +162,7 @@ Reproduce: `python -m models.model_card --checkpoint {rel}` (writes this card).
 
 ## Training
 
-Recipe: `models/train.py` (docstring). Command:
+Recipe: `models/training.py` (docstring). Command:
 `{train_command}`
 
 | step | loss | 1-shot mIoU (200 episodes) | minutes into its run segment |
@@ -195,4 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from runtime.errors import run_command
+
+    raise SystemExit(run_command("python -m models.model_card", main))

@@ -1,5 +1,8 @@
 """The bundle directory: ONNX graphs per precision plus manifest.json (stdlib only).
 
+Where each file lives is decided in runtime.layout; this module reads and updates the
+manifest and verifies the files it lists.
+
 manifest.json is the contract between the stages (export, quantize, build, runtime):
 
 ```
@@ -28,26 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import CrnetError
 from runtime.files import sha256_file, write_json_atomic
+from runtime.layout import GRAPHS, MANIFEST, PRECISIONS, graph_file
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "GRAPHS", "MANIFEST", "PRECISIONS", "Bundle",
+           "BundleError", "graph_file", "update_manifest"]
 
 FORMAT = "crnet-deploy/bundle"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-GRAPHS = ("backbone", "refine")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class BundleError(ValueError):
+class BundleError(CrnetError, ValueError):
     """A bundle that is missing, incomplete, or whose files do not match the manifest."""
-
-
-def graph_file(graph: str, precision: str) -> str:
-    """The file name of one graph at one precision, e.g. ``refine.int8.onnx``."""
-    if graph not in GRAPHS:
-        raise BundleError(f"unknown graph {graph!r}; expected one of {GRAPHS}")
-    if precision not in PRECISIONS:
-        raise BundleError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    return f"{graph}.{precision}.onnx"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,22 @@ def _current_umask() -> int:
     return mask
 
 
+def check_writable_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
+    """Raise UsageError early when ``path`` cannot become a file (it is a directory, or its
+    parent is a file), so a long run does not fail at its very end."""
+    from runtime.errors import UsageError
+
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{what} {target} is a directory; expected a file path")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{what} {target}: {parent} is not a directory")
+            break
+    return target
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a half-written file."""
     with atomic_path(path) as temporary:

@@ -1,7 +1,7 @@
 """Where a bundle keeps its ONNX Runtime graph-optimised models (stdlib only).
 
 `crnet build` on a machine without TensorRT (or with ``--target ort``) saves ONNX Runtime's
-optimised graphs as ``engines/ort/<graph>.<precision>.onnx`` and records them in the
+optimised graphs at runtime.layout's ``ort_build_relpath`` and records them in the
 manifest's ``ort_builds`` section (export/engine_ort.py). The onnxruntime backend asks
 ``ort_build_path`` for the file to prefer over the plain ONNX.
 """
@@ -11,12 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ORT_BUILD_DIR = "engines/ort"
+from runtime.layout import ORT_BUILD_DIR, ort_build_relpath
 
-
-def ort_build_relpath(graph: str, precision: str) -> str:
-    """Bundle-relative path of one graph's optimised model, e.g. engines/ort/refine.fp16.onnx."""
-    return f"{ORT_BUILD_DIR}/{graph}.{precision}.onnx"
+__all__ = ["ORT_BUILD_DIR", "ort_build_path", "ort_build_relpath"]
 
 
 def _major_minor(version: str) -> tuple[str, ...]:

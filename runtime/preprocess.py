@@ -21,13 +21,15 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from runtime.errors import CrnetError
+
 THRESHOLD = 0.5
 MAX_PIXELS = 100_000_000  # 10k x 10k; larger images are refused rather than risk memory
 MIN_SIDE = 8
 _CHUNK_VALUES = 1 << 20  # float32 values per output chunk (4 MB per temporary)
 
 
-class InputError(ValueError):
+class InputError(CrnetError, ValueError):
     """An image or mask that cannot be used, with what was expected."""
 
 
@@ -231,18 +233,13 @@ def probability_to_image(probability: np.ndarray, image_shape: Sequence[int]) ->
     return resize_bilinear(probability, image_shape[:2])
 
 
-def to_mask(probability: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """Probability -> bool mask."""
-    return probability > threshold
-
-
 def probability_to_mask(probability: np.ndarray, image_shape: Sequence[int],
                         threshold: float = THRESHOLD) -> np.ndarray:
     """Foreground probability at feature size -> HxW bool mask at the image's size.
 
     Resizes and thresholds in row chunks, so the only full-size array is the bool result
     (an 8000x8000 mask needs 64 MB, not a 256 MB float copy). Equal to
-    ``to_mask(probability_to_image(probability, image_shape), threshold)``.
+    ``probability_to_image(probability, image_shape) > threshold``.
     """
     out = np.empty((int(image_shape[0]), int(image_shape[1])), dtype=np.bool_)
     for start, stop, rows in _resized_chunks(probability, image_shape[:2]):

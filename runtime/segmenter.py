@@ -286,16 +286,15 @@ class Segmenter:
 def choose_backend(backend: str, bundle: Bundle, precision: str) -> str:
     """Resolve "auto": tensorrt if available and the bundle has engines for the precision,
     else onnxruntime if available, else torch. Other names pass through after a check."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend != "auto":
+        backend_class(backend)  # an unknown name raises, listing the known ones
         return backend
     tensorrt = backend_class("tensorrt")
     if tensorrt.has_engines(bundle, precision) and tensorrt.is_available()[0]:
         return "tensorrt"
     if backend_class("onnxruntime").is_available()[0]:
         return "onnxruntime"
-    if precision == "fp32" and backend_class("torch").is_available()[0]:
+    if precision == "fp32" and "torch" in REGISTRY and backend_class("torch").is_available()[0]:
         return "torch"
     raise BackendError(
         f"no backend can run {precision} here: install onnxruntime (`pip install onnxruntime`)"

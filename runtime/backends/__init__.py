@@ -12,10 +12,12 @@ from runtime.backends.base import (
     ModelSpec,
     availability,
     backend_class,
+    register_backend,
     require_available,
 )
 
 __all__ = [
     "REGISTRY", "Backend", "BackendError", "BackendUnavailable", "ModelSpec", "availability",
+    "register_backend",
     "backend_class", "require_available",
 ]

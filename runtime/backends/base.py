@@ -29,9 +29,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime.bundle import Bundle
+from runtime.errors import CrnetError
 
 
-class BackendError(RuntimeError):
+class BackendError(CrnetError, RuntimeError):
     """A backend that cannot be created, activated or run."""
 
 
@@ -165,18 +166,48 @@ class Backend:
                                "(or use it as a context manager)")
 
 
-# name -> "module:Class"; imported on demand.
-REGISTRY: dict[str, str] = {
+# The runtime's own backends; others register through the entry-point group below (the
+# torch reference backend lives beside the model, in models/torch_backend.py, and is
+# registered by crnet-deploy's own pyproject), so `runtime` imports no other package.
+BUILTIN_BACKENDS: dict[str, str] = {
     "tensorrt": "runtime.backends.tensorrt_backend:TensorRTBackend",
     "onnxruntime": "runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
-    "torch": "runtime.backends.torch_backend:TorchBackend",
 }
+ENTRY_POINT_GROUP = "crnet_deploy.backends"
+
+
+def _discover() -> dict[str, str]:
+    """Built-in backends plus those installed packages register (name -> "module:Class")."""
+    from importlib import metadata
+
+    found = dict(BUILTIN_BACKENDS)
+    try:
+        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # broken metadata of an unrelated package must not break the runtime
+        entry_points = ()
+    for entry_point in entry_points:
+        found.setdefault(entry_point.name, entry_point.value)
+    return found
+
+
+# name -> "module:Class"; imported on demand.
+REGISTRY: dict[str, str] = _discover()
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register a backend class by ``"module:Class"`` (imported only when asked for)."""
+    if ":" not in target:
+        raise BackendError(f"backend target {target!r} must be 'module:Class'")
+    REGISTRY[name] = target
 
 
 def backend_class(name: str) -> type[Backend]:
     """The backend class registered under ``name`` (imports its module, not its library)."""
     if name not in REGISTRY:
-        raise BackendError(f"unknown backend {name!r}; known backends: {sorted(REGISTRY)}")
+        hint = (" (the torch backend is registered by the installed crnet-deploy package: "
+                "pip install 'crnet-deploy[export]')" if name == "torch" else "")
+        raise BackendError(f"unknown backend {name!r}; known backends: "
+                           f"{sorted(REGISTRY)}{hint}")
     module_name, class_name = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 

@@ -32,9 +32,10 @@ import numpy as np
 
 from runtime.backends.base import Backend, BackendError, ModelSpec
 from runtime.bundle import Bundle
+from runtime.layout import ORT_TRT_CACHE_DIR
 from runtime.ort_build import ort_build_path
 
-ORT_TRT_CACHE = Path("engines") / "ort-trt-cache"
+ORT_TRT_CACHE = Path(ORT_TRT_CACHE_DIR)
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 

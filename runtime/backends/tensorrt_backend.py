@@ -1,6 +1,6 @@
 """TensorRT backend (TensorRT 10 and 11): serialized plans, cuda-python host code, no torch.
 
-Engine files, written by `crnet build`, read here::
+Engine files, written by `crnet build`, read here (paths from runtime.layout)::
 
     bundle/engines/<graph>.<precision>.plan     the serialized engine (trtexec can read it)
     bundle/engines/<graph>.<precision>.json     its description, beside (not inside) it
@@ -49,10 +49,9 @@ import numpy as np
 from runtime.backends.base import Backend, BackendError
 from runtime.bundle import Bundle
 from runtime.files import sha256_file
+from runtime.layout import GRAPHS, engine_paths
 from runtime.preprocess import InputError
 
-ENGINES_DIR = "engines"
-GRAPHS = ("backbone", "refine")
 MAX_CACHED_SHAPES = 8
 
 
@@ -62,12 +61,6 @@ class EngineMismatchError(BackendError):
 
 class ProfileError(InputError):
     """An input shape outside the engine's optimisation profile."""
-
-
-def engine_paths(bundle_root: str | Path, graph: str, precision: str) -> tuple[Path, Path]:
-    """(plan, json) paths of one graph's engine at one precision."""
-    folder = Path(bundle_root) / ENGINES_DIR
-    return folder / f"{graph}.{precision}.plan", folder / f"{graph}.{precision}.json"
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
+from models.config import TrainConfig
 from models.crnet import CRNet
+from models.training import training_record
 from tests.export.conftest import make_tiny_config
 
 CALIBRATION_EPISODES = 6
@@ -57,7 +59,7 @@ def tiny_bundle_q(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     checkpoint = save_checkpoint(balanced_tiny_model(),
                                  tmp_path_factory.mktemp("checkpoint") / "tiny",
-                                 training={"fold": 0})
+                                 training=training_record(TrainConfig(fold=0)))
     out = tmp_path_factory.mktemp("quantize") / "bundle"
     export_bundle(out, checkpoint, parity_episodes=2, progress=False)
     return out

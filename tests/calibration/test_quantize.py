@@ -12,17 +12,18 @@ from onnx import TensorProto, numpy_helper
 
 from calibration import quantize
 from calibration.quantize import (
-    RANGES_FILE,
-    TRT_CACHE_FILE,
     QuantizeError,
     load_ranges,
     quantize_int8,
     save_ranges,
 )
 from calibration.sensitivity import SensitivitySet
-from crnet.evaluate import evaluate, load_gates, result_record, segmenter_predictor
+from crnet.cli import main as crnet_main
+from crnet.evaluate import load_gates
+from data.evaluation import evaluate, gate_record, segmenter_predictor
 from export.lint import lint_bundle
 from runtime.bundle import Bundle
+from runtime.layout import RANGES_FILE, trt_calibration_cache
 from tests.calibration.conftest import CALIBRATION_EPISODES, copy_bundle
 
 GRAPHS = ("backbone", "refine")
@@ -107,8 +108,8 @@ def test_variants_pass_the_lint_and_the_manifest_lists_them(quantized_bundle: Pa
     assert bundle.precisions == ["fp32", "fp16", "int8"]
     files = bundle.manifest["files"]
     for name in ("backbone.fp16.onnx", "refine.fp16.onnx", "backbone.int8.onnx",
-                 "refine.int8.onnx", RANGES_FILE, TRT_CACHE_FILE.format(graph="backbone"),
-                 TRT_CACHE_FILE.format(graph="refine")):
+                 "refine.int8.onnx", RANGES_FILE, trt_calibration_cache("backbone"),
+                 trt_calibration_cache("refine")):
         assert name in files
     int8 = bundle.manifest["variants"]["int8"]
     assert int8["backbone"] == "backbone.int8.onnx"
@@ -126,7 +127,7 @@ def test_variants_pass_the_lint_and_the_manifest_lists_them(quantized_bundle: Pa
 
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_trt10_cache_has_header_and_hex_scales(quantized_bundle: Path, graph: str) -> None:
-    path = quantized_bundle / TRT_CACHE_FILE.format(graph=graph)
+    path = quantized_bundle / trt_calibration_cache(graph)
     lines = path.read_text().splitlines()
     assert lines[0].startswith("TRT-10") and lines[0].endswith("EntropyCalibration2")
     ranges, _ = load_ranges(quantized_bundle / RANGES_FILE)
@@ -174,7 +175,7 @@ def plant_bad_ranges(bundle: Path, graph: str) -> None:
 
 
 def test_gate_fails_with_planted_bad_ranges(quantized_bundle: Path, tmp_path: Path) -> None:
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
     from runtime import Segmenter
 
     bundle = copy_bundle(quantized_bundle, tmp_path / "bundle")
@@ -189,10 +190,10 @@ def test_gate_fails_with_planted_bad_ranges(quantized_bundle: Path, tmp_path: Pa
 
     reference = run("fp32")
     assert 2.0 < reference.miou < 95.0  # the balanced tiny model's masks are not trivial
-    good = result_record(run("int8"), reference, gate)
+    good = gate_record(run("int8"), reference, gate)
     plant_bad_ranges(bundle, "refine")
     quantize_int8(bundle, sensitivity=False, progress=False)
-    bad = result_record(run("int8"), reference, gate)
+    bad = gate_record(run("int8"), reference, gate)
     assert abs(bad["delta_miou"]) > gate and bad["passed"] is False
     assert abs(bad["delta_miou"]) > abs(good["delta_miou"])
     check = SensitivitySet.build(bundle, 0, 6, progress=False)
@@ -250,5 +251,7 @@ def test_unknown_precision_and_layer_are_errors(quantized_bundle: Path) -> None:
 
 def test_main_reports_errors_without_raising(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert quantize.main([str(tmp_path / "missing"), "--precision", "fp16"]) == 1
-    assert "crnet quantize" in capsys.readouterr().err
+    assert crnet_main(["quantize", str(tmp_path / "missing"), "--precision", "fp16"]) == 1
+    error = capsys.readouterr().err
+    assert "crnet quantize: error: bundle directory not found" in error
+    assert "Traceback" not in error

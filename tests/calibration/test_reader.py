@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.episodes import novel_classes
 from calibration.reader import FeedReader, base_episodes, collect_feeds, cpu_session
+from data.episodes import novel_classes
 from runtime.bundle import Bundle
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from crnet.bench import main, percentiles, runs_query_branch_only
+from crnet.cli import main as crnet_main
 from tests.runtime.bundles import export_tiny_bundle
 
 
@@ -50,7 +51,7 @@ def test_bench_without_torch_comparison_and_errors(bench_bundle: Path, tmp_path:
                  "--warmup", "0", "--threads", "1", "--no-compare-torch", "--json", str(out),
                  "--no-progress"]) == 0
     assert "speedup_vs_torch" not in json.loads(out.read_text())
-    assert main([str(bench_bundle), "--precision", "int8", "--no-progress"]) == 1
+    assert crnet_main(["bench", str(bench_bundle), "--precision", "int8", "--no-progress"]) == 1
     assert "crnet quantize" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(bench_bundle), "--iterations", "0"])

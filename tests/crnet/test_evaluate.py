@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from crnet.evaluate import format_table, load_gates, main
+from crnet.cli import main as crnet_main
+from crnet.evaluate import load_gates, main
+from data.evaluation import format_table
 from tests.export.conftest import save_tiny_checkpoint
 
 CONTRACT_KEYS = {"miou", "fbiou", "reference_miou", "delta_miou"}
@@ -42,8 +44,10 @@ def test_eval_of_a_checkpoint_with_torch(checkpoint: Path, tmp_path: Path) -> No
 
 
 def test_eval_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--bundle", str(tmp_path / "absent"), "--backend", "onnxruntime"]) == 2
-    assert "bundle directory not found" in capsys.readouterr().err
+    assert crnet_main(["eval", "--bundle", str(tmp_path / "absent"),
+                       "--backend", "onnxruntime"]) == 1
+    error = capsys.readouterr().err
+    assert "bundle directory not found" in error and "Traceback" not in error
     with pytest.raises(SystemExit):
         main(["--backend", "onnxruntime"])
     assert "needs --bundle" in capsys.readouterr().err

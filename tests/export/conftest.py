@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.config import CRNetConfig
+from models.config import CRNetConfig, TrainConfig
 from models.crnet import CRNet
+from models.training import training_record
 from tests.conftest import tiny_config
 
 PARITY_EPISODES = 4
@@ -24,7 +25,7 @@ def save_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     """A random-weight tiny model saved as a checkpoint; returns the weights path."""
     torch.manual_seed(seed)
     model = CRNet(make_tiny_config()).eval()
-    return save_checkpoint(model, directory / "tiny", training={"fold": 0})
+    return save_checkpoint(model, directory / "tiny", training=training_record(TrainConfig(fold=0)))
 
 
 @pytest.fixture(scope="session")

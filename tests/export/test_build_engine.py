@@ -11,21 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.build_engine import (
-    EXIT_NO_TENSORRT,
+from export.build_engine import EXIT_NO_TENSORRT, bundle_profile, main
+from export.build_settings import (
     BuildSettings,
     SpecError,
-    bundle_profile,
-    engine_paths,
     format_bytes,
     format_shapes,
-    main,
     parse_mem_pool,
     parse_shapes,
     trtexec_command,
 )
 from export.engine_trt import silent_fp32_warning, summarize_layers
 from runtime.bundle import Bundle
+from runtime.layout import engine_paths
 from runtime.ort_build import ort_build_path
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -302,7 +300,7 @@ def test_layer_precision_summary() -> None:
 
 
 def test_segmenter_loads_the_cpu_build(bundle_copy: Path) -> None:
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
     from export.engine_ort import build_ort_bundle
     from runtime import Segmenter
 

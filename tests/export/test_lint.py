@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from crnet.cli import main as crnet_main
 from export.lint import ERROR, Finding, format_table, lint_bundle, lint_model, main
 
 
@@ -146,4 +147,7 @@ def test_cli_exits_non_zero_on_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "severity" in out and "non-zero zero-point" in out and "FAIL" in out
     assert (tmp_path / "lint.json").exists()
-    assert main([str(tmp_path / "missing")]) == 2
+    assert crnet_main(["lint", str(tmp_path / "missing")]) == 1
+    assert "no such bundle or ONNX file" in capsys.readouterr().err
+    assert crnet_main(["lint", str(path), "--json", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

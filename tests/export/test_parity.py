@@ -9,10 +9,11 @@ import torch
 
 from export.parity import MAX_DELTA_MIOU, MIN_AGREEMENT, ParityError, check_parity
 from models.checkpoint import load_checkpoint
+from runtime.bundle import Bundle
 
 
-def graphs(bundle: Path) -> tuple[Path, Path]:
-    return bundle / "backbone.fp32.onnx", bundle / "refine.fp32.onnx"
+def graphs(bundle: Path) -> tuple[Bundle]:
+    return (Bundle.load(bundle),)
 
 
 def test_parity_passes_with_mixed_shot_counts(tiny_bundle: Path) -> None:

@@ -25,10 +25,10 @@ trt = pytest.importorskip(
     "tensorrt", reason="tensorrt does not import: the TensorRT suite needs TensorRT 10/11 "
                        "(pip install tensorrt-cu12 cuda-python) and an NVIDIA GPU")
 
-from calibration.synthetic import Synthetic5i  # noqa: E402
-from crnet.metrics import FewShotMeter  # noqa: E402
+from data.synthetic import Synthetic5i  # noqa: E402
 from export.build_engine import build_bundle, engine_paths  # noqa: E402
 from runtime.bundle import GRAPHS, PRECISIONS, Bundle  # noqa: E402
+from runtime.metrics import FewShotMeter  # noqa: E402
 
 # max |TensorRT - ONNX Runtime| per output, relative to the output's largest magnitude (>= 1)
 OUTPUT_TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "int8": 2.5e-1}  # fp32 allows TF32

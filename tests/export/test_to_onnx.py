@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import to_onnx
+from crnet.cli import main as crnet_main
 from export.parity import ParityError
 from export.to_onnx import ExportError, export_bundle, failed_dir, main
+from models import checkpoint as checkpoint_module
 from models.checkpoint import CheckpointError, load_checkpoint
 from runtime.bundle import Bundle, BundleError
 from tests.export.conftest import PARITY_EPISODES, make_tiny_config, save_tiny_checkpoint
@@ -107,7 +108,8 @@ def test_corrupted_bundle_file_is_named(tiny_bundle: Path, tmp_path: Path) -> No
 
 def test_missing_default_checkpoint_says_so(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(to_onnx, "DEFAULT_CHECKPOINT", tmp_path / "weights" / "absent.safetensors")
+    monkeypatch.setattr(checkpoint_module, "DEFAULT_CHECKPOINT",
+                        tmp_path / "weights" / "absent.safetensors")
     out = tmp_path / "out" / "bundle"
     with pytest.raises(ExportError, match="bundled trained checkpoint .* does not exist yet"):
         export_bundle(out)
@@ -117,7 +119,8 @@ def test_missing_default_checkpoint_says_so(tmp_path: Path,
 def test_missing_checkpoint_path_is_a_clear_cli_error(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bundle"
-    code = main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(out)])
+    code = crnet_main(["export", "--checkpoint", str(tmp_path / "nope.safetensors"),
+                       "--out", str(out)])
     assert code == 1
     assert "checkpoint weights not found" in capsys.readouterr().err
     assert siblings(out) == []
@@ -147,7 +150,7 @@ def test_non_empty_out_dir_needs_force(tmp_path: Path, tiny_checkpoint: Path,
     (out / "keep.txt").write_text("precious")
     with pytest.raises(ExportError, match="not empty; pass --force"):
         export_bundle(out, tiny_checkpoint, progress=False)
-    assert main(["--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 1
+    assert crnet_main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert siblings(out) == ["bundle"]

@@ -4,11 +4,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.config import CRNetConfig
-from models.train import TrainConfig, learning_rate, train
+from models.config import CRNetConfig, TrainConfig
+from models.training import learning_rate, train
 
 
 def test_train_evaluates_saves_and_resumes(tiny_config: CRNetConfig, tmp_path: Path) -> None:
@@ -37,3 +38,33 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(9, config) == 1.0
     assert math.isclose(learning_rate(100, config), 0.1)
     assert learning_rate(50, config) < learning_rate(20, config)
+
+
+def test_the_trained_fold_reaches_calibration_and_parity(tiny_config: CRNetConfig,
+                                                         tmp_path: Path) -> None:
+    """A checkpoint from `crnet train --fold 2` is calibrated and checked on fold 2: the
+    fold is read from what training really writes (training.train.fold)."""
+    from calibration.quantize import default_fold
+    from export.to_onnx import export_bundle
+    from models.provenance import training_fold
+    from runtime.bundle import Bundle
+
+    settings = dict(fold=2, steps=1, batch=1, eval_every=1, eval_episodes=1, save_every=1,
+                    warmup=1, threads=1)
+    train(TrainConfig(**settings), tmp_path / "run", model_config=tiny_config, progress=False)
+    weights = tmp_path / "run" / "tiny-fold2.safetensors"
+    recorded = json.loads(weights.with_suffix(".json").read_text())["training"]
+    assert "fold" not in recorded and recorded["train"]["fold"] == 2
+    assert training_fold(recorded) == 2
+
+    manifest = export_bundle(tmp_path / "bundle", weights, parity_episodes=1, progress=False)
+    assert manifest["parity"]["fold"] == 2
+    assert default_fold(Bundle.load(tmp_path / "bundle")) == 2
+
+
+def test_provenance_refuses_an_impossible_fold() -> None:
+    from models.provenance import ProvenanceError, training_fold
+
+    assert training_fold({}) is None and training_fold({"fold": 3}) is None
+    with pytest.raises(ProvenanceError, match="fold 7"):
+        training_fold({"train": {"fold": 7}})

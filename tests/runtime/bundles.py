@@ -25,7 +25,7 @@ def tiny_model(seed: int = 0) -> CRNet:
         classifier.weight.mul_(CLASSIFIER_SCALE)
         classifier.bias.zero_()
         # Centre the query logit difference on one episode so masks are about half full.
-        from calibration.synthetic import Synthetic5i
+        from data.synthetic import Synthetic5i
         from runtime.preprocess import mask_at_input_size, preprocess_image
 
         config = model.config

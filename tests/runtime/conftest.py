@@ -17,9 +17,9 @@ def runtime_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def episode():  # noqa: ANN201 - calibration.episodes.Episode
+def episode():  # noqa: ANN201 - data.episodes.Episode
     """One 2-shot synthetic-5i test episode."""
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
 
     return Synthetic5i(0, split="test", seed=0).episode(3, shots=2)
 

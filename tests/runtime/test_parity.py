@@ -17,7 +17,7 @@ MIN_AGREEMENT = 0.999
 
 
 def test_onnxruntime_matches_torch_on_episodes(runtime_bundle: Path) -> None:
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
 
     dataset = Synthetic5i(0, split="test", seed=0)
     candidate = Segmenter(runtime_bundle, backend="onnxruntime", threads=1)

@@ -177,7 +177,7 @@ def test_concurrent_segment_calls_match_sequential(ort_segmenter: Segmenter, epi
 
 
 def test_set_support_while_segmenting_is_atomic(runtime_bundle: Path) -> None:
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
 
     dataset = Synthetic5i(0, split="test", seed=0)
     first, second = dataset.episode(0, 1), dataset.episode(1, 3)

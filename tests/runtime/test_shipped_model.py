@@ -32,8 +32,8 @@ def shipped_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_shipped_model_onnxruntime_agrees_with_torch(shipped_bundle: Path) -> None:
-    from calibration.synthetic import Synthetic5i
-    from crnet.evaluate import evaluate, segmenter_predictor
+    from data.evaluation import evaluate, segmenter_predictor
+    from data.synthetic import Synthetic5i
 
     candidate = Segmenter(shipped_bundle, backend="onnxruntime", threads=1)
     reference = Segmenter(shipped_bundle, backend="torch", threads=1)

@@ -130,7 +130,7 @@ def test_tensorrt_matches_onnxruntime(runtime_bundle: Path, tmp_path: Path) -> N
     available, reason = TensorRTBackend.is_available()
     if not available:
         pytest.skip(f"tensorrt backend unavailable: {reason}")
-    from calibration.synthetic import Synthetic5i
+    from data.synthetic import Synthetic5i
 
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(runtime_bundle, bundle_dir)

@@ -9,13 +9,30 @@ from typing import TypeVar
 
 import numpy as np
 
+from runtime.errors import CrnetError
+from runtime.metrics import IGNORE
+
+__all__ = ["CLASSES_PER_FOLD", "IGNORE", "NUM_CLASSES", "NUM_FOLDS", "SPLITS", "DataNotFoundError",
+           "DatasetError",
+           "Episode", "assemble_episode", "check_fold", "check_shots", "check_split",
+           "class_mask", "episode_rng", "fold_classes", "image_size", "load_rgb",
+           "novel_classes"]
+
 T = TypeVar("T")
 
-IGNORE = 255
 NUM_CLASSES = 20
 NUM_FOLDS = 4
 CLASSES_PER_FOLD = 5
 SPLITS = ("train", "test")
+
+
+class DatasetError(CrnetError, ValueError):
+    """Episodes that cannot be made: a bad fold/split/shots value, or data that is missing
+    or malformed (the message names the file)."""
+
+
+class DataNotFoundError(DatasetError, FileNotFoundError):
+    """A dataset directory, image or mask that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -39,23 +56,23 @@ class Episode:
 
 
 def check_fold(fold: int) -> int:
-    """Return ``fold`` or raise a ValueError if it is not 0..3."""
+    """Return ``fold`` or raise a DatasetError if it is not 0..3."""
     if not isinstance(fold, (int, np.integer)) or not 0 <= int(fold) < NUM_FOLDS:
-        raise ValueError(f"fold must be an integer in 0..{NUM_FOLDS - 1}, got {fold!r}")
+        raise DatasetError(f"fold must be an integer in 0..{NUM_FOLDS - 1}, got {fold!r}")
     return int(fold)
 
 
 def check_split(split: str) -> str:
-    """Return ``split`` or raise a ValueError if it is not 'train' or 'test'."""
+    """Return ``split`` or raise a DatasetError if it is not 'train' or 'test'."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     return split
 
 
 def check_shots(shots: int) -> int:
-    """Return ``shots`` or raise a ValueError if it is not a positive integer."""
+    """Return ``shots`` or raise a DatasetError if it is not a positive integer."""
     if not isinstance(shots, (int, np.integer)) or int(shots) < 1:
-        raise ValueError(f"shots must be a positive integer, got {shots!r}")
+        raise DatasetError(f"shots must be a positive integer, got {shots!r}")
     return int(shots)
 
 
@@ -71,13 +88,6 @@ def fold_classes(fold: int, split: str) -> list[int]:
     if check_split(split) == "test":
         return novel
     return [c for c in range(1, NUM_CLASSES + 1) if c not in novel]
-
-
-# fold -> novel class ids (the standard PASCAL-5i split), as an immutable mapping.
-FOLD_CLASSES: tuple[tuple[int, ...], ...] = tuple(
-    tuple(range(CLASSES_PER_FOLD * f + 1, CLASSES_PER_FOLD * f + CLASSES_PER_FOLD + 1))
-    for f in range(NUM_FOLDS)
-)
 
 
 def assemble_episode(class_id: int, items: Sequence[T], shots: int, rng: np.random.Generator,
@@ -128,9 +138,9 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def check_same_size(image_path: Path, mask_path: Path, image_hw: tuple[int, int],
                     mask_hw: tuple[int, int]) -> None:
-    """Raise a ValueError naming both files when an image and its mask differ in size."""
+    """Raise a DatasetError naming both files when an image and its mask differ in size."""
     if tuple(image_hw) != tuple(mask_hw):
-        raise ValueError(
+        raise DatasetError(
             f"mask size {mask_hw[1]}x{mask_hw[0]} of {mask_path} does not match image size "
             f"{image_hw[1]}x{image_hw[0]} of {image_path}"
         )

@@ -1,4 +1,8 @@
-"""PyTorch backend: the fp32 reference, on CPU or CUDA.
+"""PyTorch backend: the fp32 reference, on CPU or CUDA (models' plugin to runtime.Segmenter).
+
+It lives beside the model, not in runtime/, so that the runtime stays a leaf: it is
+registered under the name ``torch`` through the ``crnet_deploy.backends`` entry point of
+crnet-deploy's pyproject (runtime.backends.base discovers it).
 
 Runs ``CRNet.encode`` and ``CRNet.refine`` of the checkpoint a bundle carries
 (``checkpoint.safetensors`` + ``checkpoint.json``, named in the manifest's
@@ -31,12 +35,15 @@ class TorchBackend(Backend):
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
                  checkpoint: str | Path | None = None, device: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, model: Any = None) -> None:
         if precision != "fp32":
             raise BackendError(f"the torch backend is the fp32 reference; precision "
                                f"{precision!r} runs on onnxruntime or tensorrt")
         super().__init__(bundle, precision)
-        if bundle is not None and checkpoint is None:
+        self.in_memory_model = model  # a models.crnet.CRNet to run instead of a checkpoint
+        if model is not None and checkpoint is not None:
+            raise BackendError("pass either a checkpoint or an in-memory model, not both")
+        if bundle is not None and checkpoint is None and model is None:
             entry = bundle.manifest.get("checkpoint", {})
             checkpoint = bundle.root / entry.get("weights", BUNDLE_CHECKPOINT)
             if not Path(checkpoint).exists():
@@ -64,6 +71,8 @@ class TorchBackend(Backend):
     def load_spec(self) -> ModelSpec:
         """The model spec: from the bundle, else from the checkpoint's JSON (no torch needed
         beyond models.checkpoint's import)."""
+        if self.spec is None and self.in_memory_model is not None:
+            self.spec = ModelSpec.from_config(self.in_memory_model.config)
         if self.spec is None:
             from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
 
@@ -79,6 +88,10 @@ class TorchBackend(Backend):
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         device = self.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.in_memory_model is not None:
+            self.device = torch.device(device)
+            self.model = self.in_memory_model.to(self.device).eval()
+            return
         model, info = load_checkpoint(self.checkpoint)
         spec = self.load_spec()
         if tuple(info.config.input_size) != spec.input_size or \

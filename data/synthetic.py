@@ -25,8 +25,8 @@ Episode ``index`` uses class ``classes[index % 5]`` (test) or ``classes[index % 
 (train), so classes are balanced; supports are drawn per (index, j), so the K-shot
 episode extends the 1-shot one (same class, query and first support).
 
-``python -m calibration.synthetic --bench`` prints images/s;
-``python -m calibration.synthetic --preview out.png`` writes a grid to look at.
+``python -m data.synthetic --bench`` prints images/s;
+``python -m data.synthetic --preview out.png`` writes a grid to look at.
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.episodes import (
+from data.episodes import (
     IGNORE,
     NUM_CLASSES,
+    DatasetError,
     Episode,
     check_fold,
     check_shots,
@@ -313,7 +314,7 @@ class _Renderer:
             a -= np.round(a)
             b -= np.round(b)
             return (a * a + b * b < np.float32(0.09)).astype(np.float32)
-        raise ValueError(f"unknown texture {kind!r}")
+        raise DatasetError(f"unknown texture {kind!r}")
 
 
 def _shape_inside(rng: np.random.Generator, shape: str, u: np.ndarray, v: np.ndarray,
@@ -367,7 +368,7 @@ def _shape_inside(rng: np.random.Generator, shape: str, u: np.ndarray, v: np.nda
             bound += (np.float32(amp * np.cos(phase)) * cos_k
                       - np.float32(amp * np.sin(phase)) * sin_k)
         return r <= bound
-    raise ValueError(f"unknown shape {shape!r}")
+    raise DatasetError(f"unknown shape {shape!r}")
 
 
 def _ignore_band(instances: np.ndarray) -> np.ndarray:
@@ -392,9 +393,9 @@ class Synthetic5i:
         self.fold = check_fold(fold)
         self.split = check_split(split)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            raise DatasetError(f"seed must be a non-negative integer, got {seed!r}")
         if image_size < 32:
-            raise ValueError(f"image_size must be at least 32, got {image_size}")
+            raise DatasetError(f"image_size must be at least 32, got {image_size}")
         self.seed = int(seed)
         self.image_size = int(image_size)
         self.classes: list[int] = fold_classes(self.fold, self.split)
@@ -413,7 +414,7 @@ class Synthetic5i:
 
     def _check_class(self, class_id: int) -> int:
         if class_id not in self.classes:
-            raise ValueError(f"class {class_id} is not in the {self.split} classes "
+            raise DatasetError(f"class {class_id} is not in the {self.split} classes "
                              f"{self.classes} of fold {self.fold}")
         return int(class_id)
 
@@ -464,7 +465,7 @@ class Synthetic5i:
     def episode_class(self, index: int) -> int:
         """Class of episode ``index`` (classes cycle, so they are balanced)."""
         if index < 0:
-            raise ValueError(f"episode index must be non-negative, got {index}")
+            raise DatasetError(f"episode index must be non-negative, got {index}")
         return self.classes[index % len(self.classes)]
 
     def episode_scenes(self, index: int, shots: int = 1) -> tuple[list[Scene], Scene]:
@@ -557,7 +558,7 @@ def _bench(count: int, shots: int) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: --bench prints images/s; --preview PATH writes an episode grid."""
-    parser = argparse.ArgumentParser(prog="python -m calibration.synthetic",
+    parser = argparse.ArgumentParser(prog="python -m data.synthetic",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="store_true", help="print generation images/s")
     parser.add_argument("--preview", type=Path, help="write a PNG grid of episodes")
@@ -581,4 +582,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.errors import run_command
+
+    sys.exit(run_command("python -m data.synthetic", main))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from crnet.metrics import FewShotMeter
+from runtime.metrics import FewShotMeter
 
 X = 255  # ignore
 
@@ -64,5 +64,5 @@ def test_errors() -> None:
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, crnet.metrics; assert 'torch' not in sys.modules"
+    code = "import sys, runtime.metrics; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.pascal import Pascal5i
+from data.pascal import Pascal5i
 
 H, W = 48, 64
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.episodes import (
+from data.episodes import (
     IGNORE,
+    DataNotFoundError,
+    DatasetError,
     Episode,
     assemble_episode,
     check_same_size,
@@ -69,10 +71,10 @@ class FolderDataset:
         self.seed = int(seed)
         self.shots = check_shots(shots)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset folder {self.root} does not exist")
+            raise DataNotFoundError(f"dataset folder {self.root} does not exist")
         self.class_names: list[str] = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         if not self.class_names:
-            raise ValueError(f"dataset folder {self.root} has no class directories")
+            raise DatasetError(f"dataset folder {self.root} has no class directories")
         self.classes: list[int] = list(range(1, len(self.class_names) + 1))
         self.images: dict[int, list[Path]] = {}
         for class_id, name in zip(self.classes, self.class_names, strict=True):
@@ -84,7 +86,7 @@ class FolderDataset:
             for path in paths:
                 mask = mask_path_for(path)
                 if not mask.is_file():
-                    raise FileNotFoundError(f"missing mask {mask} for image {path}")
+                    raise DataNotFoundError(f"missing mask {mask} for image {path}")
                 check_same_size(path, mask, image_size(path), image_size(mask))
             self.images[class_id] = paths
 
@@ -92,7 +94,7 @@ class FolderDataset:
         for class_id, paths in self.images.items():
             if len(paths) < shots + 1:
                 directory = self.root / self.class_names[class_id - 1]
-                raise ValueError(f"class directory {directory} has {len(paths)} images; a "
+                raise DatasetError(f"class directory {directory} has {len(paths)} images; a "
                                  f"{shots}-shot episode needs {shots + 1}")
 
     @staticmethod

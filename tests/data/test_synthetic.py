@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.episodes import IGNORE, fold_classes
-from calibration.pascal import Pascal5i
-from calibration.synthetic import CLASS_NAMES, CLASS_STYLES, Synthetic5i, main
+from data.episodes import IGNORE, fold_classes
+from data.pascal import Pascal5i
+from data.synthetic import CLASS_NAMES, CLASS_STYLES, Synthetic5i, main
 
 SIZE = 321
 

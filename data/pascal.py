@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.episodes import (
+from data.episodes import (
+    DataNotFoundError,
+    DatasetError,
     Episode,
     assemble_episode,
     check_fold,
@@ -63,7 +65,7 @@ def _list_file(root: Path, split: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"no {split} image list under {root}; looked for "
         + ", ".join(str(p) for p in candidates)
     )
@@ -76,7 +78,7 @@ def _read_ids(path: Path) -> list[str]:
         if tokens:
             ids.append(Path(tokens[0]).stem)
     if not ids:
-        raise ValueError(f"image list {path} is empty")
+        raise DatasetError(f"image list {path} is empty")
     return ids
 
 
@@ -122,10 +124,10 @@ class Pascal5i:
             for image_id in self.ids:
                 image_path, label_path = self._paths(image_id)
                 if not image_path.is_file():
-                    raise FileNotFoundError(f"image {image_path} listed in {self.list_file} "
+                    raise DataNotFoundError(f"image {image_path} listed in {self.list_file} "
                                             "does not exist")
                 if not label_path.is_file():
-                    raise FileNotFoundError(f"mask {label_path} for image {image_path} "
+                    raise DataNotFoundError(f"mask {label_path} for image {image_path} "
                                             "does not exist")
                 label = read_label(label_path)
                 check_same_size(image_path, label_path, image_size(image_path), label.shape)
@@ -139,7 +141,7 @@ class Pascal5i:
     def _check_counts(self, shots: int) -> None:
         for c, ids in self.images_by_class.items():
             if len(ids) < shots + 1:
-                raise ValueError(
+                raise DatasetError(
                     f"class {c} ({VOC_CLASS_NAMES[c - 1]}) has {len(ids)} images in "
                     f"{self.list_file} with >= {self.min_pixels} pixels; a {shots}-shot "
                     f"episode needs {shots + 1}"

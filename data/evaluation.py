@@ -1,0 +1,165 @@
+"""One evaluation path for every model: a predictor maps an episode to a query mask.
+
+The PyTorch reference and every deployed backend are scored by the same loop
+(``evaluate_many``: one pass over the episodes, every predictor on each) and the same
+metric code (runtime.metrics), on the same seeded episodes. `crnet eval`, `crnet deploy`,
+training's periodic evaluation and the model card all call it; ``gate_record`` turns a
+result into the eval JSON of shared/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.episodes import DatasetError, Episode
+from runtime.metrics import FewShotMeter
+
+DATASETS = ("synthetic-5i", "pascal-5i", "folder")
+
+Predictor = Callable[[Episode], np.ndarray]
+EpisodeHook = Callable[[int, Episode, dict[str, np.ndarray]], None]
+
+
+@dataclass
+class EvalResult:
+    """mIoU and FB-IoU in percent over a set of episodes, with per-class IoU."""
+
+    miou: float
+    fbiou: float
+    per_class_iou: dict[int, float]
+    episodes: int
+    seconds: float
+    predictions: list[np.ndarray] = field(default_factory=list, repr=False)
+
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready figures (predictions left out)."""
+        return {"miou": self.miou, "fbiou": self.fbiou,
+                "per_class_iou": {str(k): v for k, v in self.per_class_iou.items()},
+                "episodes": self.episodes, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        """Inverse of ``to_dict`` (for cached results)."""
+        return cls(miou=float(data["miou"]), fbiou=float(data["fbiou"]),
+                   per_class_iou={int(k): float(v) for k, v in data["per_class_iou"].items()},
+                   episodes=int(data["episodes"]), seconds=float(data["seconds"]))
+
+
+def evaluate_many(predictors: dict[str, Predictor], episodes: Iterable[Episode],
+                  total: int | None = None, progress: bool = True, description: str = "eval",
+                  keep_predictions: bool = False, on_episode: EpisodeHook | None = None
+                  ) -> dict[str, EvalResult]:
+    """Run every predictor on each episode (one pass) and score the query masks.
+
+    ``on_episode(index, episode, {name: mask})`` sees each episode's predictions (pictures).
+    """
+    from tqdm import tqdm
+
+    meters = {name: FewShotMeter() for name in predictors}
+    seconds = dict.fromkeys(predictors, 0.0)
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
+    count = 0
+    for episode in tqdm(episodes, total=total, desc=description, disable=not progress,
+                        leave=False):
+        predictions = {}
+        for name, predict in predictors.items():
+            started = time.perf_counter()
+            predictions[name] = predict(episode)
+            seconds[name] += time.perf_counter() - started
+            meters[name].update(episode.class_id, predictions[name], episode.query_mask)
+            if keep_predictions:
+                kept[name].append(predictions[name])
+        if on_episode is not None:
+            on_episode(count, episode, predictions)
+        count += 1
+    return {name: EvalResult(miou=meter.miou(), fbiou=meter.fbiou(),
+                             per_class_iou=meter.per_class_iou(), episodes=count,
+                             seconds=seconds[name], predictions=kept[name])
+            for name, meter in meters.items()}
+
+
+def evaluate(predict: Predictor, episodes: Iterable[Episode], total: int | None = None,
+             progress: bool = True, description: str = "eval",
+             keep_predictions: bool = False) -> EvalResult:
+    """Run ``predict`` on every episode and score the query masks (evaluate_many of one)."""
+    return evaluate_many({description: predict}, episodes, total=total, progress=progress,
+                         description=description, keep_predictions=keep_predictions
+                         )[description]
+
+
+def segmenter_predictor(segmenter: Any) -> Predictor:
+    """Predictor over a runtime.Segmenter: set the episode's supports, segment the query."""
+
+    def predict(episode: Episode) -> np.ndarray:
+        segmenter.set_support(list(episode.support_images), list(episode.support_masks))
+        return segmenter.segment(episode.query_image)
+
+    return predict
+
+
+def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
+                   split: str = "test") -> Any:
+    """The episodes of a dataset by name (synthetic-5i, pascal-5i, folder).
+
+    ``split="test"``: the fold's novel classes; ``"train"``: its base classes.
+    """
+    if dataset == "synthetic-5i":
+        from data.synthetic import Synthetic5i
+
+        return Synthetic5i(fold, split=split, seed=seed)
+    if dataset not in DATASETS:
+        raise DatasetError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if data_root is None:
+        raise DatasetError(f"--dataset {dataset} needs --data-root DIR")
+    if dataset == "pascal-5i":
+        from data.pascal import Pascal5i
+
+        return Pascal5i(data_root, fold, split=split, seed=seed)
+    from data.folder import FolderDataset
+
+    return FolderDataset(data_root, seed=seed)
+
+
+def gate_record(result: EvalResult, reference: EvalResult, gate: float | None,
+                **context: Any) -> dict[str, Any]:
+    """The eval JSON of shared/DESIGN.md for one variant, judged by its |delta mIoU| gate."""
+    delta = result.miou - reference.miou
+    record = {
+        "miou": result.miou,
+        "fbiou": result.fbiou,
+        "reference_miou": reference.miou,
+        "reference_fbiou": reference.fbiou,
+        "delta_miou": delta,
+        "delta_fbiou": result.fbiou - reference.fbiou,
+        "max_abs_delta_miou": gate,
+        "passed": None if gate is None else abs(delta) <= gate,
+        "per_class_iou": {str(k): v for k, v in result.per_class_iou.items()},
+        "episodes": result.episodes,
+        "seconds": result.seconds,
+    }
+    record.update(context)
+    return record
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """One table across variants: mIoU, FB-IoU, delta vs PyTorch, gate, pass."""
+    lines = [
+        f"{'backend':<12} {'precision':<9} {'mIoU':>7} {'FB-IoU':>7} {'ref mIoU':>8} "
+        f"{'delta':>7} {'gate':>6}  result",
+    ]
+    for record in records:
+        gate = record["max_abs_delta_miou"]
+        verdict = {True: "pass", False: "FAIL", None: "-"}[record["passed"]]
+        lines.append(
+            f"{record['backend']:<12} {record['precision']:<9} {record['miou']:7.2f} "
+            f"{record['fbiou']:7.2f} {record['reference_miou']:8.2f} "
+            f"{record['delta_miou']:+7.2f} {'' if gate is None else f'{gate:.2f}':>6}  {verdict}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The plain install (the wheel, no extras) runs runtime.Segmenter without torch.
+
+Builds crnet-deploy's wheel, installs it into a fresh virtual environment with no extras,
+shows that torch is absent there, segments with `Segmenter(bundle, backend="auto")` on a
+bundle exported here, and runs `crnet <command> --help` for every subcommand. The venv
+is built once per session (about a minute: pip fetches numpy, onnx and onnxruntime).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crnet.cli import SUBCOMMANDS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SEGMENT = """
+import importlib.util, json, sys
+import numpy as np
+from runtime import Segmenter
+bundle, out = sys.argv[1], sys.argv[2]
+image = np.zeros((90, 120, 3), np.uint8)
+image[20:60, 30:90] = (200, 40, 40)
+mask = np.zeros((90, 120), np.uint8)
+mask[20:60, 30:90] = 1
+seg = Segmenter(bundle, backend="auto")
+seg.set_support([image], [mask])
+np.save(out, seg.segment(image))
+print(json.dumps({"backend": seg.backend_name,
+                  "torch_installed": importlib.util.find_spec("torch") is not None,
+                  "torch_imported": "torch" in sys.modules,
+                  "runtime_file": sys.modules["runtime"].__file__}))
+"""
+
+
+def _run(command: list[str], cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",
+                                                                    "PYTHONHOME")}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment,
+                          timeout=900, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with only the crnet-deploy wheel (no extras) installed; its bin dir."""
+    work = tmp_path_factory.mktemp("plain-install")
+    wheels = work / "wheels"
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
+                  str(wheels), str(ROOT)], cwd=work)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = wheels.glob("crnet_deploy-*.whl")
+    venv.EnvBuilder(with_pip=True).create(work / "venv")
+    bin_dir = work / "venv" / "bin"
+    installed = _run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
+                      str(wheel)], cwd=work)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    return bin_dir
+
+
+def test_plain_install_segments_without_torch(plain_venv: Path, runtime_bundle: Path,
+                                              tmp_path: Path) -> None:
+    listed = _run([str(plain_venv / "python"), "-m", "pip", "list", "--format", "json"],
+                  cwd=tmp_path)
+    packages = {entry["name"].lower() for entry in json.loads(listed.stdout)}
+    assert {"crnet-deploy", "numpy", "onnxruntime", "onnx"} <= packages
+    assert not packages & {"torch", "safetensors", "scikit-image", "onnxscript"}
+
+    out = tmp_path / "mask.npy"
+    result = _run([str(plain_venv / "python"), "-c", SEGMENT, str(runtime_bundle), str(out)],
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts == {**facts, "backend": "onnxruntime", "torch_installed": False,
+                     "torch_imported": False}
+    assert str(plain_venv.parent) in facts["runtime_file"]  # the wheel's copy, not the repo
+
+    from runtime import Segmenter
+
+    image = np.zeros((90, 120, 3), np.uint8)
+    image[20:60, 30:90] = (200, 40, 40)
+    mask = np.zeros((90, 120), np.uint8)
+    mask[20:60, 30:90] = 1
+    here = Segmenter(runtime_bundle, backend="onnxruntime")
+    here.set_support([image], [mask])
+    assert np.array_equal(np.load(out), here.segment(image))
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_every_command_has_help_in_the_plain_install(plain_venv: Path, command: str,
+                                                     tmp_path: Path) -> None:
+    result = _run([str(plain_venv / "crnet"), command, "--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: crnet {command}")
+
+
+def test_a_command_that_needs_an_extra_names_it(plain_venv: Path, tmp_path: Path) -> None:
+    result = _run([str(plain_venv / "crnet"), "export", "--out", str(tmp_path / "b")],
+                  cwd=tmp_path)
+    assert result.returncode == 1
+    assert "pip install 'crnet-deploy[export]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists()
