@@ -518,6 +518,48 @@ class Synthetic5i:
         (root / "ImageSets" / "Segmentation" / name).write_text("\n".join(stems) + "\n")
 
 
+VOC_PALETTE_SIZE = 256
+
+
+def voc_palette() -> list[int]:
+    """VOC's colour map (the bit-interleaved one of the devkit), flat RGB x 256."""
+    palette = []
+    for index in range(VOC_PALETTE_SIZE):
+        red = green = blue = 0
+        value = index
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette += [red, green, blue]
+    return palette
+
+
+def write_voc_tree(root: Path, fold: int = 0, train_images: int = 45, test_images: int = 15,
+                   seed: int = 0) -> Path:
+    """A small PASCAL VOC2012-layout tree of synthetic-5i images, as on a user's disk.
+
+    JPEGImages/*.jpg; SegmentationClassAug/*.png (grey class ids, 255 boundary bands);
+    SegmentationClass/*.png (the same labels as VOC palette PNGs); ImageSets/Segmentation/
+    train_aug.txt (base-class images of ``fold``) and val.txt (novel-class images).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    Synthetic5i(fold, split="train", seed=seed).write_voc(root, train_images)
+    Synthetic5i(fold, split="test", seed=seed).write_voc(root, test_images)
+    (root / "SegmentationClass").mkdir(exist_ok=True)
+    palette = voc_palette()
+    for grey in sorted((root / "SegmentationClassAug").glob("*.png")):
+        with Image.open(grey) as label:
+            indexed = label.convert("P") if label.mode != "L" else Image.fromarray(
+                np.asarray(label), mode="P")
+        indexed.putpalette(palette)
+        indexed.save(root / "SegmentationClass" / grey.name)
+    return root
+
+
 def _preview(path: Path, fold: int, shots: int, count: int, seed: int, split: str) -> None:
     """PNG grid: one row per episode: supports (mask outlined yellow) | query | query mask."""
     from PIL import Image
@@ -568,9 +610,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=200, help="episodes for --bench")
+    parser.add_argument("--write-voc", type=Path, metavar="DIR",
+                        help="write a small VOC2012-layout tree of --fold (train_aug + val)")
     args = parser.parse_args(argv)
-    if not args.bench and args.preview is None:
-        parser.error("give --bench and/or --preview PATH")
+    if not args.bench and args.preview is None and args.write_voc is None:
+        parser.error("give --bench, --preview PATH and/or --write-voc DIR")
+    if args.write_voc is not None:
+        write_voc_tree(args.write_voc, args.fold, seed=args.seed)
+        print(f"wrote a VOC-layout tree of fold {args.fold} to {args.write_voc}")
     if args.bench:
         rate = _bench(args.count, args.shots)
         print(f"synthetic-5i: {rate:.1f} images/s ({args.count} episodes, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,23 @@ def test_preview(tmp_path, capsys) -> None:
     out = tmp_path / "grid.png"
     assert main(["--preview", str(out), "--episodes", "1"]) == 0
     assert out.stat().st_size > 0
+
+
+def test_write_voc_tree_is_read_by_the_pascal_loader(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from data.pascal import Pascal5i
+    from data.synthetic import voc_palette, write_voc_tree
+
+    root = write_voc_tree(tmp_path / "voc", fold=1, train_images=45, test_images=10)
+    grey = sorted((root / "SegmentationClassAug").glob("*.png"))
+    assert len(grey) == 55 and len(list((root / "JPEGImages").glob("*.jpg"))) == 55
+    with Image.open(root / "SegmentationClass" / grey[0].name) as palette_png, \
+            Image.open(grey[0]) as grey_png:
+        assert palette_png.mode == "P" and palette_png.getpalette()[:6] == voc_palette()[:6]
+        assert np.array_equal(np.asarray(palette_png), np.asarray(grey_png))
+        assert 255 in np.asarray(grey_png)  # boundary bands
+    test_episode = Pascal5i(root, 1, split="test").episode(0, 1)
+    assert test_episode.class_id in range(6, 11)
+    train_episode = Pascal5i(root, 1, split="train").episode(0, 1)
+    assert train_episode.class_id not in range(6, 11)
