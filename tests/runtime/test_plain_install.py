@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -53,8 +54,13 @@ def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with only the crnet-deploy wheel (no extras) installed; its bin dir."""
     work = tmp_path_factory.mktemp("plain-install")
     wheels = work / "wheels"
+    # build from a clean copy: setuptools reuses an in-tree build/ dir, stale files included
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".ruff_cache", "deploy-out", "runs", "bundle", "notes"))
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
-                  str(wheels), str(ROOT)], cwd=work)
+                  str(wheels), str(source)], cwd=work)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("crnet_deploy-*.whl")
     venv.EnvBuilder(with_pip=True).create(work / "venv")
