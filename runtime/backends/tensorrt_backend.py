@@ -136,6 +136,16 @@ def check_profile(name: str, shape: Sequence[int], minimum: Sequence[int],
             "(`crnet build`), or stay within it (e.g. fewer shots)")
 
 
+def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
+    """numpy dtype of a TensorRT io tensor type; BackendError for types numpy lacks (BF16,
+    FP8, INT4, FP4: keep such tensors inside the graph, with float32/float16 io)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError as error:
+        raise BackendError(f"TensorRT io tensor type {dtype} has no numpy equivalent; export "
+                           "the graph with float32 or float16 inputs and outputs") from error
+
+
 def _import_cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
@@ -181,7 +191,7 @@ class _EngineRunner:
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [n for n in names if is_input[n]]
         self.outputs = [n for n in names if not is_input[n]]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.dtypes = {n: numpy_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.profile = {n: tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0))
                         for n in self.inputs}
         self.cuda_graphs = cuda_graphs
