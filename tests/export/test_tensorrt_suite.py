@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from calibration.synthetic import Synthetic5i  # noqa: E402
 from crnet.metrics import FewShotMeter  # noqa: E402
 from export.build_engine import build_bundle, engine_paths  # noqa: E402
 from runtime.bundle import GRAPHS, PRECISIONS, Bundle  # noqa: E402
+from tests.export.trt_suite_bundle import copy_without_engines  # noqa: E402
 
 # max |TensorRT - ONNX Runtime| per output, relative to the output's largest magnitude (>= 1)
 OUTPUT_TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "int8": 2.5e-1}  # fp32 allows TF32
@@ -43,8 +43,7 @@ def trt_bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     int8 variants added by `crnet quantize`), engines of every variant built."""
     source = os.environ.get("CRNET_TRT_BUNDLE")
     source_path = Path(source) if source else request.getfixturevalue("tiny_bundle")
-    copy = Path(shutil.copytree(source_path, tmp_path_factory.mktemp("trt") / "bundle",
-                                ignore=shutil.ignore_patterns("engines")))
+    copy = copy_without_engines(source_path, tmp_path_factory.mktemp("trt") / "bundle")
     if not source:
         from calibration.quantize import quantize_bundle
 
