@@ -146,3 +146,50 @@ DOUBLES = {
     FakeExecutionContextDouble: ("trt", "IExecutionContext"),
     FakeCudartDouble: ("cudart", None),
 }
+
+
+class FakeRefitterDouble:
+    """trt.Refitter."""
+
+    def __init__(self, module: FakeTensorRTModuleDouble) -> None:
+        self.module = module
+
+    def refit_cuda_engine(self) -> bool:
+        self.module.engines_refit += 1
+        return self.module.refit_ok
+
+    def get_missing_weights(self) -> list[str]:
+        return [] if self.module.refit_ok else ["conv1.weight"]
+
+
+class FakeOnnxParserRefitterDouble:
+    """trt.OnnxParserRefitter."""
+
+    def __init__(self, module: FakeTensorRTModuleDouble) -> None:
+        self.module = module
+
+    def refit_from_file(self, model: str) -> bool:
+        self.module.refitted.append(model)
+        return self.module.refit_ok
+
+
+class FakeTensorRTModuleDouble:
+    """The part of the tensorrt module refit_from_onnx uses: Refitter, OnnxParserRefitter."""
+
+    def __init__(self, refit_ok: bool = True) -> None:
+        self.refit_ok = refit_ok
+        self.refitted: list[str] = []
+        self.engines_refit = 0
+
+    def Refitter(self, engine: Any, logger: Any) -> FakeRefitterDouble:  # noqa: N802
+        return FakeRefitterDouble(self)
+
+    def OnnxParserRefitter(self, refitter: Any, logger: Any  # noqa: N802
+                           ) -> FakeOnnxParserRefitterDouble:
+        return FakeOnnxParserRefitterDouble(self)
+
+
+DOUBLES.update({
+    FakeRefitterDouble: ("trt", "Refitter"),
+    FakeOnnxParserRefitterDouble: ("trt", "OnnxParserRefitter"),
+})
