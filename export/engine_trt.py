@@ -133,7 +133,7 @@ def device_info(device: int = 0) -> dict[str, str]:
             name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
             return {"gpu_name": name,
                     "compute_capability": f"{properties.major}.{properties.minor}"}
-    except ImportError:
+    except (ImportError, RuntimeError):  # cuda-python 12.0-12.6.0 raise without a driver
         pass
     try:
         output = subprocess.run(

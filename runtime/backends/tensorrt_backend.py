@@ -442,6 +442,8 @@ class TensorRTBackend(Backend):
             count = _cuda(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
         except BackendError as error:
             return False, f"no usable CUDA device ({error})"
+        except RuntimeError as error:  # cuda-python 12.0-12.6.0 without a driver
+            return False, f"no usable CUDA device (cuda-python: {error})"
         if not count:
             return False, "no CUDA device found"
         return True, f"TensorRT {trt.__version__}, {count} CUDA device(s)"
