@@ -258,3 +258,31 @@ def test_tensorrt_matches_onnxruntime(runtime_bundle: Path, tmp_path: Path) -> N
     json_path.write_text(json.dumps({**info, "compute_capability": "1.0"}))
     with pytest.raises(EngineMismatchError, match="compute capability 1.0"):
         Segmenter(bundle_dir, backend="tensorrt")
+
+
+def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """"auto" with plans that do not fit this machine (stale, foreign) logs the reason and
+    runs ONNX Runtime instead of raising EngineMismatchError (defect 10). The GPU is a
+    stand-in: is_available and activation are patched, no GPU call is made."""
+    copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+    for graph in ("backbone", "refine"):
+        for path in engine_paths(copy, graph, "fp32"):
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("{}")
+
+    def foreign_plans(self: TensorRTBackend) -> None:
+        raise EngineMismatchError("backbone.fp32.plan was built on an RTX 4090 (8.9)")
+
+    monkeypatch.setattr(TensorRTBackend, "is_available",
+                        classmethod(lambda cls: (True, "stand-in GPU")))
+    monkeypatch.setattr(TensorRTBackend, "_activate", foreign_plans)
+    with caplog.at_level("WARNING", logger="runtime.segmenter"):
+        segmenter = Segmenter(copy, backend="auto", cuda_graphs=False)
+    assert segmenter.backend_name == "onnxruntime"
+    assert "RTX 4090" in caplog.text and "onnxruntime" in caplog.text
+    assert "RTX 4090" in segmenter.describe()["fallback_reason"]
+    segmenter.close()
+    with pytest.raises(EngineMismatchError, match="RTX 4090"):  # asked for by name: raise
+        Segmenter(copy, backend="tensorrt")
