@@ -400,8 +400,9 @@ class TensorRTBackend(Backend):
     """Both graphs as TensorRT engines from ``bundle/engines/`` (see module docstring)."""
 
     name = "tensorrt"
-    install_hint = ("It needs an NVIDIA GPU, `pip install tensorrt cuda-python` (TensorRT 10 "
-                    "or 11; JetPack ships TensorRT 10) and engines built by `crnet build`.")
+    install_hint = ("It needs an NVIDIA GPU, `pip install \"crnet-deploy[tensorrt-cu12]\"` "
+                    "(or [tensorrt-cu13] on a CUDA 13 driver; on Jetson, JetPack's TensorRT 10 "
+                    "plus [jetson]) and engines built by `crnet build`.")
     thread_safe = False
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
