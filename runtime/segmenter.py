@@ -79,7 +79,8 @@ class Segmenter:
     "tensorrt" or "torch"; ``precision``: "fp32", "fp16" or "int8" (a variant of the
     bundle). ``threshold``: the foreground probability above which a pixel is in the mask.
     Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``,
-    ``spinning``, ``use_ort_build``; tensorrt: ``cuda_graphs``; torch: ``device``,
+    ``spinning``, ``use_ort_build``; tensorrt: ``cuda_graphs``, ``device``, ``stream``; torch:
+    ``device``,
     ``threads``). With "auto", TensorRT plans that cannot run here (stale, built for
     another GPU, TensorRT or platform) fall back to the next backend; the reason is logged
     and kept in ``fallback_reason``.

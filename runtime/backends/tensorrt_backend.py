@@ -188,6 +188,36 @@ def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
                            "the graph with float32 or float16 inputs and outputs") from error
 
 
+# attributes that hold a stream's raw cudaStream_t: pycuda Stream.handle, torch
+# cuda.Stream.cuda_stream, cupy cuda.Stream.ptr
+STREAM_ATTRIBUTES = ("handle", "cuda_stream", "ptr")
+
+
+def stream_handle(stream: Any) -> int:
+    """The raw ``cudaStream_t`` (an int) of ``stream``: an int, or an object with one of
+    STREAM_ATTRIBUTES; InputError otherwise."""
+    if isinstance(stream, bool):
+        raise InputError("stream must be a CUDA stream handle or stream object, not a bool")
+    if isinstance(stream, int):
+        value = stream
+    else:
+        for attribute in STREAM_ATTRIBUTES:
+            value = getattr(stream, attribute, None)
+            if value is not None:
+                break
+        else:
+            raise InputError(
+                f"stream must be an int cudaStream_t or an object with one of "
+                f"{list(STREAM_ATTRIBUTES)} (pycuda, torch, cupy), got {type(stream).__name__}")
+        try:
+            value = int(value)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"stream.{attribute} is not an integer handle: {value!r}") from error
+    if value < 0:
+        raise InputError(f"stream handle must be >= 0, got {value}")
+    return value
+
+
 def is_weight_stripped(info: dict[str, Any]) -> bool:
     """Whether the engine JSON says the plan was built with --stripWeights."""
     return bool((info.get("builder") or {}).get("strip_weights"))
@@ -406,10 +436,14 @@ class TensorRTBackend(Backend):
     thread_safe = False
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
-                 cuda_graphs: bool = True, device: int = 0) -> None:
+                 cuda_graphs: bool = True, device: int = 0, stream: Any = None) -> None:
         if bundle is None:
             raise BackendError("the tensorrt backend needs a bundle with engines")
         super().__init__(bundle, precision)
+        # an application's own CUDA stream (raw handle, or pycuda/torch/cupy stream object):
+        # used as given, never destroyed; the backend then runs in the CUDA context current
+        # on the calling thread (the runtime API uses it) and does not call cudaSetDevice
+        self.external_stream = None if stream is None else stream_handle(stream)
         self.cuda_graphs = cuda_graphs
         self.device = device
         self.engine_files = {graph: engine_paths(bundle.root, graph, precision)
@@ -467,7 +501,8 @@ class TensorRTBackend(Backend):
 
         assert self.bundle is not None
         self.cudart = _import_cudart()
-        _cuda(self.cudart, self.cudart.cudaSetDevice(self.device), "cudaSetDevice")
+        if self.external_stream is None:
+            _cuda(self.cudart, self.cudart.cudaSetDevice(self.device), "cudaSetDevice")
         capability, gpu_name = self._machine()
         files = self.bundle.manifest.get("files", {})
         for graph, (plan, meta) in self.engine_files.items():
@@ -486,7 +521,11 @@ class TensorRTBackend(Backend):
         self.runtime = trt.Runtime(self.logger)
         if any(info.get("version_compatible") for info in self.engine_info.values()):
             self.runtime.engine_host_code_allowed = True
-        self.stream = _cuda(self.cudart, self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+        if self.external_stream is not None:
+            self.stream = self.cudart.cudaStream_t(self.external_stream)
+        else:
+            self.stream = _cuda(self.cudart, self.cudart.cudaStreamCreate(),
+                                "cudaStreamCreate")
         try:
             for graph, (plan, _) in self.engine_files.items():
                 refit_onnx = (self.bundle.graph_path(graph, self.precision)
@@ -503,7 +542,8 @@ class TensorRTBackend(Backend):
             runner.close()
         self.runners = {}
         if getattr(self, "stream", None) is not None:
-            self.cudart.cudaStreamDestroy(self.stream)
+            if self.external_stream is None:  # the application owns its stream
+                self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
         self.runtime = None
 

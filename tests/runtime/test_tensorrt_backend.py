@@ -286,3 +286,28 @@ def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: P
     segmenter.close()
     with pytest.raises(EngineMismatchError, match="RTX 4090"):  # asked for by name: raise
         Segmenter(copy, backend="tensorrt")
+
+
+def test_stream_handle_accepts_raw_handles_and_stream_objects() -> None:
+    from types import SimpleNamespace
+
+    from runtime.backends.tensorrt_backend import stream_handle
+
+    assert stream_handle(0x7F00) == 0x7F00
+    assert stream_handle(SimpleNamespace(handle=11)) == 11  # pycuda.driver.Stream
+    assert stream_handle(SimpleNamespace(cuda_stream=12)) == 12  # torch.cuda.Stream
+    assert stream_handle(SimpleNamespace(ptr=13)) == 13  # cupy.cuda.Stream
+    for bad in ("stream", SimpleNamespace(name="x"), -1, True, SimpleNamespace(handle="x")):
+        with pytest.raises(InputError, match="stream"):
+            stream_handle(bad)
+
+
+def test_external_stream_is_kept_by_the_backend(runtime_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+    for graph in ("backbone", "refine"):
+        for path in engine_paths(copy, graph, "fp32"):
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("{}")
+    backend = TensorRTBackend(Bundle.load(copy), "fp32", stream=type("S", (), {"handle": 5})())
+    assert backend.external_stream == 5
+    assert TensorRTBackend(Bundle.load(copy), "fp32").external_stream is None
