@@ -80,8 +80,7 @@ class Segmenter:
     bundle). ``threshold``: the foreground probability above which a pixel is in the mask.
     Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``,
     ``spinning``, ``use_ort_build``; tensorrt: ``cuda_graphs``, ``device``, ``stream``; torch:
-    ``device``,
-    ``threads``). With "auto", TensorRT plans that cannot run here (stale, built for
+    ``device``, ``threads``). With "auto", TensorRT plans that cannot run here (stale, built for
     another GPU, TensorRT or platform) fall back to the next backend; the reason is logged
     and kept in ``fallback_reason``.
     """
