@@ -424,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as error:
         print(f"crnet deploy: {error}", file=sys.stderr)
         return 1
+    if not report["passed"]:
+        from crnet.evaluate import print_gate_hints
+
+        print_gate_hints(report["accuracy"], report["bundle"])
     return 0 if report["passed"] else 1
 
 

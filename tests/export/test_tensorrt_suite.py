@@ -126,6 +126,34 @@ def test_outputs_match_onnxruntime(trt_bundle: Path, precision: str) -> None:
                     f"{tolerance} x {scale:.3g}")
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_polygraphy_comparator_tensorrt_vs_onnxruntime(trt_bundle: Path, precision: str
+                                                      ) -> None:
+    """The same comparison through Polygraphy's Comparator (TrtRunner on our plan,
+    OnnxrtRunner on the same ONNX variant), per-output tolerances scaled by the output's
+    ONNX Runtime magnitude."""
+    pytest.importorskip("polygraphy", reason="pip install polygraphy")
+    from export.polygraphy_debug import compare_runners, onnxrt_runner, trt_runner
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    bundle = _precision_or_skip(trt_bundle, precision)
+    feeds = _feeds(bundle.manifest, 1, seed=7)
+    with OnnxRuntimeBackend(bundle, precision, providers=["CPUExecutionProvider"]) as ort:
+        scale = {"feat": float(np.abs(ort.run_backbone(feeds["backbone"]["image"])).max()),
+                 **dict(zip(("query_logits", "support_logits"),
+                            (float(np.abs(a).max()) for a in ort.run_refine(**feeds["refine"])),
+                            strict=True))}
+    for graph in GRAPHS:
+        plan, _ = engine_paths(trt_bundle, graph, precision)
+        outputs = [spec["name"] for spec in bundle.io(graph)["outputs"]]
+        atol = {name: OUTPUT_TOLERANCE[precision] * max(1.0, scale[name]) for name in outputs}
+        result = compare_runners([trt_runner(plan, f"trt-{graph}"),
+                                  onnxrt_runner(bundle.graph_path(graph, precision),
+                                                f"ort-{graph}")],
+                                 [feeds[graph]], atol, {name: 0.0 for name in outputs})
+        assert result.passed, f"{graph} {precision}: max |diff| {result.max_abs_diff}"
+
+
 def _miou(bundle_root: Path, backend: str, precision: str, **options: object) -> float:
     from runtime import Segmenter
 
