@@ -423,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except (ValueError, RuntimeError) as error:  # a library's rejection, reported in one line
         raise DeployError(str(error)) from error
+    if not report["passed"]:
+        from crnet.evaluate import print_gate_hints
+
+        print_gate_hints(report["accuracy"], report["bundle"])
     return 0 if report["passed"] else 1
 
 

@@ -85,7 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.json, payload)
         print(f"wrote {args.json}")
     failed = [r["precision"] for r in records if r["passed"] is False]
+    if args.bundle is not None:
+        print_gate_hints(records, args.bundle)
     return 1 if failed else 0
+
+
+def print_gate_hints(records: list[dict[str, Any]], bundle_dir: str | Path,
+                     log: Any = print) -> list[str]:
+    """For each fp16/int8 record that missed its gate, print the Polygraphy commands that
+    localise the layer (export/polygraphy_debug.py); returns the precisions hinted."""
+    from export.polygraphy_debug import gate_failure_hint
+
+    hinted = []
+    for record in records:
+        if record.get("passed") is False and record.get("precision") in ("fp16", "int8"):
+            log(gate_failure_hint(bundle_dir, record["precision"]))
+            hinted.append(record["precision"])
+    return hinted
 
 
 def evaluate_variants(args: argparse.Namespace, source: Any) -> list[dict[str, Any]]:

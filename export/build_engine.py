@@ -148,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="bundle mode: which ONNX variant(s) to build (default fp32)")
     parser.add_argument("--target", default="auto", choices=["auto", "tensorrt", "ort"],
                         help="bundle mode: tensorrt, ort (ONNX Runtime CPU build), or auto: "
-                             "tensorrt where it imports, else ort (default)")
+                             "tensorrt where it imports and a CUDA device answers, else ort "
+                             "(default)")
     parser.add_argument("--ort-level", default="extended", choices=["basic", "extended", "all"],
                         help="ONNX Runtime optimisation level of the CPU target (default "
                              "extended: portable across CPUs; all adds layouts for this CPU)")
@@ -259,6 +260,8 @@ def _main_bundle(bundle_dir: Path, args: argparse.Namespace) -> int:
     if target in ("auto", "tensorrt"):
         try:
             require_tensorrt()
+            if target == "auto":  # TensorRT imports without a GPU: ask for one as well
+                _require_gpu()
             target = "tensorrt"
         except TensorRTUnavailable as error:
             print(f"crnet build: {error}", file=sys.stderr)
@@ -282,6 +285,16 @@ def _main_bundle(bundle_dir: Path, args: argparse.Namespace) -> int:
             print(f"{graph} {precision}: {entry['path']} ({entry['build_seconds']:.2f} s, "
                   f"{entry['session_options']['graph_optimization_level']})")
     return EXIT_OK
+
+
+def _require_gpu() -> None:
+    """TensorRTUnavailable unless a CUDA device answers (the check `crnet deploy` makes)."""
+    from export.engine_trt import TensorRTUnavailable
+    from runtime.backends.tensorrt_backend import TensorRTBackend
+
+    available, reason = TensorRTBackend.is_available()
+    if not available:
+        raise TensorRTUnavailable(f"TensorRT imports but cannot build here: {reason}")
 
 
 def _print_summary(plan: Path, info: dict[str, Any]) -> None:

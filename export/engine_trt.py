@@ -41,6 +41,7 @@ INSTALL_HINT = (
 _DATATYPE_WORDS = (("fp8", ("FP8", "E4M3")), ("int4", ("INT4",)), ("int8", ("INT8",)),
                    ("bf16", ("BF16", "BFLOAT16")), ("fp16", ("FP16", "HALF")),
                    ("fp32", ("FP32", "FLOAT")))
+DATATYPE_FIELDS = ("Format/Datatype", "Datatype", "Format")
 FLOAT_PRECISIONS = ("fp8", "int4", "int8", "bf16", "fp16", "fp32")
 SILENT_FP32_FRACTION = 0.95  # a fp16/int8 variant with this share of fp32 layers is suspect
 _POOLS = {"workspace": "WORKSPACE", "dlaSRAM": "DLA_MANAGED_SRAM",
@@ -75,11 +76,15 @@ def layer_precision(layer: dict[str, Any]) -> str:
 
     ``layer`` is one entry of the inspector's JSON ``Layers`` (ProfilingVerbosity.DETAILED):
     its ``Inputs``/``Outputs`` carry ``Format/Datatype`` strings such as "Row major linear
-    FP32", "Half" or "Channel major INT8 format where channel % 32 == 0".
+    FP32", "Half" or "Channel major INT8 format where channel % 32 == 0" (TensorRT 10), or
+    separate ``Format`` and ``Datatype`` fields (TensorRT 11).
     """
     found = set()
     for tensor in [*layer.get("Inputs", []), *layer.get("Outputs", [])]:
-        text = str(tensor.get("Format/Datatype", "")).upper()
+        if not isinstance(tensor, dict):
+            continue
+        # TensorRT 10: one "Format/Datatype" field; TensorRT 11: "Format" and "Datatype"
+        text = " ".join(str(tensor.get(key, "")) for key in DATATYPE_FIELDS).upper()
         for precision, words in _DATATYPE_WORDS:
             if any(word in text for word in words):
                 found.add(precision)
@@ -128,7 +133,7 @@ def device_info(device: int = 0) -> dict[str, str]:
             name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
             return {"gpu_name": name,
                     "compute_capability": f"{properties.major}.{properties.minor}"}
-    except ImportError:
+    except (ImportError, RuntimeError):  # cuda-python 12.0-12.6.0 raise without a driver
         pass
     try:
         output = subprocess.run(
@@ -222,12 +227,35 @@ def _load_timing_cache(config: Any, settings: BuildSettings, log: Log) -> str:
     if settings.timing_cache is not None and settings.timing_cache.exists():
         data = settings.timing_cache.read_bytes()
         state = f"read {len(data)} bytes"
-    cache = config.create_timing_cache(data)
-    if cache is None and data:
+    timing_cache = config.create_timing_cache(data)
+    if timing_cache is None and data:
         log(f"warning: timing cache {settings.timing_cache} is unusable; starting a new one")
-        cache, state = config.create_timing_cache(b""), "unusable, replaced"
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        timing_cache, state = config.create_timing_cache(b""), "unusable, replaced"
+    # as trtexec: accept a cache from another device (its entries are then re-timed), and
+    # check the answer: a cache TensorRT refuses is replaced by an empty one
+    if not config.set_timing_cache(timing_cache, ignore_mismatch=True):
+        log(f"warning: TensorRT rejected the timing cache {settings.timing_cache}; starting "
+            "a new one")
+        timing_cache = config.create_timing_cache(b"")
+        if not config.set_timing_cache(timing_cache, ignore_mismatch=True):
+            raise EngineBuildError("TensorRT refused even an empty timing cache; rerun "
+                                   "without --timingCacheFile")
+        state = f"rejected ({len(data)} bytes), replaced"
     return state
+
+
+def _save_timing_cache(config: Any, settings: BuildSettings, log: Log) -> bool:
+    """Write the config's timing cache to ``settings.timing_cache`` atomically; False (with a
+    warning) when the config has none to give."""
+    if settings.timing_cache is None:
+        return False
+    timing_cache = config.get_timing_cache()
+    if timing_cache is None:
+        log(f"warning: TensorRT returned no timing cache; {settings.timing_cache} left as it was")
+        return False
+    with atomic_path(settings.timing_cache) as temporary:
+        temporary.write_bytes(bytes(timing_cache.serialize()))
+    return True
 
 
 def _write_plan(serialized: Any, settings: BuildSettings) -> None:
@@ -287,10 +315,9 @@ def build_engine(settings: BuildSettings, log: Log = print, device: int = 0) -> 
         raise EngineBuildError(f"TensorRT failed to build {settings.onnx.name}; rerun with "
                                "--verbose for the builder's log")
     log(f"built in {seconds:.1f} s; writing {settings.engine}")
+    if not _save_timing_cache(config, settings, log) and settings.timing_cache is not None:
+        cache_state += "; not saved (TensorRT returned none)"
     _write_plan(serialized, settings)
-    if settings.timing_cache is not None:
-        with atomic_path(settings.timing_cache) as temporary:
-            temporary.write_bytes(bytes(config.get_timing_cache().serialize()))
     information, tensors = _inspect(trt, logger, serialized, settings, log)
     layers_path = engine_layers_path(settings.engine)
     counts = summarize_layers(information) if information is not None else None

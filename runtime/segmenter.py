@@ -20,6 +20,8 @@ the support that was current when it started. Backends that are not thread-safe
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +52,7 @@ from runtime.preprocess import (
 )
 
 BACKENDS = ("auto", *REGISTRY)
+_LOG = logging.getLogger(__name__)
 
 
 class NoSupportError(InputError):
@@ -76,8 +79,10 @@ class Segmenter:
     "tensorrt" or "torch"; ``precision``: "fp32", "fp16" or "int8" (a variant of the
     bundle). ``threshold``: the foreground probability above which a pixel is in the mask.
     Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``,
-    ``spinning``, ``use_ort_build``; tensorrt: ``cuda_graphs``; torch: ``device``,
-    ``threads``).
+    ``spinning``, ``use_ort_build``; tensorrt: ``cuda_graphs``, ``device``, ``stream``; torch:
+    ``device``, ``threads``). With "auto", TensorRT plans that cannot run here (stale, built for
+    another GPU, TensorRT or platform) fall back to the next backend; the reason is logged
+    and kept in ``fallback_reason``.
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto",
@@ -87,9 +92,23 @@ class Segmenter:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         bundle = Bundle.load(bundle_dir, verify=verify)
         name = choose_backend(backend, bundle, precision)
-        cls = require_available(name)
-        self._setup(cls(bundle, precision, **backend_options),
-                    ModelSpec.from_manifest(bundle.manifest), threshold)
+        spec = ModelSpec.from_manifest(bundle.manifest)
+        self.fallback_reason: str | None = None
+        try:
+            cls = require_available(name)
+            self._setup(cls(bundle, precision, **backend_options), spec, threshold)
+        except BackendError as error:
+            if backend != "auto" or name != "tensorrt":
+                raise
+            # "auto" chose plans that do not fit here (stale, another GPU or TensorRT):
+            # run the next backend and say why, instead of failing
+            fallback = choose_backend("auto", bundle, precision, skip_tensorrt=True)
+            _LOG.warning("tensorrt engines of %s cannot run here (%s); using %s instead",
+                         bundle.root, error, fallback)
+            self.fallback_reason = f"tensorrt: {error}"
+            cls = require_available(fallback)
+            self._setup(cls(bundle, precision, **_accepted(cls, backend_options)), spec,
+                        threshold)
         self.bundle: Bundle | None = bundle
 
     @classmethod
@@ -103,6 +122,7 @@ class Segmenter:
         segmenter = cls.__new__(cls)
         segmenter._setup(backend, backend.load_spec(), threshold)
         segmenter.bundle = None
+        segmenter.fallback_reason = None
         return segmenter
 
     def _setup(self, backend: Backend, spec: ModelSpec, threshold: float) -> None:
@@ -140,6 +160,8 @@ class Segmenter:
         info.update({"model": self.spec.name, "input_size": list(self.spec.input_size),
                      "feature_size": list(self.spec.feature_size),
                      "shots": [self.spec.min_shots, self.spec.max_shots]})
+        if self.fallback_reason:
+            info["fallback_reason"] = self.fallback_reason
         return info
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -283,14 +305,24 @@ class Segmenter:
         return support
 
 
-def choose_backend(backend: str, bundle: Bundle, precision: str) -> str:
+def _accepted(cls: type[Backend], options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``cls`` takes (a fallback backend drops e.g. tensorrt's cuda_graphs)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    return {key: value for key, value in options.items() if key in parameters}
+
+
+def choose_backend(backend: str, bundle: Bundle, precision: str, *,
+                   skip_tensorrt: bool = False) -> str:
     """Resolve "auto": tensorrt if available and the bundle has engines for the precision,
     else onnxruntime if available, else torch. Other names pass through after a check."""
     if backend != "auto":
         backend_class(backend)  # an unknown name raises, listing the known ones
         return backend
     tensorrt = backend_class("tensorrt")
-    if tensorrt.has_engines(bundle, precision) and tensorrt.is_available()[0]:
+    if (not skip_tensorrt and tensorrt.has_engines(bundle, precision)
+            and tensorrt.is_available()[0]):
         return "tensorrt"
     if backend_class("onnxruntime").is_available()[0]:
         return "onnxruntime"

@@ -6,6 +6,14 @@ import pytest
 import torch
 
 from models.config import CRNetConfig
+from tests.trt_bindings import (
+    CUDA_ENVIRONMENTS,
+    TENSORRT_VERSIONS,
+    BindingsUnavailable,
+    Environment,
+    cuda_environment,
+    tensorrt_environment,
+)
 
 
 @pytest.fixture
@@ -20,3 +28,22 @@ def tiny_config() -> CRNetConfig:
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", params=TENSORRT_VERSIONS)
+def real_tensorrt(request: pytest.FixtureRequest) -> Environment:
+    """The real TensorRT Python bindings of one version over stub libraries (cached; see
+    tests/trt_bindings.py). Skipped, with the reason, without pip access or a C compiler."""
+    try:
+        return tensorrt_environment(request.param)
+    except BindingsUnavailable as error:
+        pytest.skip(f"real tensorrt {request.param} bindings unavailable: {error}")
+
+
+@pytest.fixture(scope="session", params=list(CUDA_ENVIRONMENTS))
+def real_cuda(request: pytest.FixtureRequest) -> Environment:
+    """A real cuda-python (no driver on this machine), one of CUDA_ENVIRONMENTS (cached)."""
+    try:
+        return cuda_environment(request.param)
+    except BindingsUnavailable as error:
+        pytest.skip(f"real {request.param} unavailable: {error}")

@@ -8,8 +8,14 @@ Engine files, written by `crnet build`, read here (paths from runtime.layout)::
 where ``<graph>`` is ``backbone`` or ``refine``. The engine JSON fields this backend reads:
 
 * ``tensorrt_version`` (str, e.g. "10.3.0.26"): the TensorRT that built the plan. Plans
-  load only on the same major.minor.patch, unless ``version_compatible`` is true (built
-  with BuilderFlag.VERSION_COMPATIBLE): then the same major and a runtime not older.
+  load only on the exact same version (all four parts, as TensorRT checks), unless
+  ``version_compatible`` is true (built with BuilderFlag.VERSION_COMPATIBLE): then a
+  runtime not older of the same major, or of the next major where NVIDIA supports it
+  (8 -> 10, 10 -> 11).
+* ``host`` (``{"machine", "system"}``, optional): the platform it was built on; plans do
+  not move between CPU architectures or operating systems.
+* ``builder.strip_weights`` (optional): a weight-stripped plan is refit at load from the
+  bundle's ONNX of the same graph and precision (Refitter + OnnxParserRefitter).
 * ``compute_capability`` (str "8.7" or [8, 7]): of the GPU it was built on; must equal
   this GPU's unless ``hardware_compatibility_level`` is "ampere_plus" (then any >= 8.0).
 * ``gpu_name`` (str): reported in errors.
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,25 +87,60 @@ def _capability(value: Any) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+# Cross-major runtimes NVIDIA supports for version-compatible plans (engine compatibility
+# page, TensorRT 11 support matrix): built major -> runtime major.
+_CROSS_MAJOR_COMPATIBLE = {8: 10, 10: 11}
+_MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def _version_compatible_fits(built: tuple[int, ...], here: tuple[int, ...]) -> bool:
+    if not built or not here:
+        return False
+    if built[0] == here[0]:
+        return here >= built
+    return _CROSS_MAJOR_COMPATIBLE.get(built[0]) == here[0]
+
+
+def _check_platform(info: dict[str, Any], plan: str, machine: str, system: str,
+                    rebuild: str) -> None:
+    """Plans are not portable across CPU architectures or operating systems."""
+    host = info.get("host") or {}
+    built_machine = _MACHINE_ALIASES.get(str(host.get("machine", "")).lower(),
+                                         str(host.get("machine", "")).lower())
+    here_machine = _MACHINE_ALIASES.get(machine.lower(), machine.lower())
+    built_system, here_system = str(host.get("system", "")), system
+    if (built_machine and built_machine != here_machine) or (
+            built_system and built_system.lower() != here_system.lower()):
+        raise EngineMismatchError(
+            f"{plan} was built on {host.get('system', '?')}/{host.get('machine', '?')} and this "
+            f"machine is {here_system}/{machine}: TensorRT plans do not move between platforms "
+            f"(a hardware-compatibility level does not change that); {rebuild}")
+
+
 def check_engine_info(info: dict[str, Any], plan: str, *, tensorrt_version: str,
                       compute_capability: Sequence[int], gpu_name: str = "this GPU",
-                      onnx_sha256: str | None = None) -> None:
-    """Raise EngineMismatchError unless the engine JSON ``info`` fits this machine."""
+                      onnx_sha256: str | None = None, machine: str | None = None,
+                      system: str | None = None) -> None:
+    """Raise EngineMismatchError unless the engine JSON ``info`` fits this machine
+    (``machine``/``system``: platform.machine()/system() unless given)."""
     rebuild = "rebuild it on this machine with `crnet build`"
     missing = [k for k in ("tensorrt_version", "compute_capability") if k not in info]
     if missing:
         raise EngineMismatchError(f"{plan}: engine JSON lacks {missing}; {rebuild}")
     built, here = _version_tuple(info["tensorrt_version"]), _version_tuple(tensorrt_version)
     if info.get("version_compatible"):
-        fits = built[:1] == here[:1] and here >= built
-        rule = "the same major version, not older (version-compatible plan)"
+        fits = _version_compatible_fits(built, here)
+        rule = ("a runtime not older of the same major version, or the next major where "
+                "NVIDIA supports it (8 -> 10, 10 -> 11) (version-compatible plan)")
     else:
-        fits = built[:3] == here[:3]
-        rule = "the same major.minor.patch"
+        fits = built == here
+        rule = "the exact version (major.minor.patch.build, as TensorRT checks it)"
     if not fits:
         raise EngineMismatchError(
             f"{plan} was built with TensorRT {info['tensorrt_version']} but TensorRT "
             f"{tensorrt_version} is installed; plans need {rule}; {rebuild}")
+    _check_platform(info, plan, machine or platform.machine(), system or platform.system(),
+                    rebuild)
     built_cc, here_cc = _capability(info["compute_capability"]), _capability(compute_capability)
     level = str(info.get("hardware_compatibility_level", "none")).lower()
     if level in ("ampere_plus", "ampere-plus"):
@@ -127,6 +169,69 @@ def check_profile(name: str, shape: Sequence[int], minimum: Sequence[int],
             f"input {name!r} has shape {list(shape)}, outside the engine's optimisation profile "
             f"{list(minimum)} .. {list(maximum)}; rebuild the engine with a wider profile "
             "(`crnet build`), or stay within it (e.g. fewer shots)")
+
+
+def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
+    """numpy dtype of a TensorRT io tensor type; BackendError for types numpy lacks (BF16,
+    FP8, INT4, FP4: keep such tensors inside the graph, with float32/float16 io)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError as error:
+        raise BackendError(f"TensorRT io tensor type {dtype} has no numpy equivalent; export "
+                           "the graph with float32 or float16 inputs and outputs") from error
+
+
+# attributes that hold a stream's raw cudaStream_t: pycuda Stream.handle, torch
+# cuda.Stream.cuda_stream, cupy cuda.Stream.ptr
+STREAM_ATTRIBUTES = ("handle", "cuda_stream", "ptr")
+
+
+def stream_handle(stream: Any) -> int:
+    """The raw ``cudaStream_t`` (an int) of ``stream``: an int, or an object with one of
+    STREAM_ATTRIBUTES; InputError otherwise."""
+    if isinstance(stream, bool):
+        raise InputError("stream must be a CUDA stream handle or stream object, not a bool")
+    if isinstance(stream, int):
+        value = stream
+    else:
+        for attribute in STREAM_ATTRIBUTES:
+            value = getattr(stream, attribute, None)
+            if value is not None:
+                break
+        else:
+            raise InputError(
+                f"stream must be an int cudaStream_t or an object with one of "
+                f"{list(STREAM_ATTRIBUTES)} (pycuda, torch, cupy), got {type(stream).__name__}")
+        try:
+            value = int(value)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"stream.{attribute} is not an integer handle: {value!r}") from error
+    if value < 0:
+        raise InputError(f"stream handle must be >= 0, got {value}")
+    return value
+
+
+def is_weight_stripped(info: dict[str, Any]) -> bool:
+    """Whether the engine JSON says the plan was built with --stripWeights."""
+    return bool((info.get("builder") or {}).get("strip_weights"))
+
+
+def refit_from_onnx(trt: Any, engine: Any, logger: Any, onnx_path: Path, plan: str) -> None:
+    """Refit a weight-stripped engine with the weights of the ONNX it was built from;
+    EngineMismatchError if that ONNX is missing or the refit fails."""
+    if not Path(onnx_path).is_file():
+        raise EngineMismatchError(
+            f"{plan} is weight-stripped (built with --stripWeights) and its ONNX "
+            f"{onnx_path} was not found to refit it from; restore the bundle's ONNX or rebuild "
+            "without --stripWeights")
+    refitter = trt.Refitter(engine, logger)
+    parser_refitter = trt.OnnxParserRefitter(refitter, logger)
+    if not parser_refitter.refit_from_file(str(onnx_path)) or not refitter.refit_cuda_engine():
+        missing = list(refitter.get_missing_weights())
+        raise EngineMismatchError(
+            f"could not refit the weight-stripped {plan} from {onnx_path}"
+            + (f" (missing weights: {missing[:5]})" if missing else "")
+            + "; rebuild it with `crnet build` (without --stripWeights)")
 
 
 def _import_cudart() -> Any:
@@ -162,11 +267,14 @@ class _EngineRunner:
     """One deserialized engine, its execution context, and per-shape buffers."""
 
     def __init__(self, trt: Any, cudart: Any, runtime: Any, plan: Path, stream: Any,
-                 cuda_graphs: bool) -> None:
+                 cuda_graphs: bool, refit_onnx: Path | None = None, logger: Any = None
+                 ) -> None:
         self.cudart, self.stream, self.plan = cudart, stream, plan
         self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise BackendError(f"TensorRT could not deserialize {plan} (see its log above)")
+        if refit_onnx is not None:  # a weight-stripped plan: weights come from the ONNX
+            refit_from_onnx(trt, self.engine, logger, refit_onnx, plan.name)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise BackendError(f"TensorRT could not create an execution context for {plan}")
@@ -174,7 +282,7 @@ class _EngineRunner:
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [n for n in names if is_input[n]]
         self.outputs = [n for n in names if not is_input[n]]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.dtypes = {n: numpy_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.profile = {n: tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0))
                         for n in self.inputs}
         self.cuda_graphs = cuda_graphs
@@ -276,6 +384,7 @@ class _EngineRunner:
             graph = _cuda(cudart, cudart.cudaStreamEndCapture(self.stream),
                           "cudaStreamEndCapture")
             if not enqueued:
+                cudart.cudaGraphDestroy(graph)  # captured, never instantiated
                 raise BackendError("execute_async_v3 failed during capture")
             try:
                 if hasattr(cudart, "cudaGraphInstantiateWithFlags"):
@@ -314,15 +423,20 @@ class TensorRTBackend(Backend):
     """Both graphs as TensorRT engines from ``bundle/engines/`` (see module docstring)."""
 
     name = "tensorrt"
-    install_hint = ("It needs an NVIDIA GPU, `pip install tensorrt cuda-python` (TensorRT 10 "
-                    "or 11; JetPack ships TensorRT 10) and engines built by `crnet build`.")
+    install_hint = ("It needs an NVIDIA GPU, `pip install \"crnet-deploy[tensorrt-cu12]\"` "
+                    "(or [tensorrt-cu13] on a CUDA 13 driver; on Jetson, JetPack's TensorRT 10 "
+                    "plus [jetson]) and engines built by `crnet build`.")
     thread_safe = False
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
-                 cuda_graphs: bool = True, device: int = 0) -> None:
+                 cuda_graphs: bool = True, device: int = 0, stream: Any = None) -> None:
         if bundle is None:
             raise BackendError("the tensorrt backend needs a bundle with engines")
         super().__init__(bundle, precision)
+        # an application's own CUDA stream (raw handle, or pycuda/torch/cupy stream object):
+        # used as given, never destroyed; the backend then runs in the CUDA context current
+        # on the calling thread (the runtime API uses it) and does not call cudaSetDevice
+        self.external_stream = None if stream is None else stream_handle(stream)
         self.cuda_graphs = cuda_graphs
         self.device = device
         self.engine_files = {graph: engine_paths(bundle.root, graph, precision)
@@ -356,6 +470,8 @@ class TensorRTBackend(Backend):
             count = _cuda(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
         except BackendError as error:
             return False, f"no usable CUDA device ({error})"
+        except RuntimeError as error:  # cuda-python 12.0-12.6.0 without a driver
+            return False, f"no usable CUDA device (cuda-python: {error})"
         if not count:
             return False, "no CUDA device found"
         return True, f"TensorRT {trt.__version__}, {count} CUDA device(s)"
@@ -378,7 +494,8 @@ class TensorRTBackend(Backend):
 
         assert self.bundle is not None
         self.cudart = _import_cudart()
-        _cuda(self.cudart, self.cudart.cudaSetDevice(self.device), "cudaSetDevice")
+        if self.external_stream is None:
+            _cuda(self.cudart, self.cudart.cudaSetDevice(self.device), "cudaSetDevice")
         capability, gpu_name = self._machine()
         files = self.bundle.manifest.get("files", {})
         for graph, (plan, meta) in self.engine_files.items():
@@ -397,11 +514,18 @@ class TensorRTBackend(Backend):
         self.runtime = trt.Runtime(self.logger)
         if any(info.get("version_compatible") for info in self.engine_info.values()):
             self.runtime.engine_host_code_allowed = True
-        self.stream = _cuda(self.cudart, self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+        if self.external_stream is not None:
+            self.stream = self.cudart.cudaStream_t(self.external_stream)
+        else:
+            self.stream = _cuda(self.cudart, self.cudart.cudaStreamCreate(),
+                                "cudaStreamCreate")
         try:
             for graph, (plan, _) in self.engine_files.items():
+                refit_onnx = (self.bundle.graph_path(graph, self.precision)
+                              if is_weight_stripped(self.engine_info[graph]) else None)
                 self.runners[graph] = _EngineRunner(trt, self.cudart, self.runtime, plan,
-                                                    self.stream, self.cuda_graphs)
+                                                    self.stream, self.cuda_graphs,
+                                                    refit_onnx, self.logger)
         except BaseException:
             self._deactivate()
             raise
@@ -411,7 +535,8 @@ class TensorRTBackend(Backend):
             runner.close()
         self.runners = {}
         if getattr(self, "stream", None) is not None:
-            self.cudart.cudaStreamDestroy(self.stream)
+            if self.external_stream is None:  # the application owns its stream
+                self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
         self.runtime = None
 

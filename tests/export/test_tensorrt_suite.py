@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,11 @@ trt = pytest.importorskip(
                        "(pip install tensorrt-cu12 cuda-python) and an NVIDIA GPU")
 
 from data.synthetic import Synthetic5i  # noqa: E402
-from export.build_engine import build_bundle, engine_paths  # noqa: E402
+from export.build_engine import build_bundle  # noqa: E402
 from runtime.bundle import GRAPHS, PRECISIONS, Bundle  # noqa: E402
+from runtime.layout import engine_paths  # noqa: E402
 from runtime.metrics import FewShotMeter  # noqa: E402
+from tests.export.trt_suite_bundle import copy_without_engines  # noqa: E402
 
 # max |TensorRT - ONNX Runtime| per output, relative to the output's largest magnitude (>= 1)
 OUTPUT_TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "int8": 2.5e-1}  # fp32 allows TF32
@@ -43,8 +44,7 @@ def trt_bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     int8 variants added by `crnet quantize`), engines of every variant built."""
     source = os.environ.get("CRNET_TRT_BUNDLE")
     source_path = Path(source) if source else request.getfixturevalue("tiny_bundle")
-    copy = Path(shutil.copytree(source_path, tmp_path_factory.mktemp("trt") / "bundle",
-                                ignore=shutil.ignore_patterns("engines")))
+    copy = copy_without_engines(source_path, tmp_path_factory.mktemp("trt") / "bundle")
     if not source:
         from calibration.quantize import quantize_bundle
 
@@ -125,6 +125,34 @@ def test_outputs_match_onnxruntime(trt_bundle: Path, precision: str) -> None:
                 assert difference <= tolerance * scale, (
                     f"{precision} {name} at K={shots}: max |TensorRT - ORT| {difference:.3e} > "
                     f"{tolerance} x {scale:.3g}")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_polygraphy_comparator_tensorrt_vs_onnxruntime(trt_bundle: Path, precision: str
+                                                      ) -> None:
+    """The same comparison through Polygraphy's Comparator (TrtRunner on our plan,
+    OnnxrtRunner on the same ONNX variant), per-output tolerances scaled by the output's
+    ONNX Runtime magnitude."""
+    pytest.importorskip("polygraphy", reason="pip install polygraphy")
+    from export.polygraphy_debug import compare_runners, onnxrt_runner, trt_runner
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    bundle = _precision_or_skip(trt_bundle, precision)
+    feeds = _feeds(bundle.manifest, 1, seed=7)
+    with OnnxRuntimeBackend(bundle, precision, providers=["CPUExecutionProvider"]) as ort:
+        scale = {"feat": float(np.abs(ort.run_backbone(feeds["backbone"]["image"])).max()),
+                 **dict(zip(("query_logits", "support_logits"),
+                            (float(np.abs(a).max()) for a in ort.run_refine(**feeds["refine"])),
+                            strict=True))}
+    for graph in GRAPHS:
+        plan, _ = engine_paths(trt_bundle, graph, precision)
+        outputs = [spec["name"] for spec in bundle.io(graph)["outputs"]]
+        atol = {name: OUTPUT_TOLERANCE[precision] * max(1.0, scale[name]) for name in outputs}
+        result = compare_runners([trt_runner(plan, f"trt-{graph}"),
+                                  onnxrt_runner(bundle.graph_path(graph, precision),
+                                                f"ort-{graph}")],
+                                 [feeds[graph]], atol, {name: 0.0 for name in outputs})
+        assert result.passed, f"{graph} {precision}: max |diff| {result.max_abs_diff}"
 
 
 def _miou(bundle_root: Path, backend: str, precision: str, **options: object) -> float:

@@ -27,19 +27,59 @@ INFO = {"tensorrt_version": "10.3.0.26", "compute_capability": "8.7", "gpu_name"
 
 
 def test_engine_info_accepts_the_same_machine() -> None:
-    check_engine_info(INFO, "refine.fp32.plan", tensorrt_version="10.3.0.30",
+    check_engine_info(INFO, "refine.fp32.plan", tensorrt_version="10.3.0.26",
                       compute_capability=(8, 7), onnx_sha256="abc")
-    check_engine_info({**INFO, "compute_capability": [8, 7]}, "p",
-                      tensorrt_version="10.3.0", compute_capability=(8, 7))
+    check_engine_info({**INFO, "compute_capability": [8, 7], "tensorrt_version": "10.3.0"},
+                      "p", tensorrt_version="10.3.0", compute_capability=(8, 7))
+
+
+def test_plan_needs_the_exact_tensorrt_build() -> None:
+    """TensorRT refuses a plan from another build of the same x.y.z ("expecting library
+    version 8.5.1.7 got 8.5.3.1"): the full four-part version must match (defect 12)."""
+    with pytest.raises(EngineMismatchError, match=r"exact version"):
+        check_engine_info(INFO, "p", tensorrt_version="10.3.0.30", compute_capability=(8, 7))
+
+
+def test_version_compatible_tensorrt_10_plan_runs_on_tensorrt_11() -> None:
+    """NVIDIA's engine compatibility: TensorRT 10 version-compatible plans run on a TensorRT
+    11 runtime (and 8 on 10); within a major, any runtime not older (defect 7)."""
+    compatible = {**INFO, "version_compatible": True, "tensorrt_version": "10.8.0.43"}
+    check_engine_info(compatible, "p", tensorrt_version="11.4.0.106", compute_capability=(8, 7))
+    check_engine_info(compatible, "p", tensorrt_version="10.16.1.11", compute_capability=(8, 7))
+    check_engine_info({**compatible, "tensorrt_version": "8.6.1.6"}, "p",
+                      tensorrt_version="10.3.0.26", compute_capability=(8, 7))
+    with pytest.raises(EngineMismatchError, match="version-compatible"):
+        check_engine_info({**compatible, "tensorrt_version": "10.8.0.43"}, "p",
+                          tensorrt_version="12.0.0.1", compute_capability=(8, 7))
+
+
+def test_plan_from_another_platform_is_refused() -> None:
+    """An x86_64 plan on an aarch64 Jetson fails before TensorRT sees it (defect 9)."""
+    x86 = {**INFO, "hardware_compatibility_level": "ampere_plus",
+           "host": {"machine": "x86_64", "system": "Linux"}}
+    with pytest.raises(EngineMismatchError, match=r"x86_64.*aarch64"):
+        check_engine_info(x86, "p", tensorrt_version="10.3.0.26", compute_capability=(8, 7),
+                          machine="aarch64", system="Linux")
+    with pytest.raises(EngineMismatchError, match=r"Windows"):
+        check_engine_info(x86, "p", tensorrt_version="10.3.0.26", compute_capability=(8, 7),
+                          machine="AMD64", system="Windows")
+    check_engine_info(x86, "p", tensorrt_version="10.3.0.26", compute_capability=(8, 7),
+                      machine="AMD64", system="Linux")  # the same architecture, spelled so
+    check_engine_info(INFO, "p", tensorrt_version="10.3.0.26", compute_capability=(8, 7),
+                      machine="aarch64", system="Linux")  # older JSON without host: no check
 
 
 @pytest.mark.parametrize(("info", "version", "capability", "message"), [
     (INFO, "10.4.0.1", (8, 7), r"built with TensorRT 10.3.0.26 but TensorRT 10.4.0.1"),
-    (INFO, "11.1.0", (8, 7), r"same major.minor.patch"),
-    ({**INFO, "version_compatible": True}, "11.1.0", (8, 7), r"same major version"),
+    (INFO, "11.1.0", (8, 7), r"exact version"),
+    ({**INFO, "version_compatible": True, "tensorrt_version": "11.1.0.1"}, "10.16.0.72",
+     (8, 7), r"not older"),
+    ({**INFO, "version_compatible": True, "tensorrt_version": "8.6.1.6"}, "11.1.0", (8, 7),
+     r"version-compatible"),
+    (INFO, "10.3.0.27", (8, 7), r"exact version"),
     ({**INFO, "version_compatible": True}, "10.2.0", (8, 7), r"not older"),
-    (INFO, "10.3.0", (9, 0), r"built on Orin \(compute capability 8.7\).*has 9.0"),
-    ({**INFO, "hardware_compatibility_level": "ampere_plus"}, "10.3.0", (7, 5), r">= 8.0"),
+    (INFO, "10.3.0.26", (9, 0), r"built on Orin \(compute capability 8.7\).*has 9.0"),
+    ({**INFO, "hardware_compatibility_level": "ampere_plus"}, "10.3.0.26", (7, 5), r">= 8.0"),
     ({"compute_capability": "8.7"}, "10.3.0", (8, 7), r"lacks \['tensorrt_version'\]"),
 ])
 def test_engine_info_mismatches_are_explained(info, version, capability, message) -> None:  # noqa: ANN001
@@ -52,12 +92,12 @@ def test_engine_info_compatible_variants_pass() -> None:
     check_engine_info({**INFO, "version_compatible": True}, "p", tensorrt_version="10.9.0",
                       compute_capability=(8, 7))
     check_engine_info({**INFO, "hardware_compatibility_level": "ampere_plus"}, "p",
-                      tensorrt_version="10.3.0", compute_capability=(9, 0))
+                      tensorrt_version="10.3.0.26", compute_capability=(9, 0))
 
 
 def test_stale_engine_is_refused() -> None:
     with pytest.raises(EngineMismatchError, match="stale"):
-        check_engine_info(INFO, "p", tensorrt_version="10.3.0", compute_capability="8.7",
+        check_engine_info(INFO, "p", tensorrt_version="10.3.0.26", compute_capability="8.7",
                           onnx_sha256="def")
 
 
@@ -75,6 +115,60 @@ def test_bundle_without_engines(runtime_bundle: Path) -> None:
     assert engine_paths(runtime_bundle, "refine", "int8")[0].name == "refine.int8.plan"
     with pytest.raises(BackendError, match=r"backbone.fp32.plan not found.*crnet build"):
         TensorRTBackend(bundle, "fp32")
+
+
+def _runner_double(enqueue_ok: bool):  # noqa: ANN202 - (runner, cudart double)
+    from runtime.backends.tensorrt_backend import _EngineRunner
+    from tests.trt_doubles import FakeCudartDouble, FakeExecutionContextDouble
+
+    runner = object.__new__(_EngineRunner)
+    runner.cudart, runner.stream, runner.plan = FakeCudartDouble(), 7, Path("refine.fp32.plan")
+    runner.context = FakeExecutionContextDouble(enqueue_ok)
+    runner.cuda_graphs, runner._graph_exec = True, None
+    return runner, runner.cudart
+
+
+def test_capture_failure_destroys_the_captured_graph() -> None:
+    """On a test double (no GPU): a failed enqueue during capture still destroys the
+    cudaGraph_t that cudaStreamEndCapture returned, and disables CUDA graphs (defect 8)."""
+    runner, cudart = _runner_double(enqueue_ok=False)
+    runner._capture()
+    assert cudart.graphs_created == ["graph0"]
+    assert cudart.graphs_destroyed == ["graph0"]
+    assert runner._graph_exec is None and runner.cuda_graphs is False and not cudart.capturing
+
+
+def test_capture_success_keeps_the_executable_graph() -> None:
+    runner, cudart = _runner_double(enqueue_ok=True)
+    runner._capture()
+    assert cudart.graphs_destroyed == ["graph0"] and runner._graph_exec == "exec-graph0"
+    assert runner.cuda_graphs is True
+
+
+def test_stripped_plan_is_refit_from_the_bundle_onnx(tmp_path: Path) -> None:
+    """On test doubles: a weight-stripped plan is refit from its ONNX at load; a refit that
+    fails, or a missing ONNX, raises instead of running an engine without weights (6)."""
+    from runtime.backends.tensorrt_backend import refit_from_onnx
+    from tests.trt_doubles import FakeTensorRTModuleDouble
+
+    onnx_path = tmp_path / "refine.fp32.onnx"
+    onnx_path.write_bytes(b"onnx")
+    trt = FakeTensorRTModuleDouble(refit_ok=True)
+    refit_from_onnx(trt, "engine", "logger", onnx_path, "refine.fp32.plan")
+    assert trt.refitted == [str(onnx_path)] and trt.engines_refit == 1
+    with pytest.raises(EngineMismatchError, match="refit"):
+        refit_from_onnx(FakeTensorRTModuleDouble(refit_ok=False), "engine", "logger",
+                        onnx_path, "refine.fp32.plan")
+    with pytest.raises(EngineMismatchError, match="weight-stripped.*not found"):
+        refit_from_onnx(trt, "engine", "logger", tmp_path / "gone.onnx", "refine.fp32.plan")
+
+
+def test_stripped_flag_read_from_engine_json() -> None:
+    from runtime.backends.tensorrt_backend import is_weight_stripped
+
+    assert is_weight_stripped({"builder": {"strip_weights": True}})
+    assert not is_weight_stripped({"builder": {"strip_weights": False}})
+    assert not is_weight_stripped(INFO)
 
 
 # -- on a GPU with TensorRT ---------------------------------------------------------------
@@ -164,3 +258,56 @@ def test_tensorrt_matches_onnxruntime(runtime_bundle: Path, tmp_path: Path) -> N
     json_path.write_text(json.dumps({**info, "compute_capability": "1.0"}))
     with pytest.raises(EngineMismatchError, match="compute capability 1.0"):
         Segmenter(bundle_dir, backend="tensorrt")
+
+
+def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """"auto" with plans that do not fit this machine (stale, foreign) logs the reason and
+    runs ONNX Runtime instead of raising EngineMismatchError (defect 10). The GPU is a
+    stand-in: is_available and activation are patched, no GPU call is made."""
+    copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+    for graph in ("backbone", "refine"):
+        for path in engine_paths(copy, graph, "fp32"):
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("{}")
+
+    def foreign_plans(self: TensorRTBackend) -> None:
+        raise EngineMismatchError("backbone.fp32.plan was built on an RTX 4090 (8.9)")
+
+    monkeypatch.setattr(TensorRTBackend, "is_available",
+                        classmethod(lambda cls: (True, "stand-in GPU")))
+    monkeypatch.setattr(TensorRTBackend, "_activate", foreign_plans)
+    with caplog.at_level("WARNING", logger="runtime.segmenter"):
+        segmenter = Segmenter(copy, backend="auto", cuda_graphs=False)
+    assert segmenter.backend_name == "onnxruntime"
+    assert "RTX 4090" in caplog.text and "onnxruntime" in caplog.text
+    assert "RTX 4090" in segmenter.describe()["fallback_reason"]
+    segmenter.close()
+    with pytest.raises(EngineMismatchError, match="RTX 4090"):  # asked for by name: raise
+        Segmenter(copy, backend="tensorrt")
+
+
+def test_stream_handle_accepts_raw_handles_and_stream_objects() -> None:
+    from types import SimpleNamespace
+
+    from runtime.backends.tensorrt_backend import stream_handle
+
+    assert stream_handle(0x7F00) == 0x7F00
+    assert stream_handle(SimpleNamespace(handle=11)) == 11  # pycuda.driver.Stream
+    assert stream_handle(SimpleNamespace(cuda_stream=12)) == 12  # torch.cuda.Stream
+    assert stream_handle(SimpleNamespace(ptr=13)) == 13  # cupy.cuda.Stream
+    for bad in ("stream", SimpleNamespace(name="x"), -1, True, SimpleNamespace(handle="x")):
+        with pytest.raises(InputError, match="stream"):
+            stream_handle(bad)
+
+
+def test_external_stream_is_kept_by_the_backend(runtime_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+    for graph in ("backbone", "refine"):
+        for path in engine_paths(copy, graph, "fp32"):
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("{}")
+    backend = TensorRTBackend(Bundle.load(copy), "fp32", stream=type("S", (), {"handle": 5})())
+    assert backend.external_stream == 5
+    assert TensorRTBackend(Bundle.load(copy), "fp32").external_stream is None
