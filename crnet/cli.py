@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("export.build_engine", "trtexec-style engine build (ORT CPU build without TRT)"),
     "serve": ("crnet.serve", "Triton Inference Server (PyTriton) with cached supports"),
     "bench-remote": ("crnet.bench_remote", "load a `crnet serve` server with N clients"),
+    "triton-repo": ("export.triton_repo", "a Triton model repository (graphs + BLS models)"),
 }
 
 

@@ -123,7 +123,7 @@ class RemoteSegmenter:
         deadline = time.monotonic() + self.retry_timeout_s
         while True:
             try:
-                mask, probability = self._segment_once(key, rgb)
+                mask, probability = self._segment_once(key, rgb, return_prob)
                 break
             except _Tagged as error:
                 if error.kind != "UnknownSupportError":
@@ -134,7 +134,7 @@ class RemoteSegmenter:
                 with self._support_lock:
                     if self._support is support:
                         self._support_id = key
-        return (mask, probability) if return_prob else mask
+        return (mask, probability) if return_prob else mask  # type: ignore[return-value]
 
     def segment_stream(self, frames: Iterable[np.ndarray], return_prob: bool = False,
                        pipeline: bool = True
@@ -222,13 +222,16 @@ class RemoteSegmenter:
         value = np.asarray(result.as_numpy("support_id")).reshape(-1)[0]
         return value.decode() if isinstance(value, bytes | np.bytes_) else str(value)
 
-    def _segment_once(self, key: str, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _segment_once(self, key: str, rgb: np.ndarray, return_prob: bool
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        # Without return_prob only the mask travels back (1 byte a pixel instead of 5).
+        outputs = ["mask", "probability"] if return_prob else ["mask"]
         result = self._infer(SEGMENT_MODEL,
                              [("support_id", np.array([key.encode()], dtype=np.object_),
-                               "BYTES"), ("image", rgb, "UINT8")],
-                             ["mask", "probability"])
-        return (np.asarray(result.as_numpy("mask"), dtype=bool),
-                np.asarray(result.as_numpy("probability"), dtype=np.float32))
+                               "BYTES"), ("image", rgb, "UINT8")], outputs)
+        probability = (np.asarray(result.as_numpy("probability"), dtype=np.float32)
+                       if return_prob else None)
+        return np.asarray(result.as_numpy("mask"), dtype=bool), probability
 
 
 class _Tagged(Exception):

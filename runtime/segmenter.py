@@ -105,6 +105,15 @@ class Segmenter:
         segmenter.bundle = None
         return segmenter
 
+    @classmethod
+    def from_backend(cls, backend: Backend, spec: ModelSpec, threshold: float = THRESHOLD
+                     ) -> Segmenter:
+        """A Segmenter over a backend built elsewhere (e.g. runtime.bls for Triton)."""
+        segmenter = cls.__new__(cls)
+        segmenter._setup(backend, spec, threshold)
+        segmenter.bundle = None
+        return segmenter
+
     def _setup(self, backend: Backend, spec: ModelSpec, threshold: float) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")

@@ -10,16 +10,21 @@ images and masks again (after an eviction or a server restart) gives the same id
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
 
+from runtime.files import write_bytes_atomic
 from runtime.preprocess import InputError
 
 Value = TypeVar("Value")
@@ -200,3 +205,73 @@ def prometheus_text(stats: StoreStats, prefix: str = "crnet_support_store") -> s
                   f"{prefix}_{name} {value:g}" if isinstance(value, float)
                   else f"{prefix}_{name} {value}"]
     return "\n".join(lines) + "\n"
+
+
+class DirectorySupportStore:
+    """Support sets as files in one directory (e.g. under /dev/shm), shared by processes.
+
+    Triton's Python backend runs every model instance in its own process, so the
+    registering model and the segmenting model share their supports through files:
+    ``<key>.npz`` holding ``feat`` and ``mask``. Bounds as SupportStore's: after each
+    put the least recently used files (by modification time, refreshed on every get) go
+    until at most ``max_entries`` files and ``max_bytes`` bytes remain.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError(f"max_entries and max_bytes must be at least 1, got "
+                             f"{max_entries} and {max_bytes}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
+
+    def _path(self, key: str) -> Path:
+        if not key or not all(char in "0123456789abcdef" for char in key):
+            raise UnknownSupportError(f"unknown support_id {key!r}: not an id this server "
+                                      "gives; register the support again with crnet_support")
+        return self.root / f"{key}.npz"
+
+    def put(self, key: str, feat: np.ndarray, mask: np.ndarray) -> None:
+        """Write the support atomically, then trim to the bounds."""
+        buffer = io.BytesIO()
+        np.savez(buffer, feat=feat, mask=mask)
+        if buffer.tell() > self.max_bytes:
+            raise InputError(f"this support set needs {buffer.tell() / 2**20:.1f} MiB, more "
+                             f"than the whole support store ({self.max_bytes / 2**20:.1f} MiB)")
+        write_bytes_atomic(self._path(key), buffer.getvalue())
+        self.trim()
+
+    def get(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(feat, mask) of ``key``, marked as recently used; UnknownSupportError if absent."""
+        path = self._path(key)
+        try:
+            with np.load(path) as data:
+                feat, mask = data["feat"], data["mask"]
+            os.utime(path)
+        except FileNotFoundError:
+            raise UnknownSupportError(
+                f"unknown support_id {key!r}: this server does not hold it (never registered, "
+                "evicted to keep the support store within its bounds, or the store was "
+                "cleared); register the support again with crnet_support") from None
+        return feat, mask
+
+    def stats(self) -> tuple[int, int]:
+        """(entries, bytes) held now."""
+        sizes = [path.stat().st_size for path in self.root.glob("*.npz")]
+        return len(sizes), sum(sizes)
+
+    def trim(self) -> None:
+        """Delete least recently used files beyond the bounds."""
+        entries = []
+        for path in self.root.glob("*.npz"):
+            with contextlib.suppress(FileNotFoundError):
+                status = path.stat()
+                entries.append((status.st_mtime_ns, status.st_size, path))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        while entries and (len(entries) > self.max_entries or total > self.max_bytes):
+            _, size, path = entries.pop(0)
+            path.unlink(missing_ok=True)
+            total -= size
