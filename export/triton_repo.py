@@ -10,6 +10,8 @@ refine is the bundle's refine graph cut to ``query_logits`` (runtime.graph_prune
 graph Segmenter runs per frame. Shapes and names come from the manifest; dynamic axes are
 -1. With ``--backend tensorrt`` the plans are taken from the bundle's engines/ folder
 (built on the serving GPU by `crnet build`), ``query_refine`` from a plan of the cut graph.
+``--backend python`` runs the two graphs with ONNX Runtime inside Python-backend models
+(CPU; for a tritonserver without the onnxruntime backend, such as PyTriton's).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.support_store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
 
 BLS_SOURCE = Path(__file__).with_name("triton_bls_model.py")
+ONNX_PYTHON_SOURCE = Path(__file__).with_name("triton_onnx_model.py")
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8",
           "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
+# backend -> (config.pbtxt platform, or "python" for the Python backend; model file)
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"),
-             "tensorrt": ("tensorrt_plan", "model.plan")}
+             "tensorrt": ("tensorrt_plan", "model.plan"),
+             "python": ("python", "model.onnx")}
 
 
 def _dims(shape: list[Any]) -> str:
@@ -45,8 +50,9 @@ def _tensor_block(kind: str, specs: list[dict[str, Any]]) -> str:
 def graph_config(name: str, platform: str, inputs: list[dict[str, Any]],
                  outputs: list[dict[str, Any]], instances: int, gpu: bool) -> str:
     """config.pbtxt of one graph model (batching off: the graphs carry their own N/K)."""
-    kind = "KIND_GPU" if gpu else "KIND_CPU"
-    return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: 0\n'
+    kind = "KIND_GPU" if gpu and platform != "python" else "KIND_CPU"
+    runs = 'backend: "python"' if platform == "python" else f'platform: "{platform}"'
+    return (f'name: "{name}"\n{runs}\nmax_batch_size: 0\n'
             + _tensor_block("input", inputs) + _tensor_block("output", outputs)
             + f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n")
 
@@ -101,7 +107,10 @@ def write_repo(bundle_dir: str | Path, out: str | Path, backend: str = "onnxrunt
         version = out / name / "1"
         version.mkdir(parents=True, exist_ok=True)
         target = version / filename
-        if backend == "onnxruntime":
+        if backend == "python":
+            write_bytes_atomic(version / "model.py", ONNX_PYTHON_SOURCE.read_bytes())
+            written.append(version / "model.py")
+        if backend in ("onnxruntime", "python"):
             source = bundle.graph_path("backbone" if name == "crnet_backbone" else "refine",
                                        precision)
             model = onnx.load(str(source))

@@ -210,3 +210,43 @@ def test_directory_store_is_bounded_and_shared(tmp_path: Path) -> None:
         reader.get(f"{0:032x}")
     with pytest.raises(UnknownSupportError):
         reader.get("../etc/passwd")
+
+
+def test_python_backend_repo_runs_under_pytritons_tritonserver(repo_bundle: Path,
+                                                               tmp_path: Path) -> None:
+    """The whole repository (BLS models calling the graphs, ONNX Runtime on CPU inside
+    Python-backend models) under a real tritonserver, through RemoteSegmenter."""
+    from crnet.serve import python_backend_env, serve_problem
+
+    problem = serve_problem()
+    if problem is not None:
+        pytest.skip(f"PyTriton's tritonserver cannot run here: {problem}")
+    from pytriton.triton import Triton, TritonConfig
+
+    from calibration.synthetic import Synthetic5i
+    from runtime import RemoteSegmenter, Segmenter
+    from runtime.remote import RemoteError
+    from tests.crnet.test_serve import free_port
+
+    repo = tmp_path / "models"
+    write_repo(repo_bundle, repo, backend="python", store_dir=str(tmp_path / "store"),
+               gpu=False)
+    http_port = free_port()
+    config = TritonConfig(http_address="127.0.0.1", http_port=http_port,
+                          grpc_address="127.0.0.1", grpc_port=free_port(),
+                          metrics_address="127.0.0.1", metrics_port=free_port(),
+                          model_repository=repo, exit_timeout_secs=5)
+    episode = Synthetic5i(0, split="test", seed=0).episode(4, shots=1)
+    with Segmenter(repo_bundle, backend="onnxruntime", threads=1) as local:
+        local.set_support(list(episode.support_images), list(episode.support_masks))
+        want_mask, want_probability = local.segment(episode.query_image, return_prob=True)
+    with python_backend_env(), Triton(config=config) as triton:
+        triton.run()
+        with RemoteSegmenter(f"127.0.0.1:{http_port}", retry_timeout_s=60) as segmenter:
+            segmenter.set_support(list(episode.support_images), list(episode.support_masks))
+            mask, probability = segmenter.segment(episode.query_image, return_prob=True)
+            with pytest.raises(RemoteError, match="unexpected shape|shape"):
+                segmenter._segment_once(segmenter.support_id or "",
+                                        np.zeros((5, 5, 3, 1), np.uint8), False)
+    np.testing.assert_array_equal(mask, want_mask)
+    np.testing.assert_allclose(probability, want_probability, atol=1e-5)
