@@ -40,6 +40,7 @@ from runtime.support_store import (
     DEFAULT_MAX_ENTRIES,
     DEFAULT_TTL_S,
     SupportStore,
+    UnknownSupportError,
     prometheus_text,
     support_id,
 )
@@ -76,8 +77,8 @@ class SupportService:
             raise InputError(f"images must be [K,H,W,3] and masks [K,H,W], got shapes "
                              f"{list(images.shape)} and {list(masks.shape)}")
         key = support_id(images, masks, self._salt)
-        if key in self.store:
-            self.store.get(key)  # mark as used; no second encoding of the same support
+        with contextlib.suppress(UnknownSupportError):
+            self.store.get(key)  # held already: marked as used, not encoded twice
             return key
         support = self.segmenter.encode_support(list(images), list(masks))
         self.store.put(key, support, support.feat.nbytes + support.mask.nbytes)

@@ -30,6 +30,7 @@ from runtime.preprocess import InputError, as_rgb_uint8
 
 SUPPORT_MODEL = "crnet_support"
 SEGMENT_MODEL = "crnet_segment"
+MAX_REREGISTRATIONS = 3  # per call: a store evicting every new support must not loop
 _TAG = re.compile(r"\[crnet:(\w+)\] (.*?)(?:\n|\\n|$)", re.S)
 _TRANSIENT = ("unavailable", "connection", "not ready", "unknown model", "is not found",
               "failed to connect", "socket closed", "broken pipe", "reset by peer",
@@ -121,12 +122,12 @@ class RemoteSegmenter:
         if support is None or key is None:
             raise InputError("no support set: call set_support(images, masks) before segment()")
         deadline = time.monotonic() + self.retry_timeout_s
-        while True:
+        for attempt in range(MAX_REREGISTRATIONS + 1):
             try:
                 mask, probability = self._segment_once(key, rgb, return_prob)
                 break
             except _Tagged as error:
-                if error.kind != "UnknownSupportError":
+                if error.kind != "UnknownSupportError" or attempt == MAX_REREGISTRATIONS:
                     raise error.as_exception() from None
                 # Evicted or the server restarted: register again (same content, same id).
                 key = self._register(*support, deadline=deadline)

@@ -103,15 +103,15 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def serve_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    problem = serve_problem()
-    if problem is not None:
-        pytest.skip(f"crnet serve cannot run here: {problem}")
     return export_tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
 
 
 @pytest.fixture(scope="module")
 def server(serve_bundle: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServerProcess]:
+    problem = serve_problem()
+    if problem is not None:
+        pytest.skip(f"crnet serve cannot run here: {problem}")
     server = ServerProcess(serve_bundle, tmp_path_factory.mktemp("serve-logs"))
     server.start()
     try:
@@ -326,11 +326,38 @@ def test_serve_refuses_numpy2_beside_a_pytriton_that_pins_numpy1(
     pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
     from importlib import metadata
 
-    if not any("numpy<2" in req.replace(" ", "").replace(",>=1.21", "")
-               or ("numpy" in req and "<2" in req)
+    if not any(req.startswith("numpy") and "<2" in req
                for req in metadata.requires("nvidia-pytriton") or []):
         pytest.skip("this nvidia-pytriton does not pin numpy<2")
     monkeypatch.setattr(np, "__version__", "2.4.6")
     assert "requires numpy<2" in (serve_problem() or "")
     monkeypatch.setattr(np, "__version__", "1.26.4")
     assert serve_problem() is None
+
+
+def test_model_callables_register_once_and_answer_with_tagged_errors(local) -> None:  # noqa: ANN001
+    """The inference callables crnet serve binds, called as PyTriton calls them."""
+    from crnet.serve import RequestError, SupportService, segment_infer, support_infer
+    from runtime.support_store import SupportStore
+
+    store: SupportStore = SupportStore(max_entries=4)
+    service = SupportService(local, store)
+    register, segment = support_infer(service), segment_infer(service)
+    episode = episodes(1, offset=60)[0]
+    request = {"images": np.stack(episode.support_images),
+               "masks": np.stack(episode.support_masks)}
+    [first] = register([request])
+    [again] = register([dict(request)])
+    assert first["support_id"].dtype.kind == "S" and first["support_id"].shape == (1,)
+    assert again["support_id"][0] == first["support_id"][0]
+    assert store.stats().inserts == 1  # the same support is encoded once
+    [result] = segment([{"support_id": first["support_id"].astype(object),
+                         "image": episode.query_image}])
+    want_mask, want_probability = expected(local, episode)
+    np.testing.assert_array_equal(result["mask"], want_mask)
+    assert result["probability"].dtype == np.float32
+    np.testing.assert_allclose(result["probability"], want_probability, atol=1e-6)
+    with pytest.raises(RequestError, match=r"^\[crnet:UnknownSupportError\] unknown"):
+        segment([{"support_id": np.array([b"feed"], object), "image": episode.query_image}])
+    with pytest.raises(RequestError, match=r"^\[crnet:InputError\] images must be"):
+        register([{"images": np.zeros((8, 8, 3), np.uint8), "masks": np.zeros((8, 8), np.uint8)}])

@@ -115,3 +115,32 @@ def test_remote_segmenter_imports_neither_torch_nor_tritonclient_until_used() ->
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.split() == ["[]", "True", "False"]
+
+
+def test_segment_re_registers_an_evicted_support_a_bounded_number_of_times(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import remote
+
+    segmenter = RemoteSegmenter(f"127.0.0.1:{free_port()}")
+    image = np.zeros((16, 16, 3), np.uint8)
+    mask = np.ones((16, 16), np.uint8)
+    registered: list[int] = []
+    monkeypatch.setattr(segmenter, "_register", lambda *args, **kwargs: (
+        registered.append(1), "abc")[1])
+    segmenter.set_support([image], [mask])
+    answers = [remote._Tagged("UnknownSupportError", "evicted"),
+               (np.ones((16, 16), bool), None)]
+
+    def once(key: str, rgb: np.ndarray, return_prob: bool) -> tuple[np.ndarray, None]:
+        answer = answers.pop(0) if answers else remote._Tagged("UnknownSupportError", "gone")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(segmenter, "_segment_once", once)
+    assert segmenter.segment(image).all()
+    assert segmenter.reregistrations == 1 and len(registered) == 2
+    with pytest.raises(UnknownSupportError, match="gone"):
+        segmenter.segment(image)  # a store that never keeps it: bounded, then an error
+    assert segmenter.reregistrations == 1 + remote.MAX_REREGISTRATIONS
+    segmenter.close()
