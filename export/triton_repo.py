@@ -9,7 +9,8 @@ crnet_support and crnet_segment keep the contract of `crnet serve` (DESIGN.md). 
 refine is the bundle's refine graph cut to ``query_logits`` (runtime.graph_prune), the
 graph Segmenter runs per frame. Shapes and names come from the manifest; dynamic axes are
 -1. With ``--backend tensorrt`` the plans are taken from the bundle's engines/ folder
-(built on the serving GPU by `crnet build`), ``query_refine`` from a plan of the cut graph.
+(built on the serving GPU by `crnet build`; a plan of the cut refine graph when there is
+one, else the full refine plan).
 ``--backend python`` runs the two graphs with ONNX Runtime inside Python-backend models
 (CPU; for a tritonserver without the onnxruntime backend, such as PyTriton's).
 """
@@ -83,6 +84,28 @@ def query_refine_io(bundle: Bundle) -> tuple[list[dict[str, Any]], list[dict[str
     return list(io["inputs"]), [io["outputs"][0]]
 
 
+def tensorrt_plan(bundle: Bundle, name: str, precision: str,
+                  outputs: list[dict[str, Any]]) -> tuple[Path, list[dict[str, Any]]]:
+    """The bundle's plan for a graph model, and the outputs its config must list.
+
+    The query refine prefers ``engines/refine_query.<precision>.plan`` (a plan of the cut
+    graph); without it the full refine plan serves, listing both of its outputs (BLS asks
+    for ``query_logits`` only, but TensorRT still runs the support branch).
+    """
+    engines = bundle.root / "engines"
+    if name == "crnet_backbone":
+        candidates = [(engines / f"backbone.{precision}.plan", outputs)]
+    else:
+        candidates = [(engines / f"refine_query.{precision}.plan", outputs),
+                      (engines / f"refine.{precision}.plan", bundle.io("refine")["outputs"])]
+    for plan, plan_outputs in candidates:
+        if plan.is_file():
+            return plan, list(plan_outputs)
+    raise FileNotFoundError(
+        f"{candidates[0][0]} not found: build it on the serving GPU first (`crnet build "
+        f"{bundle.root} --precision {precision}`), or use --backend onnxruntime")
+
+
 def write_repo(bundle_dir: str | Path, out: str | Path, backend: str = "onnxruntime",
                precision: str = "fp32", store_dir: str = "/dev/shm/crnet-supports",
                store_max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -118,13 +141,7 @@ def write_repo(bundle_dir: str | Path, out: str | Path, backend: str = "onnxrunt
                 model = prune_to_outputs(model, [outputs[0]["name"]])
             write_bytes_atomic(target, model.SerializeToString())
         else:
-            graph = "backbone" if name == "crnet_backbone" else "refine_query"
-            plan = bundle.root / "engines" / f"{graph}.{precision}.plan"
-            if not plan.is_file():
-                raise FileNotFoundError(
-                    f"{plan} not found: build it on the serving GPU first (`crnet build`; the "
-                    "query refine from the refine graph cut to query_logits), or use "
-                    "--backend onnxruntime")
+            plan, outputs = tensorrt_plan(bundle, name, precision, outputs)
             shutil.copyfile(plan, target)
         written.append(target)
         config = out / name / "config.pbtxt"

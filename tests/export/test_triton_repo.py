@@ -79,10 +79,29 @@ def test_graph_configs_match_the_onnx_graphs(repo: Path, name: str) -> None:
         assert [output.name for output in graph.output] == ["query_logits"]
 
 
-def test_tensorrt_repo_asks_for_plans_built_on_the_gpu(repo_bundle: Path, tmp_path: Path
-                                                       ) -> None:
+def test_tensorrt_repo_takes_the_bundles_plans(repo_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(repo_bundle, bundle)
     with pytest.raises(FileNotFoundError, match="build it on the serving GPU"):
-        write_repo(repo_bundle, tmp_path / "trt", backend="tensorrt")
+        write_repo(bundle, tmp_path / "none", backend="tensorrt")
+    (bundle / "engines").mkdir(exist_ok=True)
+    (bundle / "engines" / "backbone.fp32.plan").write_bytes(b"backbone plan")
+    (bundle / "engines" / "refine.fp32.plan").write_bytes(b"full refine plan")
+    out = tmp_path / "trt"
+    write_repo(bundle, out, backend="tensorrt")
+    assert (out / "crnet_query_refine" / "1" / "model.plan").read_bytes() == b"full refine plan"
+    refine = parse_config(out / "crnet_query_refine" / "config.pbtxt")
+    assert refine.platform == "tensorrt_plan"
+    assert refine.instance_group[0].kind == refine.instance_group[0].KIND_GPU
+    # the full refine plan has both outputs; a plan of the cut graph only query_logits
+    assert [tensor.name for tensor in refine.output] == ["query_logits", "support_logits"]
+    (bundle / "engines" / "refine_query.fp32.plan").write_bytes(b"cut refine plan")
+    write_repo(bundle, out, backend="tensorrt")
+    refine = parse_config(out / "crnet_query_refine" / "config.pbtxt")
+    assert [tensor.name for tensor in refine.output] == ["query_logits"]
+    assert (out / "crnet_query_refine" / "1" / "model.plan").read_bytes() == b"cut refine plan"
 
 
 def fake_pb_utils(repo: Path) -> types.ModuleType:
