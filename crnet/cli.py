@@ -24,6 +24,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("crnet.bench", "latency, throughput and memory of runtime.Segmenter"),
     "deploy": ("crnet.deploy", "the main job: export, quantize, build, evaluate, bench, report"),
     "build": ("export.build_engine", "trtexec-style engine build (ORT CPU build without TRT)"),
+    "serve": ("crnet.serve", "Triton Inference Server (PyTriton) with cached supports"),
+    "bench-remote": ("crnet.bench_remote", "load a `crnet serve` server with N clients"),
+    "triton-repo": ("export.triton_repo", "a Triton model repository (graphs + BLS models)"),
 }
 
 

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runtime.preprocess import InputError
+    from runtime.remote import RemoteSegmenter
     from runtime.segmenter import Segmenter
 
-__all__ = ["InputError", "Segmenter"]
+__all__ = ["InputError", "RemoteSegmenter", "Segmenter"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from runtime.segmenter import Segmenter
 
         return Segmenter
+    if name == "RemoteSegmenter":
+        from runtime.remote import RemoteSegmenter
+
+        return RemoteSegmenter
     if name == "InputError":
         from runtime.preprocess import InputError
 

@@ -12,6 +12,7 @@ bundle/
   engines/<graph>.<precision>.plan      TensorRT plans (`crnet build`)
   engines/<graph>.<precision>.json      each plan's description, beside (not inside) it
   engines/<graph>.<precision>.layers.json   per-layer precisions from the engine inspector
+  engines/refine_query.<precision>.plan     a plan of the query-only refine, if built
   engines/timing.cache                  TensorRT timing cache
   engines/ort/<graph>.<precision>.onnx  ONNX Runtime's optimised graphs (CPU build)
   engines/ort-trt-cache/                ONNX Runtime TensorRT-EP engine cache
@@ -76,6 +77,12 @@ def engine_paths(bundle_root: str | Path, graph: str, precision: str) -> tuple[P
     """(plan, json) paths of one graph's engine at one precision inside ``bundle_root``."""
     plan, meta = engine_relpaths(graph, precision)
     return Path(bundle_root) / plan, Path(bundle_root) / meta
+
+
+def query_refine_plan_path(bundle_root: str | Path, precision: str) -> Path:
+    """A plan of the refine graph cut to ``query_logits`` (served by `crnet triton-repo`)."""
+    _check("refine", precision)
+    return Path(bundle_root) / ENGINES_DIR / f"refine_query.{precision}.plan"
 
 
 def engine_layers_path(plan: Path) -> Path:

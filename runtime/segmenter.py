@@ -125,6 +125,15 @@ class Segmenter:
         segmenter.fallback_reason = None
         return segmenter
 
+    @classmethod
+    def from_backend(cls, backend: Backend, spec: ModelSpec, threshold: float = THRESHOLD
+                     ) -> Segmenter:
+        """A Segmenter over a backend built elsewhere (e.g. runtime.bls for Triton)."""
+        segmenter = cls.__new__(cls)
+        segmenter._setup(backend, spec, threshold)
+        segmenter.bundle = None
+        return segmenter
+
     def _setup(self, backend: Backend, spec: ModelSpec, threshold: float) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -181,6 +190,16 @@ class Segmenter:
     def set_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
         """Encode the support set once and cache it for every later segment() call.
 
+        The arguments and errors are those of encode_support().
+        """
+        support = self.encode_support(images, masks)
+        with self._support_lock:
+            self._support = support
+
+    def encode_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+                       ) -> SupportSet:
+        """Encode a support set without caching it (for a server holding many of them).
+
         ``images``: K HxWx3 uint8 RGB arrays (HxW / HxWx1 grayscale and HxWx4 RGBA are
         converted); ``masks``: K HxW bool or integer arrays, 1 = object, 0 = background,
         255 = ignore (counted as background), each the size of its image. K must lie in the
@@ -215,9 +234,7 @@ class Segmenter:
         with self._backend_lock:
             feat = self.backend.run_backbone(np.concatenate(tensors))
         _check_finite(feat, "support features")
-        support = SupportSet(feat=feat, mask=np.ascontiguousarray(np.concatenate(small_masks)))
-        with self._support_lock:
-            self._support = support
+        return SupportSet(feat=feat, mask=np.ascontiguousarray(np.concatenate(small_masks)))
 
     def clear_support(self) -> None:
         """Forget the support set."""
@@ -250,7 +267,8 @@ class Segmenter:
         full = probability_to_image(probability, image_shape)
         return full > self.threshold, full
 
-    def segment(self, image: np.ndarray, return_prob: bool = False
+    def segment(self, image: np.ndarray, return_prob: bool = False, *,
+                support: SupportSet | None = None
                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Segment the support's class in ``image`` (HxWx3 uint8 RGB; conversions as in
         set_support).
@@ -259,8 +277,9 @@ class Segmenter:
         returns ``(mask, probability)``: ``probability`` is HxW float32 in [0, 1], the
         softmax foreground probability resized (bilinear) to the image's size, and
         ``mask == (probability > threshold)``. Raises NoSupportError before set_support().
+        ``support``: an encode_support() result to use instead of the cached support.
         """
-        support = self._current_support()
+        support = support if support is not None else self._current_support()
         tensor, shape = self.preprocess(image)
         return self.postprocess(self.infer(tensor, support), shape, return_prob)
 

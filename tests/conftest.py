@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,6 +25,23 @@ def tiny_config() -> CRNetConfig:
         name="tiny", stem_width=8, trunk_widths=(8, 16, 16), feature_channels=16,
         refine_steps=2, dropout=0.0, input_size=(65, 65),
     )
+
+
+@pytest.fixture(scope="session")
+def crnet_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """crnet-deploy's wheel, built once per session (tests/venvs.py)."""
+    from tests.venvs import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def serve_venv(tmp_path_factory: pytest.TempPathFactory, crnet_wheel: Path) -> Path:
+    """A server's own environment: the wheel with the ``serve`` extra (PyTriton pins
+    numpy<2, so serving lives apart from the test environment); its bin directory."""
+    from tests.venvs import make_venv
+
+    return make_venv(tmp_path_factory.mktemp("serve-venv") / "venv", crnet_wheel, "serve")
 
 
 @pytest.fixture(autouse=True)

@@ -9,19 +9,13 @@ is built once per session (about a minute: pip fetches numpy, onnx and onnxrunti
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crnet.cli import SUBCOMMANDS
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.venvs import make_venv, run
 
 SEGMENT = """
 import importlib.util, json, sys
@@ -42,45 +36,22 @@ print(json.dumps({"backend": seg.backend_name,
 """
 
 
-def _run(command: list[str], cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",
-                                                                    "PYTHONHOME")}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment,
-                          timeout=900, **kwargs)
-
-
 @pytest.fixture(scope="session")
-def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plain_venv(tmp_path_factory: pytest.TempPathFactory, crnet_wheel: Path) -> Path:
     """A fresh venv with only the crnet-deploy wheel (no extras) installed; its bin dir."""
-    work = tmp_path_factory.mktemp("plain-install")
-    wheels = work / "wheels"
-    # build from a clean copy: setuptools reuses an in-tree build/ dir, stale files included
-    source = work / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache",
-        ".ruff_cache", "deploy-out", "runs", "bundle", "notes"))
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
-                  str(wheels), str(source)], cwd=work)
-    assert built.returncode == 0, built.stderr[-3000:]
-    (wheel,) = wheels.glob("crnet_deploy-*.whl")
-    venv.EnvBuilder(with_pip=True).create(work / "venv")
-    bin_dir = work / "venv" / "bin"
-    installed = _run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
-                      str(wheel)], cwd=work)
-    assert installed.returncode == 0, installed.stderr[-3000:]
-    return bin_dir
+    return make_venv(tmp_path_factory.mktemp("plain-install") / "venv", crnet_wheel)
 
 
 def test_plain_install_segments_without_torch(plain_venv: Path, runtime_bundle: Path,
                                               tmp_path: Path) -> None:
-    listed = _run([str(plain_venv / "python"), "-m", "pip", "list", "--format", "json"],
+    listed = run([str(plain_venv / "python"), "-m", "pip", "list", "--format", "json"],
                   cwd=tmp_path)
     packages = {entry["name"].lower() for entry in json.loads(listed.stdout)}
     assert {"crnet-deploy", "numpy", "onnxruntime", "onnx"} <= packages
     assert not packages & {"torch", "safetensors", "scikit-image", "onnxscript"}
 
     out = tmp_path / "mask.npy"
-    result = _run([str(plain_venv / "python"), "-c", SEGMENT, str(runtime_bundle), str(out)],
+    result = run([str(plain_venv / "python"), "-c", SEGMENT, str(runtime_bundle), str(out)],
                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
@@ -102,13 +73,13 @@ def test_plain_install_segments_without_torch(plain_venv: Path, runtime_bundle: 
 @pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
 def test_every_command_has_help_in_the_plain_install(plain_venv: Path, command: str,
                                                      tmp_path: Path) -> None:
-    result = _run([str(plain_venv / "crnet"), command, "--help"], cwd=tmp_path)
+    result = run([str(plain_venv / "crnet"), command, "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"usage: crnet {command}")
 
 
 def test_a_command_that_needs_an_extra_names_it(plain_venv: Path, tmp_path: Path) -> None:
-    result = _run([str(plain_venv / "crnet"), "export", "--out", str(tmp_path / "b")],
+    result = run([str(plain_venv / "crnet"), "export", "--out", str(tmp_path / "b")],
                   cwd=tmp_path)
     assert result.returncode == 1
     assert "pip install 'crnet-deploy[export]'" in result.stderr

@@ -1,0 +1,50 @@
+"""Fresh virtual environments with crnet-deploy's wheel, for tests of an install.
+
+The wheel is built once per session from a clean copy of the tree (setuptools reuses an
+in-tree build/ directory, stale files included); each environment installs it with the
+extras a test names and nothing else of this interpreter's packages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORED = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache",
+           ".ruff_cache", "deploy-out", "runs", "bundle", "notes")
+
+
+def run(command: list[str], cwd: Path, timeout: float = 1200,
+        **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run without this interpreter's PYTHONPATH/PYTHONHOME, capturing text output."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",
+                                                                    "PYTHONHOME")}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment,
+                          timeout=timeout, **kwargs)
+
+
+def build_wheel(work: Path) -> Path:
+    """crnet-deploy's wheel, built from a clean copy of the tree into ``work``."""
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*IGNORED))
+    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
+                 str(work / "wheels"), str(source)], cwd=work)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (work / "wheels").glob("crnet_deploy-*.whl")
+    return wheel
+
+
+def make_venv(directory: Path, wheel: Path, extras: str = "") -> Path:
+    """A fresh venv with ``wheel[extras]`` installed; returns its bin directory."""
+    venv.EnvBuilder(with_pip=True).create(directory)
+    bin_dir = directory / "bin"
+    requirement = f"{wheel}[{extras}]" if extras else str(wheel)
+    installed = run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
+                     requirement], cwd=directory)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    return bin_dir
