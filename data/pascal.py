@@ -234,6 +234,38 @@ class Pascal5i:
                        support_masks=tuple(s[1] for s in supports), query_image=query_image,
                        query_mask=query_mask)
 
+    def swapped_support_episodes(self, count: int, salt: int = 7919
+                                 ) -> tuple[list[Episode], list[Episode]]:
+        """Pairs of 1-shot episodes on the same queries, for the support-swap evidence: the
+        true support (another image of the query's novel class), and a support of another
+        VOC class present in the query (another image holding it, its mask). Queries are
+        walked in list order; only those holding a second class with another image count."""
+        true_episodes: list[Episode] = []
+        swapped: list[Episode] = []
+        for index, (query_id, class_id) in enumerate(
+                (i, c) for i, classes in self.classes_present.items() for c in classes
+                if c in self.classes):
+            if len(true_episodes) >= count:
+                break
+            rng = episode_rng(salt, self.fold, SPLIT_CODE[self.split], self.seed, index)
+            same = [i for i in self.images_by_class[class_id] if i != query_id]
+            others = [c for c in self.classes_present[query_id] if c != class_id]
+            if not same or not others:
+                continue
+            other = others[int(rng.integers(len(others)))]
+            holding = [i for i in self.images_with_class(other) if i != query_id]
+            if not holding:
+                continue
+            query_image, query_mask = self._load(query_id, class_id)
+            true_image, true_mask = self._load(same[int(rng.integers(len(same)))], class_id)
+            other_image, other_mask = self._load(holding[int(rng.integers(len(holding)))],
+                                                 other)
+            true_episodes.append(Episode(class_id, (true_image,), (true_mask,), query_image,
+                                         query_mask))
+            swapped.append(Episode(class_id, (other_image,), (other_mask,), query_image,
+                                   query_mask))
+        return true_episodes, swapped
+
     def episodes(self, count: int = 1000, shots: int | None = None,
                  start: int = 0) -> Iterator[Episode]:
         """Episodes start .. start+count-1 (1000 per fold is the standard protocol)."""
