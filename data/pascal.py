@@ -29,7 +29,8 @@ depends on the class mix; per-class IoU does not):
   each image of the split list (image-major, classes ascending), is walked in order,
   episode i = pair i mod length, so the mix follows the data (fold 2 of VOC val is
   ~54% person). HSNet reads its own fold list files, whose order may differ from the
-  split list's; over whole passes the mix is the same. HSNet evaluates 1000 episodes, seed 0.
+  split list's, and the pairs here pass the ``min_pixels`` filter, so the mix is close to
+  but not always exactly HSNet's. HSNet evaluates 1000 episodes, seed 0.
 * ``pfenet``: PFENet's walk. The images holding at least one novel class are walked in
   order (episode i = image i mod count) and a novel class present in the image is drawn.
   PFENet evaluates 5000 episodes with seed 321 at the original image size.
