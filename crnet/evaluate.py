@@ -2,6 +2,8 @@
 
 The loop and the metric are data.evaluation's (the same path `crnet deploy`, training and
 the model card use): one pass over the episodes runs the reference and every variant.
+mIoU is the mean over the fold's classes (a class without an episode counts 0, as in HSNet
+and PFENet); ``--sampler`` picks how PASCAL-5i queries are drawn (data/pascal.py).
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     from data.evaluation import format_table
 
     print(format_table(records))
+    if records[0].get("absent_classes"):
+        print(f"note: classes {records[0]['absent_classes']} had no episode and count 0 in "
+              f"the mIoU (mean over the fold's classes); use more --episodes")
     if args.json is not None:
         payload = records[0] if len(records) == 1 else {"variants": records}
         write_json_atomic(args.json, payload)

@@ -174,6 +174,13 @@ class TrainConfig:
             raise ConfigError(f"device must be one of {TRAIN_DEVICES}, got {self.device!r}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "warmup", "clip_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.input_size and self.input_size < 32:
             raise ConfigError(f"input_size must be 0 (the preset's) or >= 32, "
                               f"got {self.input_size}")

@@ -151,6 +151,9 @@ def test_resume_without_state_is_an_error(tiny_config: CRNetConfig, tmp_path: Pa
     (["--dataset", "pascal-5i"], "--dataset pascal-5i needs --data-root DIR"),
     (["--lr", "0"], "lr must be > 0"),
     (["--input-size", "20"], "input_size must be 0"),
+    (["--momentum", "1.5"], r"momentum must be in \[0, 1\)"),
+    (["--weight-decay", "-1"], "weight_decay must be >= 0"),
+    (["--min-lr-ratio", "2"], r"min_lr_ratio must be in \[0, 1\]"),
     (["--preset", "crnet-r101"], "unknown preset"),
 ])
 def test_cli_usage_errors_write_nothing(argv: list[str], message: str, tmp_path: Path) -> None:

@@ -74,3 +74,17 @@ def test_r50_with_init_trunk_on_pascal(voc_root: Path, tmp_path: Path) -> None:
             assert torch.equal(trunk[trunk_key(key)], value), key
     result = _eval(checkpoint, voc_root, tmp_path / "r50.json", "--shots", "5")
     assert result["shots"] == 5 and 0 <= result["miou"] <= 100
+
+
+def test_eval_counts_classes_without_an_episode_as_zero(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """synthetic-5i cycles through the fold's classes: 2 episodes cover classes 1 and 2
+    only; the mean is still over 5 classes and the run says so."""
+    out = tmp_path / "eval.json"
+    assert crnet(["eval", "--episodes", "2", "--no-progress", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["absent_classes"] == [3, 4, 5]
+    per_class = record["per_class_iou"]
+    assert per_class["3"] == per_class["4"] == per_class["5"] == 0.0
+    assert record["miou"] == pytest.approx((per_class["1"] + per_class["2"]) / 5)
+    assert "classes [3, 4, 5] had no episode and count 0" in capsys.readouterr().out
