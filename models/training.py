@@ -19,8 +19,8 @@ Common to both:
 * episodes: 1-shot, from the fold's 15 base classes (split "train") of ``dataset``
   (synthetic-5i, pascal-5i: VOC2012 + SBD train_aug under ``data_root``); the novel
   classes are never seen. A ``folder`` dataset has no fold split: all its classes serve
-  for training and for the periodic evaluation. ``batch`` episodes per step; each step encodes the
-  2 x batch images in one call and refines all episodes in one batched call.
+  for training and for the periodic evaluation. ``batch`` episodes per step; each step
+  encodes the 2 x batch images in one call and refines all episodes in one batched call.
 * loss: cross-entropy (ignore 255) on the query and on the support predictions
   (weights ``query_loss_weight``, ``support_loss_weight``, both 1), logits upsampled to
   the network's input size, labels resized nearest.
