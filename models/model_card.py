@@ -115,7 +115,7 @@ def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
         "per_class_iou_1shot": results["1-shot"].per_class_iou,
         "absent_classes_1shot": results["1-shot"].absent_classes,
         "class_names": class_names(source),
-        "swap_episodes": len(true_episodes),
+        "swap_episodes": len(true_episodes), "swap_requested": swap_episodes,
     }
     stem = info.weights_path.with_suffix("")
     if true_episodes:
@@ -205,7 +205,9 @@ def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Pa
     )
     card_command = f"python -m models.model_card --checkpoint {rel}"
     if dataset != "synthetic-5i" or figures["episodes"] != 1000:
-        card_command += f" {data_flags} --episodes {figures['episodes']}"
+        card_command += f" {data_flags} --fold {fold} --episodes {figures['episodes']}"
+    if figures.get("swap_requested", 300) != 300:
+        card_command += f" --swap-episodes {figures['swap_requested']}"
     if figures.get("swap_episodes"):
         swap = f"""## The support steers the prediction
 

@@ -38,6 +38,9 @@ def test_card_for_a_pascal_checkpoint(tiny_pascal_checkpoint: Path, voc_root: Pa
     assert "| 1 | aeroplane |" in card  # VOC names, not synthetic ones
     assert f"--dataset pascal-5i --data-root {voc_root} --fold 0 --shots 5 --episodes 3" in card
     assert "another class present in the query" in card
+    assert (f"python -m models.model_card --checkpoint {tiny_pascal_checkpoint.as_posix()} "
+            f"--dataset pascal-5i --data-root {voc_root} --fold 0 --episodes 3 "
+            "--swap-episodes 2") in card
     assert "crnet train --preset crnet-lite --dataset pascal-5i --data-root /data/VOC2012" in card
     assert "55.7 (1-shot) / 58.8 (5-shot)" in card
     assert tiny_pascal_checkpoint.with_name("tiny-fold0-examples.png").stat().st_size > 0
