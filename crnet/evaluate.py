@@ -2,6 +2,8 @@
 
 The loop and the metric are data.evaluation's (the same path `crnet deploy`, training and
 the model card use): one pass over the episodes runs the reference and every variant.
+mIoU is the mean over the fold's classes (a class without an episode counts 0, as in HSNet
+and PFENet); ``--sampler`` picks how PASCAL-5i queries are drawn (data/pascal.py).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def parse_precisions(text: str, available: list[str] | None = None) -> list[str]
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of `crnet eval`."""
-    from data.evaluation import DATASETS
+    from data.evaluation import DATASETS, SAMPLERS
 
     parser = argparse.ArgumentParser(prog="crnet eval", description=main.__doc__)
     parser.add_argument("--bundle", type=Path, default=None,
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fp32, fp16, int8, a comma list, or 'all' (one table)")
     parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS)
     parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--sampler", default="uniform", choices=SAMPLERS,
+                        help="how PASCAL-5i queries are drawn: uniform (class uniformly, the "
+                             "default), hsnet (HSNet's (query, class) walk), pfenet (PFENet's "
+                             "image walk); FB-IoU depends on it (see data/pascal.py)")
     parser.add_argument("--fold", type=int, default=0, choices=range(4))
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--episodes", type=int, default=1000)
@@ -75,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--backend {args.backend} needs --bundle DIR (a bundle from crnet export)")
     if args.json is not None:
         check_writable_file(args.json, "--json")
-    source = episode_source(args.dataset, args.fold, args.seed, args.data_root)
+    source = episode_source(args.dataset, args.fold, args.seed, args.data_root,
+                            sampler=args.sampler)
     records = evaluate_variants(args, source)
     from data.evaluation import format_table
 
     print(format_table(records))
+    if records[0].get("absent_classes"):
+        print(f"note: classes {records[0]['absent_classes']} had no episode and count 0 in "
+              f"the mIoU (mean over the fold's classes); use more --episodes")
     if args.json is not None:
         payload = records[0] if len(records) == 1 else {"variants": records}
         write_json_atomic(args.json, payload)
@@ -129,10 +139,12 @@ def evaluate_variants(args: argparse.Namespace, source: Any) -> list[dict[str, A
         predictors[precision] = segmenter_predictor(segmenter)
     results = evaluate_many(predictors, source.episodes(args.episodes, shots=args.shots),
                             total=args.episodes, progress=not args.no_progress,
-                            description="eval " + ", ".join(predictors))
+                            description="eval " + ", ".join(predictors),
+                            classes=getattr(source, "classes", None))
     reference = results["reference"]
     return [gate_record(results.get(precision, reference), reference, gates.get(precision),
                         backend=backends.get(precision, "torch"), precision=precision,
-                        dataset=args.dataset, fold=args.fold, shots=args.shots,
+                        dataset=args.dataset, sampler=args.sampler, fold=args.fold,
+                        shots=args.shots,
                         seed=args.seed, bundle=None if args.bundle is None else str(args.bundle))
             for precision in precisions]

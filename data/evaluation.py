@@ -5,12 +5,18 @@ The PyTorch reference and every deployed backend are scored by the same loop
 metric code (runtime.metrics), on the same seeded episodes. `crnet eval`, `crnet deploy`,
 training's periodic evaluation and the model card all call it; ``gate_record`` turns a
 result into the eval JSON of shared/DESIGN.md.
+
+The fold mean: pass the source's classes (``classes=source.classes``) and mIoU is the
+mean over the fold's classes, a class without an episode counting 0 (HSNet, PFENet);
+``absent_classes`` in the result lists them. Which PASCAL-5i queries are drawn is
+``episode_source(..., sampler=)`` (see data.pascal: uniform by default; hsnet and pfenet
+reproduce those evaluators' class mix, on which FB-IoU depends).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ from data.episodes import DatasetError, Episode
 from runtime.metrics import FewShotMeter
 
 DATASETS = ("synthetic-5i", "pascal-5i", "folder")
+SAMPLERS = ("uniform", "hsnet", "pfenet")
 
 Predictor = Callable[[Episode], np.ndarray]
 EpisodeHook = Callable[[int, Episode, dict[str, np.ndarray]], None]
@@ -36,33 +43,37 @@ class EvalResult:
     episodes: int
     seconds: float
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
-
+    absent_classes: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready figures (predictions left out)."""
         return {"miou": self.miou, "fbiou": self.fbiou,
                 "per_class_iou": {str(k): v for k, v in self.per_class_iou.items()},
-                "episodes": self.episodes, "seconds": self.seconds}
+                "episodes": self.episodes, "seconds": self.seconds,
+                "absent_classes": list(self.absent_classes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
         """Inverse of ``to_dict`` (for cached results)."""
         return cls(miou=float(data["miou"]), fbiou=float(data["fbiou"]),
                    per_class_iou={int(k): float(v) for k, v in data["per_class_iou"].items()},
-                   episodes=int(data["episodes"]), seconds=float(data["seconds"]))
+                   episodes=int(data["episodes"]), seconds=float(data["seconds"]),
+                   absent_classes=[int(c) for c in data.get("absent_classes", [])])
 
 
 def evaluate_many(predictors: dict[str, Predictor], episodes: Iterable[Episode],
                   total: int | None = None, progress: bool = True, description: str = "eval",
-                  keep_predictions: bool = False, on_episode: EpisodeHook | None = None
-                  ) -> dict[str, EvalResult]:
+                  keep_predictions: bool = False, on_episode: EpisodeHook | None = None,
+                  classes: Sequence[int] | None = None) -> dict[str, EvalResult]:
     """Run every predictor on each episode (one pass) and score the query masks.
 
     ``on_episode(index, episode, {name: mask})`` sees each episode's predictions (pictures).
+    ``classes``: the fold's classes, the mIoU denominator (absent ones count 0); None
+    averages over the classes seen.
     """
     from tqdm import tqdm
 
-    meters = {name: FewShotMeter() for name in predictors}
+    meters = {name: FewShotMeter(classes) for name in predictors}
     seconds = dict.fromkeys(predictors, 0.0)
     kept: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
     count = 0
@@ -81,17 +92,19 @@ def evaluate_many(predictors: dict[str, Predictor], episodes: Iterable[Episode],
         count += 1
     return {name: EvalResult(miou=meter.miou(), fbiou=meter.fbiou(),
                              per_class_iou=meter.per_class_iou(), episodes=count,
-                             seconds=seconds[name], predictions=kept[name])
+                             seconds=seconds[name], predictions=kept[name],
+                             absent_classes=meter.missing_classes())
             for name, meter in meters.items()}
 
 
 def evaluate(predict: Predictor, episodes: Iterable[Episode], total: int | None = None,
              progress: bool = True, description: str = "eval",
-             keep_predictions: bool = False) -> EvalResult:
+             keep_predictions: bool = False,
+             classes: Sequence[int] | None = None) -> EvalResult:
     """Run ``predict`` on every episode and score the query masks (evaluate_many of one)."""
     return evaluate_many({description: predict}, episodes, total=total, progress=progress,
-                         description=description, keep_predictions=keep_predictions
-                         )[description]
+                         description=description, keep_predictions=keep_predictions,
+                         classes=classes)[description]
 
 
 def segmenter_predictor(segmenter: Any) -> Predictor:
@@ -105,11 +118,18 @@ def segmenter_predictor(segmenter: Any) -> Predictor:
 
 
 def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
-                   split: str = "test") -> Any:
+                   split: str = "test", sampler: str = "uniform") -> Any:
     """The episodes of a dataset by name (synthetic-5i, pascal-5i, folder).
 
     ``split="test"``: the fold's novel classes; ``"train"``: its base classes.
+    ``sampler`` (uniform, hsnet, pfenet) picks how PASCAL-5i queries are drawn; the other
+    datasets cycle through their classes and take only ``uniform``.
     """
+    if sampler not in SAMPLERS:
+        raise DatasetError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if sampler != "uniform" and dataset != "pascal-5i":
+        raise DatasetError(f"sampler {sampler!r} applies to pascal-5i only; {dataset} cycles "
+                           "through its classes (use the uniform sampler)")
     if dataset == "synthetic-5i":
         from data.synthetic import Synthetic5i
 
@@ -121,7 +141,7 @@ def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
     if dataset == "pascal-5i":
         from data.pascal import Pascal5i
 
-        return Pascal5i(data_root, fold, split=split, seed=seed)
+        return Pascal5i(data_root, fold, split=split, seed=seed, sampler=sampler)
     from data.folder import FolderDataset
 
     return FolderDataset(data_root, seed=seed)
@@ -141,6 +161,7 @@ def gate_record(result: EvalResult, reference: EvalResult, gate: float | None,
         "max_abs_delta_miou": gate,
         "passed": None if gate is None else abs(delta) <= gate,
         "per_class_iou": {str(k): v for k, v in result.per_class_iou.items()},
+        "absent_classes": list(result.absent_classes),
         "episodes": result.episodes,
         "seconds": result.seconds,
     }

@@ -109,9 +109,31 @@ def preset(name: str) -> CRNetConfig:
         raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
 
 
+TRAIN_DEVICES = ("cpu", "cuda")
+OPTIMIZERS = ("adamw", "sgd")
+
+# The two recipes of `crnet train` (models/training.py). "scratch": the whole network from
+# random weights (the shipped crnet-lite). "canet": CaNet's settings (shared/FACTS.md):
+# ImageNet trunk frozen, SGD lr 0.0025 momentum 0.9 weight decay 5e-4, batch 4, 321x321,
+# constant learning rate, no gradient clipping.
+RECIPES: dict[str, dict[str, Any]] = {
+    "scratch": {"optimizer": "adamw", "lr": 2e-3, "momentum": 0.9, "weight_decay": 1e-4,
+                "batch": 8, "warmup": 200, "min_lr_ratio": 0.02, "clip_norm": 5.0,
+                "freeze_trunk": False, "input_size": 0},
+    "canet": {"optimizer": "sgd", "lr": 2.5e-3, "momentum": 0.9, "weight_decay": 5e-4,
+              "batch": 4, "warmup": 0, "min_lr_ratio": 1.0, "clip_norm": 0.0,
+              "freeze_trunk": True, "input_size": 321},
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run besides the model config."""
+    """Everything that defines a training run besides the model config.
+
+    The defaults are the "scratch" recipe; ``TrainConfig.for_recipe("canet", ...)`` gives
+    CaNet's. ``input_size`` 0 keeps the preset's; ``min_lr_ratio`` 1 is a constant rate;
+    ``clip_norm`` 0 turns clipping off.
+    """
 
     preset: str = "crnet-lite"
     fold: int = 0
@@ -127,3 +149,51 @@ class TrainConfig:
     eval_episodes: int = 200
     save_every: int = 100
     threads: int = 0  # 0: torch's default
+    recipe: str = "scratch"
+    dataset: str = "synthetic-5i"
+    data_root: str | None = None
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD only
+    freeze_trunk: bool = False
+    init_trunk: str | None = None  # ImageNet ResNet-50 file (models.imagenet_init)
+    input_size: int = 0  # square training/eval input; 0: the preset's
+    query_loss_weight: float = 1.0
+    support_loss_weight: float = 1.0
+    device: str = "cpu"
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "eval_every", "eval_episodes", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.device not in TRAIN_DEVICES:
+            raise ConfigError(f"device must be one of {TRAIN_DEVICES}, got {self.device!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "warmup", "clip_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.input_size and self.input_size < 32:
+            raise ConfigError(f"input_size must be 0 (the preset's) or >= 32, "
+                              f"got {self.input_size}")
+        if self.query_loss_weight < 0 or self.support_loss_weight < 0 or (
+                self.query_loss_weight + self.support_loss_weight == 0):
+            raise ConfigError("query_loss_weight and support_loss_weight must be >= 0 and not "
+                              "both 0")
+
+    @classmethod
+    def for_recipe(cls, recipe: str, **overrides: Any) -> TrainConfig:
+        """A TrainConfig with ``recipe``'s settings, then ``overrides`` (None = keep)."""
+        if recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+        values = {**RECIPES[recipe], "recipe": recipe}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

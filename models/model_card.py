@@ -1,8 +1,15 @@
-"""Model card of a trained checkpoint: accuracy, support-swap evidence, example picture.
+"""Model card of any trained checkpoint: accuracy, support-swap evidence, example picture.
 
-`python -m models.model_card --checkpoint PATH` evaluates the checkpoint with the same
-predictor as `crnet eval --backend torch` on synthetic-5i test episodes (seed 0) and
-writes ``<checkpoint stem>.md`` and ``<checkpoint stem>-examples.png`` beside it.
+`python -m models.model_card --checkpoint PATH [--dataset synthetic-5i|pascal-5i|folder
+--data-root DIR] [--fold F] [--episodes N]` evaluates the checkpoint with the same
+predictor as `crnet eval --backend torch` on the fold's test episodes (seed 0; 1- and
+5-shot; the fold defaults to the one the checkpoint was trained on) and writes
+``<checkpoint stem>.md`` and ``<checkpoint stem>-examples.png`` beside it.
+
+Support-swap evidence: the same queries segmented with their true support and with a
+support of another class present in the query (synthetic-5i: a rendered distractor
+class; pascal-5i: another VOC class in the query image). A folder dataset has no second
+class per image, so its card leaves that section out.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from data.episodes import Episode, episode_rng
-from data.evaluation import EvalResult, evaluate, segmenter_predictor
+from data.evaluation import DATASETS, EvalResult, episode_source, evaluate, segmenter_predictor
 from data.pictures import PREDICTION_COLOR, SUPPORT_COLOR, TRUTH_COLOR, grid, overlay, save_png
 from data.synthetic import CLASS_NAMES, SUPPORT_DISTRACTOR_PROB, Synthetic5i
-from models.provenance import training_fold
+from models.provenance import training_config, training_dataset, training_fold
+from runtime.errors import UsageError
 from runtime.files import write_bytes_atomic
 
 SWAP_SALT = 7919  # keys the swapped supports' random stream apart from the episodes'
@@ -58,94 +66,150 @@ def example_grid(episodes: list[Episode], predictions: list[np.ndarray]) -> np.n
     return grid(rows, titles=["support (+mask)", "query", "prediction", "ground truth"])
 
 
+def class_names(source: Any) -> dict[int, str]:
+    """Class id -> name for the card's per-class table."""
+    from data.pascal import VOC_CLASS_NAMES
+
+    if isinstance(source, Synthetic5i):
+        return {c: CLASS_NAMES[c - 1] for c in source.classes}
+    if hasattr(source, "class_names"):  # a folder dataset
+        return dict(zip(source.classes, source.class_names, strict=True))
+    return {c: VOC_CLASS_NAMES[c - 1] for c in source.classes}
+
+
+def support_swap_pairs(source: Any, count: int) -> tuple[list[Episode], list[Episode]]:
+    """(true-support, other-class-support) episodes on the same queries; empty when the
+    dataset cannot tell which other class a query holds (a folder)."""
+    if isinstance(source, Synthetic5i):
+        return swapped_support_episodes(source, count)
+    if hasattr(source, "swapped_support_episodes"):
+        return source.swapped_support_episodes(count, SWAP_SALT)
+    return [], []
+
+
 def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
-               progress: bool = True, note: str = "") -> dict[str, Any]:
+               progress: bool = True, note: str = "", dataset: str = "synthetic-5i",
+               data_root: Path | None = None, fold: int | None = None) -> dict[str, Any]:
     """Evaluate and write the card and picture beside the checkpoint; return the figures."""
     from models.checkpoint import read_checkpoint_info
     from runtime import Segmenter
 
     info = read_checkpoint_info(checkpoint)
-    fold = training_fold(info.training) or 0
+    if fold is None:
+        fold = training_fold(info.training) or 0
+    source = episode_source(dataset, fold, 0, data_root, split="test")
     segmenter = Segmenter.from_checkpoint(checkpoint)
     predict = segmenter_predictor(segmenter)
-    dataset = Synthetic5i(fold, split="test", seed=0)
     results: dict[str, EvalResult] = {}
     for shots in (1, 5):
-        results[f"{shots}-shot"] = evaluate(predict, dataset.episodes(episodes, shots=shots),
+        results[f"{shots}-shot"] = evaluate(predict, source.episodes(episodes, shots=shots),
                                             total=episodes, progress=progress,
-                                            description=f"{shots}-shot")
-    true_episodes, swapped = swapped_support_episodes(dataset, swap_episodes)
-    with_true = evaluate(predict, true_episodes, total=len(true_episodes), progress=progress,
-                         description="true support", keep_predictions=True)
-    with_swap = evaluate(predict, swapped, total=len(swapped), progress=progress,
-                         description="swapped support")
-    stem = info.weights_path.with_suffix("")
-    picture = save_png(f"{stem}-examples.png",
-                       example_grid(true_episodes[:6], with_true.predictions[:6]))
-    figures = {
+                                            description=f"{shots}-shot",
+                                            classes=source.classes)
+    true_episodes, swapped = support_swap_pairs(source, swap_episodes)
+    figures: dict[str, Any] = {
+        "dataset": dataset, "data_root": None if data_root is None else str(data_root),
         "fold": fold, "episodes": episodes, "seed": 0,
         **{f"miou_{k}": r.miou for k, r in results.items()},
         **{f"fbiou_{k}": r.fbiou for k, r in results.items()},
         "per_class_iou_1shot": results["1-shot"].per_class_iou,
-        "swap_episodes": len(true_episodes),
-        "swap_true_miou": with_true.miou, "swap_other_miou": with_swap.miou,
-        "swap_drop": with_true.miou - with_swap.miou,
+        "absent_classes_1shot": results["1-shot"].absent_classes,
+        "class_names": class_names(source),
+        "swap_episodes": len(true_episodes), "swap_requested": swap_episodes,
     }
+    stem = info.weights_path.with_suffix("")
+    if true_episodes:
+        with_true = evaluate(predict, true_episodes, total=len(true_episodes),
+                             progress=progress, description="true support",
+                             keep_predictions=True)
+        with_swap = evaluate(predict, swapped, total=len(swapped), progress=progress,
+                             description="swapped support")
+        figures.update(swap_true_miou=with_true.miou, swap_other_miou=with_swap.miou,
+                       swap_drop=with_true.miou - with_swap.miou)
+        shown, predictions = true_episodes[:6], with_true.predictions[:6]
+    else:
+        shown = list(source.episodes(min(6, episodes), shots=1))
+        predictions = [predict(episode) for episode in shown]
+    picture = save_png(f"{stem}-examples.png", example_grid(shown, predictions))
     card = render_card(info, figures, picture.name, checkpoint, note)
     write_bytes_atomic(f"{stem}.md", card.encode())
     return figures
+
+
+def _data_flags(figures: dict[str, Any]) -> str:
+    flags = f"--dataset {figures['dataset']}"
+    if figures.get("data_root"):
+        flags += f" --data-root {figures['data_root']}"
+    return flags
+
+
+def _training_text(info: Any) -> tuple[str, str]:
+    """(how it was trained, in a sentence; the `crnet train` command that did it)."""
+    train = training_config(info.training)
+    trained_on = training_dataset(info.training) or "synthetic-5i"
+    recipe = train.get("recipe", "scratch")
+    if recipe == "canet":
+        init = info.training.get("init_trunk") or {}
+        how = (f"trunk initialised from ImageNet weights (`{init.get('file', '?')}`) and "
+               f"frozen, the rest trained with CaNet's recipe ({train.get('optimizer')} "
+               f"lr {train.get('lr')})")
+    elif train:
+        how = "trained from scratch"
+    else:
+        how = "not trained by `crnet train` (no training record)"
+    command = f"crnet train --preset {train.get('preset')} --dataset {trained_on}"
+    if train.get("data_root"):
+        command += f" --data-root {train['data_root']}"
+    command += f" --fold {train.get('fold')} --recipe {recipe} --steps {train.get('steps')} " \
+               f"--batch {train.get('batch')} --threads {train.get('threads')}"
+    if train.get("init_trunk"):
+        command += f" --init-trunk {train['init_trunk']}"
+    if train.get("input_size"):
+        command += f" --input-size {train['input_size']}"
+    if train.get("device", "cpu") != "cpu":
+        command += f" --device {train['device']}"
+    if train.get("amp"):
+        command += " --amp"
+    return f"{how} on the 15 base classes of {trained_on} fold {train.get('fold')}", command
 
 
 def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Path,
                 note: str = "") -> str:
     """The markdown of the model card."""
     training = info.training
-    train = training.get("train", {})
+    train = training_config(training)
     history = training.get("history", [])
     fold = figures["fold"]
+    dataset = figures.get("dataset", "synthetic-5i")
+    names = figures.get("class_names") or {int(c): CLASS_NAMES[int(c) - 1]
+                                           for c in figures["per_class_iou_1shot"]}
     rel = checkpoint.as_posix()
+    data_flags = _data_flags({"dataset": dataset, **figures})
     per_class = "\n".join(
-        f"| {cls} | {CLASS_NAMES[int(cls) - 1]} | {iou:.1f} |"
+        f"| {cls} | {names[int(cls)]} | {iou:.1f} |"
         for cls, iou in sorted(figures["per_class_iou_1shot"].items())
     )
+    absent = figures.get("absent_classes_1shot") or []
+    absent_note = (f"\nClasses without an episode count 0 in the mean: {absent}.\n"
+                   if absent else "")
     accuracy_rows = "\n".join(
         f"| {shots} | {figures[f'miou_{shots}-shot']:.1f} | {figures[f'fbiou_{shots}-shot']:.1f} "
-        f"| `crnet eval --backend torch --checkpoint {rel} --fold {fold} --shots {shots} "
-        f"--episodes {figures['episodes']} --seed 0` |"
+        f"| `crnet eval --backend torch --checkpoint {rel} {data_flags} --fold {fold} "
+        f"--shots {shots} --episodes {figures['episodes']} --seed 0` |"
         for shots in (1, 5)
     )
-    train_command = (
-        f"crnet train --preset {train.get('preset')} --fold {fold} --steps {train.get('steps')} "
-        f"--batch {train.get('batch')} --threads {train.get('threads')}"
-    )
+    how, train_command = _training_text(info)
     curve = "\n".join(
         f"| {h['step']} | {h['loss']:.3f} | {h['miou_1shot']:.1f} | {h['elapsed_s'] / 60:.0f} |"
         for h in history
     )
-    return f"""# Model card: {info.config.name}, synthetic-5i fold {fold}
-
-CRNet ({info.config.name} preset: {info.config.block} trunk {list(info.config.trunk_blocks)},
-widths {list(info.config.trunk_widths)}, C={info.config.feature_channels},
-input {info.config.input_size[0]}x{info.config.input_size[1]}, T={info.config.refine_steps}
-refinement steps), trained from scratch on the 15 base classes of synthetic-5i fold {fold};
-evaluated on the fold's 5 novel classes, never seen in training.
-
-Weights: `{info.weights_path.name}` (sha256 `{info.sha256}`), safetensors; config,
-preprocessing and training provenance in the JSON beside it.
-
-## Accuracy on novel classes ({figures['episodes']} synthetic-5i test episodes, seed 0)
-
-| shots | mIoU | FB-IoU | reproduce |
-|---|---|---|---|
-{accuracy_rows}
-
-Per novel class, 1-shot IoU:
-
-| class | name | IoU |
-|---|---|---|
-{per_class}
-
-## The support steers the prediction
+    card_command = f"python -m models.model_card --checkpoint {rel}"
+    if dataset != "synthetic-5i" or figures["episodes"] != 1000:
+        card_command += f" {data_flags} --fold {fold} --episodes {figures['episodes']}"
+    if figures.get("swap_requested", 300) != 300:
+        card_command += f" --swap-episodes {figures['swap_requested']}"
+    if figures.get("swap_episodes"):
+        swap = f"""## The support steers the prediction
 
 The same {figures['swap_episodes']} test queries (those holding an object of another
 class), segmented with their true support and with a support of that other class:
@@ -156,16 +220,59 @@ class), segmented with their true support and with a support of that other class
 | another class present in the query | {figures['swap_other_miou']:.1f} |
 | drop | **{figures['swap_drop']:.1f} points** |
 
-Reproduce: `python -m models.model_card --checkpoint {rel}` (writes this card).
+Reproduce: `{card_command}` (writes this card).
 
-![support, query, prediction, ground truth]({picture})
+![support, query, prediction, ground truth]({picture})"""
+    else:
+        swap = f"""## Examples
+
+No support-swap evidence: {dataset} does not say which other class a query holds.
+Reproduce: `{card_command}` (writes this card).
+
+![support, query, prediction, ground truth]({picture})"""
+    if dataset == "pascal-5i":
+        limits = ("PASCAL-5i as found under the data root: on the real VOC2012 + SBD "
+                  "data, CRNet-R50 reports 55.7 (1-shot) / 58.8 (5-shot) mIoU with an "
+                  "ImageNet-pretrained trunk (mean of 4 folds). Queries are drawn uniformly "
+                  "over the fold's classes (`--sampler uniform`); HSNet's and PFENet's "
+                  "evaluators draw them differently, which moves FB-IoU.")
+    elif dataset == "synthetic-5i":
+        limits = ("Synthetic-5i only: these numbers say nothing about PASCAL-5i, where "
+                  "CRNet-R50 reports 55.7 (1-shot) / 58.8 (5-shot) mIoU with an "
+                  "ImageNet-pretrained trunk.")
+    else:
+        limits = "The user's own folder of classes; no published figure to compare with."
+    return f"""# Model card: {info.config.name}, {dataset} fold {fold}
+
+CRNet ({info.config.name} preset: {info.config.block} trunk {list(info.config.trunk_blocks)},
+widths {list(info.config.trunk_widths)}, C={info.config.feature_channels},
+input {info.config.input_size[0]}x{info.config.input_size[1]}, T={info.config.refine_steps}
+refinement steps), {how}; evaluated on the 5 novel classes of {dataset} fold {fold},
+never seen in training.
+
+Weights: `{info.weights_path.name}` (sha256 `{info.sha256}`), safetensors; config,
+preprocessing and training provenance in the JSON beside it.
+
+## Accuracy on novel classes ({figures['episodes']} {dataset} test episodes, seed 0)
+
+| shots | mIoU | FB-IoU | reproduce |
+|---|---|---|---|
+{accuracy_rows}
+
+Per novel class, 1-shot IoU:
+
+| class | name | IoU |
+|---|---|---|
+{per_class}
+{absent_note}
+{swap}
 
 ## Training
 
-Recipe: `models/training.py` (docstring). Command:
+Recipe: `models/training.py` (docstring), `{train.get('recipe', 'scratch')}`. Command:
 `{train_command}`
 
-| step | loss | 1-shot mIoU (200 episodes) | minutes into its run segment |
+| step | loss | 1-shot mIoU ({train.get('eval_episodes')} episodes) | minutes into its run segment |
 |---|---|---|---|
 {curve}
 
@@ -176,21 +283,29 @@ Wall time of the last run segment: {training.get('wall_s_this_run', 0) / 60:.0f}
 
 ## Limits
 
-Synthetic-5i only: these numbers say nothing about PASCAL-5i, where CRNet-R50 reports
-55.7 (1-shot) / 58.8 (5-shot) mIoU with an ImageNet-pretrained trunk. K-shot uses
-prototype fusion, without the paper's k-shot finetuning.
+{limits} K-shot uses prototype fusion, without the paper's k-shot finetuning.
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the model card of a checkpoint."""
-    parser = argparse.ArgumentParser(prog="python -m models.model_card", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m models.model_card", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS)
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--fold", type=int, default=None, choices=range(4),
+                        help="default: the fold the checkpoint was trained on")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--swap-episodes", type=int, default=300)
     parser.add_argument("--note", default="", help="extra training notes for the card")
     args = parser.parse_args(argv)
-    figures = build_card(args.checkpoint, args.episodes, args.swap_episodes, note=args.note)
+    if args.episodes < 1 or args.swap_episodes < 1:
+        raise UsageError("--episodes and --swap-episodes must be >= 1")
+    if args.dataset != "synthetic-5i" and args.data_root is None:
+        raise UsageError(f"--dataset {args.dataset} needs --data-root DIR")
+    figures = build_card(args.checkpoint, args.episodes, args.swap_episodes, note=args.note,
+                         dataset=args.dataset, data_root=args.data_root, fold=args.fold)
     print(json.dumps(figures, indent=2, default=str))
     return 0
 

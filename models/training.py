@@ -1,24 +1,41 @@
 """Episodic training of CRNet on base-class episodes (the loop behind `crnet train`).
 
-The recipe (CaNet's settings do not transfer: CaNet starts from ImageNet weights and
-freezes the trunk; here nothing can be downloaded, so the whole network trains from
-scratch on synthetic-5i):
+Two recipes (models.config.RECIPES; every setting is a TrainConfig field and a flag of
+`crnet train`, and all of them are recorded in the checkpoint JSON under training.train):
 
-* episodes: 1-shot, sampled from the fold's 15 base classes (split "train"); the novel
-  classes are never seen. ``batch`` episodes per step; each step encodes the
-  2 x batch images in one call and refines all episodes in one batched call.
-* loss: cross-entropy (ignore 255) on the query and on the support predictions, logits
-  upsampled to the network's input size, labels resized nearest.
-* optimiser: AdamW, lr 2e-3, weight decay 1e-4, 200 linear warm-up steps, cosine decay
-  to 2% of the peak over ``steps``; gradient norm clipped at 5.
-* refinement steps: the preset's T (crnet-lite: 3), the same at train and test time.
-* augmentation: the generator varies scale, rotation, aspect and colour per instance;
-  a horizontal flip of query and support is added.
-* evaluation: every ``eval_every`` steps, mIoU on ``eval_episodes`` 1-shot test
-  episodes of the fold's 5 novel classes (seed 0), through the same evaluation loop,
-  metrics and numpy pre/post-processing as `crnet eval` (on the in-memory model).
+* ``scratch`` (crnet-lite's, and the default without ``--init-trunk``): the whole network
+  trains from random weights. AdamW, lr 2e-3, weight decay 1e-4, batch 8, 200 linear
+  warm-up steps, cosine decay to 2% of the peak over ``steps``; gradient norm clipped at 5;
+  the preset's input size. The shipped crnet-lite fold-0 checkpoint was trained this way
+  on synthetic-5i.
+* ``canet`` (the paper's way, the default with ``--init-trunk``; shared/FACTS.md, CaNet's
+  settings, since CRNet's own are not public): the trunk is initialised from an ImageNet
+  ResNet-50 (models.imagenet_init) and frozen (no gradients, BatchNorm in eval mode, so
+  its tensors in the saved checkpoint equal the imported ones); the rest trains with SGD,
+  lr 0.0025, momentum 0.9, weight decay 5e-4, batch 4, 321x321, constant rate, no clipping.
+
+Common to both:
+
+* episodes: 1-shot, from the fold's 15 base classes (split "train") of ``dataset``
+  (synthetic-5i, pascal-5i: VOC2012 + SBD train_aug under ``data_root``); the novel
+  classes are never seen. A ``folder`` dataset has no fold split: all its classes serve
+  for training and for the periodic evaluation. ``batch`` episodes per step; each step
+  encodes the 2 x batch images in one call and refines all episodes in one batched call.
+* loss: cross-entropy (ignore 255) on the query and on the support predictions
+  (weights ``query_loss_weight``, ``support_loss_weight``, both 1), logits upsampled to
+  the network's input size, labels resized nearest.
+* refinement steps: the preset's T, the same at train and test time.
+* augmentation: a horizontal flip of query and support (synthetic-5i also varies scale,
+  rotation, aspect and colour per instance).
+* device: ``cpu`` or ``cuda`` (a clear error when torch sees no CUDA device). ``amp``:
+  torch.autocast (float16 on CUDA with a GradScaler; bfloat16 on CPU, where the scaler is
+  off because bfloat16 needs none).
+* evaluation: every ``eval_every`` steps, mIoU on ``eval_episodes`` 1-shot test episodes of
+  the fold's 5 novel classes (seed 0), through the same evaluation loop, metrics and
+  numpy pre/post-processing as `crnet eval` (on the in-memory model, fp32).
 * resumable: ``state.safetensors`` + ``state.json`` (model, optimiser, step, history)
-  in the run directory every ``save_every`` steps; ``--resume`` continues from it.
+  in the run directory every ``save_every`` steps; ``resume`` continues from it and
+  refuses to start afresh when there is none.
 """
 
 from __future__ import annotations
@@ -37,11 +54,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from data.episodes import Episode
-from data.evaluation import evaluate
-from data.synthetic import Synthetic5i
+from data.evaluation import episode_source, evaluate
 from models.checkpoint import load_state, save_checkpoint
 from models.config import CRNetConfig, TrainConfig, preset
 from models.crnet import CRNet
+from runtime.errors import CrnetError
 from runtime.files import atomic_path, write_json_atomic
 from runtime.metrics import IGNORE
 from runtime.preprocess import (
@@ -52,16 +69,43 @@ from runtime.preprocess import (
 )
 
 
+class TrainingError(CrnetError, RuntimeError):
+    """A training run that cannot start or continue (no CUDA, no state to resume, ...)."""
+
+
 def training_record(train_config: TrainConfig, history: list[dict[str, Any]] | None = None,
-                    steps_done: int = 0, wall_s: float = 0.0) -> dict[str, Any]:
+                    steps_done: int = 0, wall_s: float = 0.0,
+                    init_trunk: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint JSON's ``training`` section, read back by models.provenance."""
-    return {
+    record = {
         "recipe": "models/training.py", "train": dataclasses.asdict(train_config),
         "history": list(history or []), "steps_done": steps_done, "wall_s_this_run": wall_s,
         "machine": f"{platform.machine()} {platform.processor() or ''} "
                    f"{torch.get_num_threads()} threads".strip(),
         "torch": torch.__version__,
     }
+    if train_config.amp:
+        record["amp_dtype"] = str(autocast_dtype(train_config.device)).replace("torch.", "")
+    if init_trunk is not None:
+        record["init_trunk"] = init_trunk
+    return record
+
+
+def autocast_dtype(device: str) -> torch.dtype:
+    """float16 under CUDA autocast, bfloat16 on CPU (the dtype torch supports there)."""
+    return torch.float16 if device == "cuda" else torch.bfloat16
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device for ``cpu``/``cuda``; a clear error when CUDA is not usable."""
+    if device == "cuda" and not torch.cuda.is_available():
+        built = torch.version.cuda
+        raise TrainingError(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device ("
+            + (f"built for CUDA {built}, but no GPU or driver is available"
+               if built else "this is a CPU-only build of torch")
+            + "); use --device cpu, or install a CUDA build of torch on a GPU machine")
+    return torch.device(device)
 
 
 def episode_tensors(episode: Episode, config: CRNetConfig) -> dict[str, np.ndarray]:
@@ -87,19 +131,18 @@ def _label_at(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class EpisodeStream(torch.utils.data.IterableDataset):
-    """Batches of 1-shot base-class episodes, deterministic from (fold, seed, step)."""
+    """Batches of 1-shot base-class episodes, deterministic from (source, seed, step)."""
 
-    def __init__(self, model_config: CRNetConfig, fold: int, seed: int, batch: int,
+    def __init__(self, model_config: CRNetConfig, source: Any, seed: int, batch: int,
                  start_step: int) -> None:
         super().__init__()
         self.model_config = model_config
-        self.fold, self.seed, self.batch, self.start_step = fold, seed, batch, start_step
+        self.source, self.seed, self.batch, self.start_step = source, seed, batch, start_step
 
     def __iter__(self):
-        dataset = Synthetic5i(self.fold, split="train", seed=self.seed)
         step = self.start_step
         while True:
-            items = [episode_tensors(dataset.episode(step * self.batch + i, shots=1),
+            items = [episode_tensors(self.source.episode(step * self.batch + i, shots=1),
                                      self.model_config) for i in range(self.batch)]
             flip = np.random.default_rng([self.seed, step]).random(self.batch) < 0.5
             batch = {key: np.stack([item[key] for item in items]) for key in items[0]}
@@ -110,7 +153,8 @@ class EpisodeStream(torch.utils.data.IterableDataset):
             step += 1
 
 
-def episode_loss(model: CRNet, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def episode_loss(model: CRNet, batch: dict[str, torch.Tensor], query_weight: float = 1.0,
+                 support_weight: float = 1.0) -> torch.Tensor:
     """Cross-entropy on query and support predictions of a batch of 1-shot episodes."""
     episodes = batch["query"].shape[0]
     images = torch.cat([batch["query"], batch["supports"].flatten(0, 1)])
@@ -122,14 +166,16 @@ def episode_loss(model: CRNet, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     size = batch["query"].shape[2:]
     query_up = F.interpolate(query_logits, size=size, mode="bilinear", align_corners=False)
     support_up = F.interpolate(support_logits, size=size, mode="bilinear", align_corners=False)
-    return (F.cross_entropy(query_up, batch["query_label"], ignore_index=IGNORE)
-            + F.cross_entropy(support_up, batch["support_labels"].flatten(0, 1),
-                              ignore_index=IGNORE))
+    query_loss = F.cross_entropy(query_up.float(), batch["query_label"], ignore_index=IGNORE)
+    support_loss = F.cross_entropy(support_up.float(), batch["support_labels"].flatten(0, 1),
+                                   ignore_index=IGNORE)
+    return query_weight * query_loss + support_weight * support_loss
 
 
 def torch_predictor(model: CRNet):
     """An episode -> query mask predictor for an in-memory model (eval mode, no grad)."""
     config = model.config
+    device = next(model.parameters()).device
 
     @torch.no_grad()
     def predict(episode: Episode) -> np.ndarray:
@@ -138,10 +184,11 @@ def torch_predictor(model: CRNet):
         masks = np.concatenate([preprocess_mask(m, config.input_size, config.feature_size)
                                 for m in episode.support_masks])
         query = preprocess_image(episode.query_image, *args)
-        query_logits, _ = model.refine(model.encode(torch.from_numpy(query)),
-                                       model.encode(torch.from_numpy(supports)),
-                                       torch.from_numpy(masks))
-        return mask_from_logits(query_logits[0].numpy(), episode.query_image.shape)
+        query_logits, _ = model.refine(model.encode(torch.from_numpy(query).to(device)),
+                                       model.encode(torch.from_numpy(supports).to(device)),
+                                       torch.from_numpy(masks).to(device))
+        return mask_from_logits(query_logits[0].float().cpu().numpy(),
+                                episode.query_image.shape)
 
     return predict
 
@@ -156,25 +203,28 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def save_state(run_dir: Path, model: CRNet, optimizer: torch.optim.Optimizer, step: int,
-               history: list[dict[str, Any]], train_config: TrainConfig) -> None:
+               history: list[dict[str, Any]], train_config: TrainConfig,
+               extra: dict[str, Any] | None = None) -> None:
     """Resumable state without pickle: tensors in safetensors, the rest in JSON."""
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
     groups = optimizer.state_dict()
     for index, state in groups["state"].items():
         for name, value in state.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).cpu().contiguous()
     with atomic_path(run_dir / "state.safetensors") as temporary:
         save_file(tensors, str(temporary))
     write_json_atomic(run_dir / "state.json", {
         "step": step, "history": history, "train": dataclasses.asdict(train_config),
         "model": model.config.to_dict(), "param_groups": groups["param_groups"],
+        **(extra or {}),
     })
 
 
 def load_state_into(run_dir: Path, model: CRNet, optimizer: torch.optim.Optimizer
                     ) -> tuple[int, list[dict[str, Any]]]:
     """Restore model and optimiser from ``save_state``; return (step, history)."""
-    meta = json.loads((run_dir / "state.json").read_text())
+    meta = read_state_meta(run_dir)
     tensors = load_file(str(run_dir / "state.safetensors"))
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                source=run_dir / "state.safetensors")
@@ -187,43 +237,122 @@ def load_state_into(run_dir: Path, model: CRNet, optimizer: torch.optim.Optimize
     return int(meta["step"]), list(meta["history"])
 
 
+def read_state_meta(run_dir: Path) -> dict[str, Any]:
+    """state.json of a run directory; a clear error when it is missing or unreadable."""
+    path = run_dir / "state.json"
+    if not path.is_file() or not (run_dir / "state.safetensors").is_file():
+        raise TrainingError(
+            f"--resume: no saved state in {run_dir} (expected state.json and "
+            "state.safetensors from an earlier `crnet train --run-dir` there); drop --resume "
+            "to start a fresh run")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise TrainingError(f"--resume: {path} is not valid JSON ({error})") from error
+
+
+def build_model(train_config: TrainConfig, model_config: CRNetConfig | None = None
+                ) -> tuple[CRNet, dict[str, Any] | None]:
+    """The model of a run: preset (or ``model_config``) at the run's input size, with the
+    ImageNet trunk imported when ``init_trunk`` is set; returns (model, import record)."""
+    model_config = model_config or preset(train_config.preset)
+    if train_config.input_size:
+        size = (train_config.input_size, train_config.input_size)
+        model_config = dataclasses.replace(model_config, input_size=size)
+    model = CRNet(model_config)
+    record = None
+    if train_config.init_trunk:
+        from models.imagenet_init import init_trunk
+
+        report = init_trunk(model, train_config.init_trunk)
+        record = report.to_dict()
+        print(report.summary())
+    if train_config.freeze_trunk:
+        from models.imagenet_init import freeze_trunk
+
+        freeze_trunk(model)
+    return model, record
+
+
+def make_optimizer(model: CRNet, train_config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (CaNet) or AdamW over the parameters that train (a frozen trunk's do not)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if train_config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=train_config.lr, momentum=train_config.momentum,
+                               weight_decay=train_config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=train_config.lr,
+                             weight_decay=train_config.weight_decay)
+
+
+def set_train_mode(model: CRNet, train_config: TrainConfig) -> None:
+    """model.train(), with a frozen trunk's BatchNorm kept in eval mode."""
+    model.train()
+    if train_config.freeze_trunk:
+        model.trunk.eval()
+
+
 def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
           model_config: CRNetConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Train, evaluating and saving periodically; returns the final history entry."""
     from tqdm import tqdm
 
+    device = check_device(train_config.device)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"run directory {run_dir} is a file; expected a directory")
+    if resume:
+        read_state_meta(run_dir)
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     torch.manual_seed(train_config.seed)
-    model_config = model_config or preset(train_config.preset)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model = CRNet(model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr,
-                                  weight_decay=train_config.weight_decay)
+    data_root = Path(train_config.data_root) if train_config.data_root else None
+    train_source = episode_source(train_config.dataset, train_config.fold, train_config.seed,
+                                  data_root, split="train")
+    eval_set = episode_source(train_config.dataset, train_config.fold, 0, data_root,
+                              split="test")
+    train_source.episode(0, shots=1)  # fail here, not in the loader's worker
+    eval_set.episode(0, shots=1)
+    model, init_record = build_model(train_config, model_config)
+    model_config = model.config
+    model.to(device)
+    optimizer = make_optimizer(model, train_config)
+    amp_cuda = train_config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_cuda)
     step, history = 0, []
-    if resume and (run_dir / "state.json").exists():
+    if resume:
         step, history = load_state_into(run_dir, model, optimizer)
-    eval_set = Synthetic5i(train_config.fold, split="test", seed=0)
+        meta = read_state_meta(run_dir)
+        init_record = meta.get("init_trunk", init_record)
+        if amp_cuda and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
+    run_dir.mkdir(parents=True, exist_ok=True)
     stream = torch.utils.data.DataLoader(
-        EpisodeStream(model_config, train_config.fold, train_config.seed, train_config.batch,
-                      step),
+        EpisodeStream(model_config, train_source, train_config.seed, train_config.batch, step),
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=False,
+        pin_memory=device.type == "cuda",
     )
+    trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.time()
     earlier_s = history[-1].get("total_elapsed_s", history[-1]["elapsed_s"]) if history else 0.0
     losses: list[float] = []
     bar = tqdm(total=train_config.steps, initial=step, desc="train", disable=not progress)
-    model.train()
+    set_train_mode(model, train_config)
     for batch_step, batch in stream:
         if batch_step >= train_config.steps:
             break
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(batch_step, train_config)
-        loss = episode_loss(model, batch)
+        with torch.autocast(device.type, dtype=autocast_dtype(device.type),
+                            enabled=train_config.amp):
+            loss = episode_loss(model, batch, train_config.query_loss_weight,
+                                train_config.support_loss_weight)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip_norm)
-        optimizer.step()
+        scaler.scale(loss).backward()
+        if train_config.clip_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, train_config.clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(loss.item())
         step = batch_step + 1
         bar.update(1)
@@ -232,8 +361,9 @@ def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
             model.eval()
             result = evaluate(torch_predictor(model),
                               eval_set.episodes(train_config.eval_episodes, shots=1),
-                              total=train_config.eval_episodes, progress=False)
-            model.train()
+                              total=train_config.eval_episodes, progress=False,
+                              classes=eval_set.classes)
+            set_train_mode(model, train_config)
             history.append({"step": step, "loss": float(np.mean(losses[-100:])),
                             "miou_1shot": result.miou, "fbiou_1shot": result.fbiou,
                             "elapsed_s": time.time() - started,
@@ -241,10 +371,14 @@ def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
             bar.write(f"step {step}: loss {history[-1]['loss']:.3f} "
                       f"1-shot mIoU {result.miou:.1f} FB-IoU {result.fbiou:.1f}")
         if step % train_config.save_every == 0 or step == train_config.steps:
-            save_state(run_dir, model, optimizer, step, history, train_config)
+            extra = {"init_trunk": init_record} if init_record else {}
+            if amp_cuda:
+                extra["grad_scaler"] = scaler.state_dict()
+            save_state(run_dir, model, optimizer, step, history, train_config, extra)
     bar.close()
     model.eval()
-    provenance = training_record(train_config, history, step, time.time() - started)
+    provenance = training_record(train_config, history, step, time.time() - started,
+                                 init_record)
     save_checkpoint(model, run_dir / f"{model_config.name}-fold{train_config.fold}",
                     training=provenance)
     return history[-1] if history else {}

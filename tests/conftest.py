@@ -66,3 +66,13 @@ def real_cuda(request: pytest.FixtureRequest) -> Environment:
         return cuda_environment(request.param)
     except BindingsUnavailable as error:
         pytest.skip(f"real {request.param} unavailable: {error}")
+
+
+@pytest.fixture(scope="session")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small VOC2012-layout tree (data.synthetic.write_voc_tree), fold 0: 30 base-class
+    train_aug images, 30 novel-class val images (at least 6 per novel class: 5-shot works)."""
+    from data.synthetic import write_voc_tree
+
+    return write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", fold=0,
+                          train_images=30, test_images=30)

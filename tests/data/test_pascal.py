@@ -99,3 +99,114 @@ def test_size_mismatch(tmp_path) -> None:
         tmp_path / "SegmentationClassAug" / f"{ids[4]}.png")
     with pytest.raises(ValueError, match=f"{ids[4]}.png"):
         Pascal5i(tmp_path, fold=0, min_pixels=1).episode(0)
+
+
+def _multi_class_tree(root, images: list[tuple[int, ...]], list_name: str = "val.txt") -> list[str]:
+    """Image i is filled with grey value 10*i and holds one 8x8 block per listed class."""
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i, classes in enumerate(images):
+        image_id = f"2008_{i:06d}"
+        Image.fromarray(np.full((H, W, 3), 10 * i, np.uint8)).save(
+            root / "JPEGImages" / f"{image_id}.jpg", quality=100)
+        label = np.zeros((H, W), np.uint8)
+        for slot, c in enumerate(classes):
+            label[4:12, 4 + 10 * slot:12 + 10 * slot] = c
+        Image.fromarray(label).save(root / "SegmentationClassAug" / f"{image_id}.png")
+        ids.append(image_id)
+    (root / "ImageSets" / "Segmentation" / list_name).write_text("\n".join(ids) + "\n")
+    return ids
+
+
+# fold 2: novel classes 11..15 (15 = person); 16 is a base class
+FOLD2_IMAGES = [(11, 15), (15,), (12, 15), (13,), (14, 15), (15, 16), (11, 12, 13, 14), (16,)]
+
+
+def _query_number(episode) -> int:
+    return round(float(episode.query_image.mean()) / 10)
+
+
+def test_hsnet_sampler_walks_query_class_pairs_in_order(tmp_path) -> None:
+    ids = _multi_class_tree(tmp_path, FOLD2_IMAGES)
+    dataset = Pascal5i(tmp_path, fold=2, sampler="hsnet", min_pixels=1)
+    pairs = [(0, 11), (0, 15), (1, 15), (2, 12), (2, 15), (3, 13), (4, 14), (4, 15), (5, 15),
+             (6, 11), (6, 12), (6, 13), (6, 14)]
+    assert dataset.query_walk() == [(ids[i], c) for i, c in pairs]
+    walked = [(_query_number(e), e.class_id) for e in dataset.episodes(len(pairs) + 3)]
+    assert walked == pairs + pairs[:3]  # in order, wrapping around
+    episode = dataset.episode(1)  # query 0 as person: the mask is the person block only
+    assert episode.query_mask.sum() == 64 and episode.query_mask[4, 14] == 1
+    support_numbers = {round(float(s.mean()) / 10) for s in episode.support_images}
+    assert 0 not in support_numbers  # supports are other images of the class
+
+
+def test_pfenet_sampler_walks_images_and_draws_a_present_class(tmp_path) -> None:
+    _multi_class_tree(tmp_path, FOLD2_IMAGES)
+    dataset = Pascal5i(tmp_path, fold=2, sampler="pfenet", min_pixels=1)
+    walked = [(_query_number(e), e.class_id) for e in dataset.episodes(14)]
+    images_with_novel = [0, 1, 2, 3, 4, 5, 6]  # image 7 holds only base class 16
+    assert [n for n, _ in walked] == images_with_novel * 2
+    for number, class_id in walked:
+        assert class_id in FOLD2_IMAGES[number] and 11 <= class_id <= 15
+    classes_of_6 = {c for n, c in walked if n == 6}
+    many = {dataset.episode(6 + 7 * k).class_id for k in range(40)}
+    assert classes_of_6 <= many and len(many) > 1  # the class is drawn, not fixed
+
+
+def test_uniform_sampler_draws_classes_evenly(tmp_path) -> None:
+    _multi_class_tree(tmp_path, FOLD2_IMAGES + [(13, 14), (11, 12)])
+    uniform = Pascal5i(tmp_path, fold=2, min_pixels=1)
+    hsnet = Pascal5i(tmp_path, fold=2, sampler="hsnet", min_pixels=1)
+    counts = np.bincount([e.class_id for e in uniform.episodes(500)], minlength=16)[11:]
+    assert counts.min() > 70 and counts.max() < 130  # ~100 each
+    person_share = np.mean([e.class_id == 15 for e in hsnet.episodes(len(hsnet.query_walk()))])
+    assert person_share == pytest.approx(5 / 17)
+
+
+def test_unknown_sampler(tmp_path) -> None:
+    _multi_class_tree(tmp_path, FOLD2_IMAGES)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        Pascal5i(tmp_path, fold=2, sampler="random")
+
+
+def test_voc_tree_without_aug_falls_back_to_palette_labels(tmp_path) -> None:
+    """write_voc_tree's palette PNGs (SegmentationClass) hold the same class ids as the
+    grey SegmentationClassAug ones; without the Aug folder they are read instead."""
+    import shutil
+
+    from data.synthetic import write_voc_tree
+
+    root = write_voc_tree(tmp_path / "voc", fold=0, train_images=3, test_images=10)
+    with_aug = Pascal5i(root, fold=0)
+    assert with_aug.label_dir.name == "SegmentationClassAug"
+    reference = [with_aug.episode(i) for i in range(3)]
+    shutil.rmtree(root / "SegmentationClassAug")
+    palette = Pascal5i(root, fold=0)
+    assert palette.label_dir.name == "SegmentationClass"
+    with Image.open(next((root / "SegmentationClass").glob("*.png"))) as label:
+        assert label.mode == "P"
+    assert palette.images_by_class == with_aug.images_by_class
+    for index, expected in enumerate(reference):
+        episode = palette.episode(index)
+        assert episode.class_id == expected.class_id
+        assert np.array_equal(episode.query_mask, expected.query_mask)
+        assert (episode.query_mask == 255).any()  # the boundary bands survive the palette
+
+
+def test_too_few_images_names_the_class(tmp_path) -> None:
+    from data.synthetic import write_voc_tree
+
+    root = write_voc_tree(tmp_path / "voc", fold=1, train_images=3, test_images=10)
+    dataset = Pascal5i(root, fold=1)
+    counts = {c: len(v) for c, v in dataset.images_by_class.items()}
+    dataset.episode(0, shots=1)  # 2 images per class are enough for 1 shot
+    fewest = min(counts.values())
+    short = [c for c in sorted(counts) if counts[c] == fewest]
+    with pytest.raises(ValueError) as error:
+        dataset.episode(0, shots=fewest)
+    message = str(error.value)
+    for c in counts:
+        named = f"class {c} (" in message
+        assert named == (c in short), (c, message)
+    assert f"has {fewest} images" in message and f"needs {fewest + 1}" in message

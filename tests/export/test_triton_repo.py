@@ -184,7 +184,6 @@ def load_bls_model(repo: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> An
 def test_bls_models_give_the_local_segmenters_results(repo: Path, repo_bundle: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from data.synthetic import Synthetic5i
-
     from runtime import Segmenter
 
     support_model, pb_utils = load_bls_model(repo, "crnet_support", monkeypatch)

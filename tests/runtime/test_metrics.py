@@ -66,3 +66,34 @@ def test_errors() -> None:
 def test_no_torch_import() -> None:
     code = "import sys, runtime.metrics; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fold_classes_absent_class_counts_zero() -> None:
+    """HSNet/PFENet: the fold mean is over the fold's classes; a class without an episode
+    scores 0 instead of leaving the mean."""
+    meter = FewShotMeter(classes=[1, 2, 3, 4, 5])
+    meter.update(1, _a([1, 1, 0, 0], bool), _a([1, 1, 0, 0]))  # class 1: IoU 100
+    meter.update(2, _a([1, 0, 0, 0], bool), _a([1, 1, 0, 0]))  # class 2: IoU 50
+    assert meter.per_class_iou() == pytest.approx({1: 100.0, 2: 50.0, 3: 0.0, 4: 0.0, 5: 0.0})
+    assert meter.miou() == pytest.approx(150.0 / 5)
+    assert meter.missing_classes() == [3, 4, 5]
+    seen_only = FewShotMeter()
+    seen_only.update(1, _a([1, 1, 0, 0], bool), _a([1, 1, 0, 0]))
+    seen_only.update(2, _a([1, 0, 0, 0], bool), _a([1, 1, 0, 0]))
+    assert seen_only.miou() == pytest.approx(75.0)
+    with pytest.raises(ValueError, match="class 9"):
+        meter.update(9, _a([1], bool), _a([1]))
+    with pytest.raises(ValueError, match="at least one class"):
+        FewShotMeter(classes=[])
+
+
+def test_zero_union_scores_zero_not_hundred() -> None:
+    meter = FewShotMeter(classes=[1, 2])
+    meter.update(1, _a([0, 0, 0], bool), _a([0, 0, X]))  # nothing to find, nothing predicted
+    meter.update(2, _a([1, 1, 0], bool), _a([1, 1, 0]))
+    assert meter.per_class_iou() == {1: 0.0, 2: 100.0}
+    assert meter.miou() == pytest.approx(50.0)
+    # all-ignored episode: every union is zero, FB-IoU is 0 rather than 100
+    empty = FewShotMeter()
+    empty.update(3, _a([1, 0], bool), _a([X, X]))
+    assert empty.fbiou() == 0.0 and empty.miou() == 0.0
