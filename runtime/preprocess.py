@@ -11,13 +11,17 @@ The canonical path, used by every backend and by the PyTorch reference alike:
 
 Resizing is done in row chunks of about a million values, so that very large images
 (8000x8000) never need a full-size float copy: the input is only gathered at the rows
-the output samples, and the output is produced (and thresholded) chunk by chunk.
+(and, when it is wider than the output, at the columns) the output samples, and the output
+is produced (and thresholded) chunk by chunk. Memory beyond the caller's own input is
+therefore bounded by the output size whatever the input's shape (a 8x12,500,000 image
+is as cheap to pre-process as a 1000x1000 one); grayscale and RGBA inputs are read through
+views, and masks are checked and binarised chunk by chunk, never copied at full size.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,8 +60,8 @@ def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
             "and HxWx4 RGBA are converted)"
         )
     check_size(image.shape[:2], what)
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
+    if image.shape[2] == 1:  # a read-only view: no full-size copy of the grey values
+        image = np.broadcast_to(image, (*image.shape[:2], 3))
     elif image.shape[2] == 4:
         image = image[:, :, :3]
     return image
@@ -78,6 +82,14 @@ def check_size(shape: Sequence[int], what: str) -> None:
 def as_binary_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
                    what: str = "mask") -> np.ndarray:
     """Validate a mask (HxW bool, or integers 0/1 with 255 = ignore) -> HxW float32 0/1."""
+    mask = checked_mask(mask, image_shape, what)
+    return _mask_values(mask).astype(np.float32)
+
+
+def checked_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
+                 what: str = "mask") -> np.ndarray:
+    """Validate a mask and return it as an HxW array (no copy): bool, or integers whose
+    values are all 0, 1 or 255. Values are checked in row chunks (no full-size temporary)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
@@ -89,18 +101,27 @@ def as_binary_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
             f"{image_shape[0]}x{image_shape[1]}; they must have the same size"
         )
     if mask.dtype == np.bool_:
-        return mask.astype(np.float32)
+        return mask
     if not np.issubdtype(mask.dtype, np.integer):
         raise InputError(
             f"{what} has dtype {mask.dtype}; expected bool or uint8 0/1 (255 = ignore)"
         )
-    values = np.unique(mask)
-    if not set(values.tolist()) <= {0, 1, 255}:
-        raise InputError(
-            f"{what} holds values {values[:8].tolist()}; expected 0 (background), "
-            "1 (object) and optionally 255 (ignore)"
-        )
-    return (mask == 1).astype(np.float32)
+    rows = max(1, _CHUNK_VALUES // max(mask.shape[1], 1))
+    for start in range(0, mask.shape[0], rows):
+        chunk = mask[start:start + rows]
+        bad = chunk[(chunk != 0) & (chunk != 1) & (chunk != 255)]
+        if bad.size:
+            values = np.unique(bad[:1024])
+            raise InputError(
+                f"{what} holds values {values[:8].tolist()}; expected 0 (background), "
+                "1 (object) and optionally 255 (ignore)"
+            )
+    return mask
+
+
+def _mask_values(values: np.ndarray) -> np.ndarray:
+    """Object pixels of (part of) a checked mask: 1 (bool True) -> True, else False."""
+    return values if values.dtype == np.bool_ else values == 1
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,30 +159,43 @@ def _flat_columns(out_size: int, in_size: int, align_corners: bool, values_per_p
     return flat
 
 
-def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool = False
+def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
+                    values: Callable[[np.ndarray], np.ndarray] | None = None
                     ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (start_row, stop_row, float32 rows) of the bilinear resize, chunk by chunk.
 
     Rows first (gathering only the input rows the output samples, so the float copy is
-    of output height), then columns, with HxWxC flattened to H x (W*C) so each step is one
-    contiguous gather and an in-place lerp.
+    of output height), then columns. An input at most as wide as the output is seen as
+    H x (W*C) so each step is one contiguous gather and an in-place lerp; a wider input is
+    gathered at the sampled (row, column) pairs only, so no temporary is ever larger than
+    an output chunk. ``values`` maps gathered raw values before the float conversion (a
+    mask's 0/1/255 -> object or not).
     """
     height, width = int(size[0]), int(size[1])
     trailing = array.shape[2:]
     per_pixel = int(np.prod(trailing, dtype=np.int64))
-    values_per_row = array.shape[1] * per_pixel
     rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
+    chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
+
+    def as_float(gathered: np.ndarray) -> np.ndarray:
+        if values is not None:
+            gathered = values(gathered)
+        return gathered.astype(np.float32, copy=False)
+
+    if array.shape[1] > width:
+        yield from _wide_chunks(array, width, rows_low, rows_high, rows_weight, chunk_rows,
+                                align_corners, as_float)
+        return
+    values_per_row = array.shape[1] * per_pixel
     cols_low, cols_high, cols_weight = _flat_columns(width, array.shape[1], align_corners,
                                                      per_pixel)
-    chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
     for start in range(0, height, chunk_rows):
         stop = min(start + chunk_rows, height)
         # Gathering rows copies them (a view's too) into contiguous [n, W, *C] arrays,
         # which then reshape to [n, W*C] without a copy; the input itself is never copied.
-        rows = array[rows_low[start:stop]].reshape(-1, values_per_row).astype(
-            np.float32, copy=False)
-        below = array[rows_high[start:stop]].reshape(-1, values_per_row).astype(
-            np.float32, copy=False)
+        # The input is no wider than the output here, so they are at most a chunk.
+        rows = as_float(array[rows_low[start:stop]]).reshape(-1, values_per_row)
+        below = as_float(array[rows_high[start:stop]]).reshape(-1, values_per_row)
         below -= rows
         below *= rows_weight[start:stop, None]
         rows += below
@@ -172,15 +206,44 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
         yield start, stop, left.reshape(stop - start, width, *trailing)
 
 
+def _wide_chunks(array: np.ndarray, width: int, rows_low: np.ndarray, rows_high: np.ndarray,
+                 rows_weight: np.ndarray, chunk_rows: int, align_corners: bool,
+                 as_float: Callable[[np.ndarray], np.ndarray]
+                 ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``_resized_chunks`` for an input wider than the output: gather the four corners of
+    each output pixel directly (output-sized), then the same lerps in the same order."""
+    cols_low, cols_high, cols_weight = _source_coordinates(width, array.shape[1], align_corners)
+    cols_weight = cols_weight.reshape(-1, *([1] * (array.ndim - 2)))
+    for start in range(0, len(rows_low), chunk_rows):
+        stop = min(start + chunk_rows, len(rows_low))
+        low, high = rows_low[start:stop, None], rows_high[start:stop, None]
+        weight = rows_weight[start:stop].reshape(-1, 1, *([1] * (array.ndim - 2)))
+        sides = []
+        for cols in (cols_low, cols_high):
+            rows = as_float(array[low, cols])
+            below = as_float(array[high, cols])
+            below -= rows
+            below *= weight
+            rows += below
+            sides.append(rows)
+        left, right = sides
+        right -= left
+        right *= cols_weight
+        left += right
+        yield start, stop, left
+
+
 def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
-                    out: np.ndarray | None = None) -> np.ndarray:
+                    out: np.ndarray | None = None,
+                    values: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Bilinear resize of HxW or HxWxC to ``size`` (h, w), as torch's F.interpolate.
 
-    Works in row chunks; returns float32 (or writes into ``out``).
+    Works in row chunks; returns float32 (or writes into ``out``). ``values`` maps the
+    gathered input values before they are converted to float (e.g. a mask's ``== 1``).
     """
     if out is None:
         out = np.empty((int(size[0]), int(size[1]), *array.shape[2:]), dtype=np.float32)
-    for start, stop, rows in _resized_chunks(array, size, align_corners):
+    for start, stop, rows in _resized_chunks(array, size, align_corners, values):
         out[start:stop] = rows
     return out
 
@@ -205,8 +268,8 @@ def preprocess_image(image: np.ndarray, input_size: Sequence[int], mean: Sequenc
 def preprocess_mask(mask: np.ndarray, input_size: Sequence[int], feature_size: Sequence[int],
                     image_shape: Sequence[int] | None = None, what: str = "mask") -> np.ndarray:
     """HxW mask -> [1,1,h,w] float32 at the feature size (as the model's ``resize_mask``)."""
-    binary = as_binary_mask(mask, image_shape, what)
-    at_input = resize_bilinear(binary, input_size)
+    checked = checked_mask(mask, image_shape, what)
+    at_input = resize_bilinear(checked, input_size, values=_mask_values)
     at_feature = resize_bilinear(at_input, feature_size, align_corners=True)
     return at_feature[None, None]
 
@@ -215,8 +278,8 @@ def mask_at_input_size(mask: np.ndarray, input_size: Sequence[int],
                        image_shape: Sequence[int] | None = None, what: str = "mask"
                        ) -> np.ndarray:
     """HxW mask -> [1,1,H,W] float32 at the network's input size (for the torch forward)."""
-    binary = as_binary_mask(mask, image_shape, what)
-    return resize_bilinear(binary, input_size)[None, None]
+    checked = checked_mask(mask, image_shape, what)
+    return resize_bilinear(checked, input_size, values=_mask_values)[None, None]
 
 
 def foreground_probability(logits: np.ndarray) -> np.ndarray:
