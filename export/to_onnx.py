@@ -16,12 +16,11 @@ for inspection, and ``DIR`` itself is left as it was.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import sys
-import tempfile
 import time
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,18 @@ import numpy as np
 
 from models.config import preset
 from models.provenance import training_fold
-from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle
+from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, is_bundle
 from runtime.errors import CrnetError
-from runtime.files import sha256_file, write_json_atomic
+from runtime.files import (
+    clean_stale_directories,
+    current_umask,
+    exchange_paths,
+    make_owned_directory,
+    pid_alive,
+    replace_durably,
+    sha256_file,
+    write_json_atomic,
+)
 from runtime.layout import LINT_REPORT, PARITY_REPORT
 
 DEFAULT_OUT = Path("bundle")
@@ -131,13 +139,22 @@ def _versions() -> dict[str, str]:
 
 
 def _check_destination(out_dir: Path, force: bool) -> None:
+    """Refuse an --out that is a file, a non-empty directory without --force, or (even with
+    --force) a non-empty directory that is not a bundle: --force only replaces a bundle."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"output path {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(
-            f"output directory {out_dir} is not empty; pass --force (force=True) to replace "
-            "it, or choose another --out"
-        )
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not is_bundle(out_dir):
+            raise ExportError(
+                f"output directory {out_dir} is not empty and is not a crnet bundle (no "
+                f"{MANIFEST} of format {FORMAT}); --force only replaces a bundle, so remove "
+                "it yourself or choose another --out"
+            )
+        if not force:
+            raise ExportError(
+                f"output directory {out_dir} already holds a bundle; pass --force "
+                "(force=True) to replace it, or choose another --out"
+            )
 
 
 def _load_source(checkpoint: str | Path | None) -> tuple[Any, dict[str, Any], Path, Path]:
@@ -158,24 +175,73 @@ def _load_source(checkpoint: str | Path | None) -> tuple[Any, dict[str, Any], Pa
 
 
 def _publishable(directory: Path) -> None:
-    """Give the bundle ordinary permissions (mkdtemp/mkstemp create owner-only ones)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """Give the bundle ordinary permissions (mkdtemp/mkstemp create owner-only ones); the
+    umask is read, never set (runtime.files.current_umask)."""
+    umask = current_umask()
     directory.chmod(0o777 & ~umask)
     for path in directory.iterdir():
         path.chmod(0o666 & ~umask)
 
 
+def _temporary_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}."
+
+
+def clean_leftovers(out_dir: Path) -> list[Path]:
+    """Remove temporary and retired directories of killed exports to ``out_dir`` (only
+    ``.NAME.<pid>-*.export-tmp`` / ``.NAME.old-<pid>-*`` of processes that no longer run,
+    owned by this user). A retired bundle is put back first when ``out_dir`` is missing
+    (an export killed between the two renames of a replace, where no swap exists)."""
+    parent = out_dir.parent
+    if not out_dir.exists():
+        retired_prefix = f"{_temporary_prefix(out_dir)}old-"
+        for entry in sorted(parent.glob(f"{glob.escape(retired_prefix)}*"),
+                            key=lambda path: path.stat().st_mtime, reverse=True):
+            pid = entry.name[len(retired_prefix):].partition("-")[0]
+            if pid.isdigit() and not pid_alive(int(pid)) and is_bundle(entry):
+                os.replace(entry, out_dir)
+                break
+    removed = clean_stale_directories(parent, _temporary_prefix(out_dir), ".export-tmp")
+    removed += clean_stale_directories(parent, f"{_temporary_prefix(out_dir)}old-")
+    return removed
+
+
 def _install(temporary: Path, out_dir: Path) -> None:
-    """Rename the finished temporary directory onto ``out_dir`` (replacing it if present)."""
+    """Put the finished temporary directory at ``out_dir``, replacing a bundle there.
+
+    A replace is one atomic swap (Linux renameat2 RENAME_EXCHANGE): ``out_dir`` always
+    holds a complete bundle, old or new. Where the swap is unavailable, the old bundle is
+    renamed aside and the new one renamed in; a crash between the two leaves the old one as
+    ``.NAME.old-<pid>-*``, which the next export to ``out_dir`` puts back or removes.
+    """
     _publishable(temporary)
-    if out_dir.exists():
-        retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, retired)
-        os.replace(temporary, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(temporary, out_dir)
+    if not out_dir.exists():
+        replace_durably(temporary, out_dir)
+        return
+    if exchange_paths(temporary, out_dir):
+        shutil.rmtree(temporary, ignore_errors=True)  # now holds the old bundle
+        return
+    retired = make_owned_directory(out_dir.parent, f"{_temporary_prefix(out_dir)}old-")
+    retired.rmdir()  # only its name is wanted: os.replace needs a free target
+    replace_durably(out_dir, retired)
+    try:
+        replace_durably(temporary, out_dir)
+    except BaseException:
+        os.replace(retired, out_dir)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _remove_failed(failed: Path, missing_ok: bool = False) -> None:
+    """Remove an earlier export's ``DIR.failed`` — only if it is a bundle (never a user's
+    directory that happens to have that name)."""
+    if not failed.exists():
+        return
+    if is_bundle(failed):
+        shutil.rmtree(failed, ignore_errors=True)
+    elif not missing_ok:
+        raise ExportError(f"{failed} exists and is not a failed export's bundle; move it away "
+                          "so a failed export can be left there for inspection")
 
 
 def failed_dir(out_dir: str | Path) -> Path:
@@ -223,8 +289,8 @@ def export_bundle(
     model.eval()
     config = model.config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".export-tmp",
-                                      dir=out_dir.parent))
+    clean_leftovers(out_dir)
+    temporary = make_owned_directory(out_dir.parent, _temporary_prefix(out_dir), ".export-tmp")
     try:
         bundle_weights, bundle_meta = checkpoint_paths(temporary / BUNDLE_CHECKPOINT)
         if weights is None:
@@ -282,7 +348,7 @@ def export_bundle(
             write_json_atomic(temporary / PARITY_REPORT, parity.to_dict())
             write_json_atomic(temporary / LINT_REPORT, lint.to_dict())
             failed = failed_dir(out_dir)
-            shutil.rmtree(failed, ignore_errors=True)
+            _remove_failed(failed)
             _publishable(temporary)
             os.replace(temporary, failed)
             if not parity.passed:
@@ -290,7 +356,7 @@ def export_bundle(
             raise ExportError(f"TensorRT lint found errors (bundle left in {failed}):\n"
                               + format_table(lint.errors))
         _install(temporary, out_dir)
-        shutil.rmtree(failed_dir(out_dir), ignore_errors=True)  # stale report of an old run
+        _remove_failed(failed_dir(out_dir), missing_ok=True)  # stale report of an old run
         return manifest
     finally:
         if temporary.exists():
@@ -311,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="export an untrained model of --preset (tests, CI)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"bundle directory (default: {DEFAULT_OUT}/)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the bundle at --out (only a bundle: any other "
+                             "non-empty directory is refused)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--episodes", type=int, default=PARITY_EPISODES,
                         help="synthetic-5i episodes for the parity check")

@@ -39,14 +39,18 @@ def sha256_regular_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20)
         descriptor = os.open(path, flags)
     except IsADirectoryError:
         raise ValueError("is a directory, expected a regular file") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
+    try:
+        mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
             raise ValueError(f"is not a regular file (mode {stat.filemode(mode)}); only "
                              "regular files are read")
         if hasattr(os, "set_blocking"):
-            os.set_blocking(handle.fileno(), True)
-        digest = hashlib.sha256()
+            os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    digest = hashlib.sha256()
+    with os.fdopen(descriptor, "rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
@@ -230,3 +234,101 @@ def _unlock(handle: Any) -> None:
     import fcntl
 
     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return True  # cannot tell: assume alive, never remove
+    return True
+
+
+def clean_stale_directories(parent: str | os.PathLike[str], prefix: str, suffix: str = "",
+                            *, legacy_age_s: float = 86400.0) -> list[Path]:
+    """Remove leftover temporary directories of killed runs; return what was removed.
+
+    Only directories in ``parent`` named ``{prefix}{pid}-{random}{suffix}`` (as
+    ``scratch_directory`` and the export name them), owned by this user, whose ``pid`` no
+    longer runs, are removed; a name without a pid (older versions) only when it was
+    last modified more than ``legacy_age_s`` ago. Nothing else is touched.
+    """
+    import shutil
+
+    removed: list[Path] = []
+    parent = Path(parent)
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(suffix)) or \
+                len(name) <= len(prefix) + len(suffix):
+            continue
+        middle = name[len(prefix):len(name) - len(suffix) if suffix else None]
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and
+                                              info.st_uid != os.getuid()):
+            continue
+        pid_text, dash, _ = middle.partition("-")
+        if dash and pid_text.isdigit():
+            stale = not pid_alive(int(pid_text))
+        else:
+            stale = time.time() - info.st_mtime > legacy_age_s
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def make_owned_directory(parent: str | os.PathLike[str], prefix: str, suffix: str = "") -> Path:
+    """mkdtemp named ``{prefix}{pid}-{random}{suffix}`` so a later run can tell whether its
+    creator still runs (``clean_stale_directories``)."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=suffix, dir=parent))
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str) -> Iterator[Path]:
+    """A temporary directory in the system temp dir, removed afterwards; leftovers of
+    killed runs with the same prefix are cleaned first (only dead-pid ones)."""
+    import shutil
+
+    parent = Path(tempfile.gettempdir())
+    clean_stale_directories(parent, prefix)
+    directory = make_owned_directory(parent, prefix)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def exchange_paths(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where
+    the platform or file system cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second),
+                       rename_exchange)
+    if result != 0:
+        return False
+    _fsync_directory(Path(second).parent)
+    return True
