@@ -157,7 +157,8 @@ def _check_destination(out_dir: Path, force: bool) -> None:
             )
 
 
-def _load_source(checkpoint: str | Path | None) -> tuple[Any, dict[str, Any], Path, Path]:
+def _load_source(checkpoint: str | Path | None, allow_unverified: bool = False
+                 ) -> tuple[Any, dict[str, Any], Path, Path]:
     """Model, checkpoint info, and the weights/metadata files to copy into the bundle."""
     from models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_paths, load_checkpoint
 
@@ -168,9 +169,9 @@ def _load_source(checkpoint: str | Path | None) -> tuple[Any, dict[str, Any], Pa
             "training, `crnet train`); pass --checkpoint PATH for another one, or "
             "--preset NAME --random-weights to export an untrained model"
         )
-    model, info = load_checkpoint(weights)
+    model, info = load_checkpoint(weights, allow_unverified=allow_unverified)
     source = {"name": weights.name, "sha256": info.sha256, "training": info.training,
-              "preprocessing": info.preprocessing}
+              "preprocessing": info.preprocessing, "verified": info.verified}
     return model, source, weights, meta
 
 
@@ -261,12 +262,15 @@ def export_bundle(
     parity_fold: int | None = None,
     parity_seed: int = 0,
     progress: bool = True,
+    allow_unverified_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint (the bundled one by default) or an in-memory ``model`` to a bundle.
 
     Checks the graphs (ONNX checker, strict shape inference, ORT at every N and K), runs
     parity against PyTorch on ``parity_episodes`` synthetic-5i episodes and the TensorRT
     lint, writes the manifest, and installs the bundle atomically. Returns the manifest.
+    A checkpoint whose sidecar records no sha256 is refused unless
+    ``allow_unverified_checkpoint``; the manifest's ``source_checkpoint.verified`` says so.
     Raises ExportError (ParityError for a parity failure) or CheckpointError.
     """
     from export.graphs import export_graphs
@@ -281,11 +285,12 @@ def export_bundle(
     out_dir = Path(out_dir)
     _check_destination(out_dir, force)
     if model is None:
-        model, source, weights, meta = _load_source(checkpoint)
+        model, source, weights, meta = _load_source(checkpoint, allow_unverified_checkpoint)
     else:
         weights = meta = None
         source = {"name": f"random-weights:{model.config.name}", "sha256": None,
-                  "training": {}, "preprocessing": preprocessing_of(model.config)}
+                  "training": {}, "preprocessing": preprocessing_of(model.config),
+                  "verified": True}  # hashed here, from memory
     model.eval()
     config = model.config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +334,8 @@ def export_bundle(
                         "refine_steps_unrolled": config.refine_steps},
             }},
             "checkpoint": {"weights": bundle_weights.name, "metadata": bundle_meta.name},
-            "source_checkpoint": {"name": source["name"], "sha256": source["sha256"]},
+            "source_checkpoint": {"name": source["name"], "sha256": source["sha256"],
+                                  "verified": source["verified"]},
             "versions": _versions(),
             "dynamic_axes_check": dynamic_check,
         }
@@ -380,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="replace the bundle at --out (only a bundle: any other "
                              "non-empty directory is refused)")
+    parser.add_argument("--allow-unverified-checkpoint", action="store_true",
+                        help="load a checkpoint whose .json records no sha256 (its weights "
+                             "cannot be verified); recorded in the manifest as "
+                             "source_checkpoint.verified = false")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--episodes", type=int, default=PARITY_EPISODES,
                         help="synthetic-5i episodes for the parity check")
@@ -407,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export_bundle(
             args.out, args.checkpoint, model=model, force=args.force, opset=args.opset,
             parity_episodes=args.episodes, parity_fold=args.fold, parity_seed=args.seed,
-            progress=not args.no_progress)
+            progress=not args.no_progress,
+            allow_unverified_checkpoint=args.allow_unverified_checkpoint)
     except ParityError as error:
         print(f"crnet export: parity FAILED\n{error}", file=sys.stderr)
         return 1
