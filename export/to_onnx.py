@@ -45,6 +45,7 @@ from runtime.layout import LINT_REPORT, PARITY_REPORT
 
 DEFAULT_OUT = Path("bundle")
 DEFAULT_OPSET = 18  # export.graphs has the same default; kept here so --help needs no torch
+MIN_OPSET = 18  # torch's dynamo exporter writes 18 at least (lower requests came out as 18)
 BUNDLE_CHECKPOINT = "checkpoint"  # -> checkpoint.safetensors + checkpoint.json in the bundle
 PARITY_EPISODES = 64
 BATCH_AXIS, SHOTS_AXIS = "batch", "shots"  # as export.graphs names the dynamic axes
@@ -136,6 +137,26 @@ def _versions() -> dict[str, str]:
         ours = "unknown"
     return {"torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "crnet-deploy": ours}
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write (it would silently write another one)."""
+    import onnx
+
+    highest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or \
+            not MIN_OPSET <= opset <= highest:
+        raise ExportError(f"opset {opset!r} is not supported: the exporter writes opsets "
+                          f"{MIN_OPSET}..{highest} (installed onnx); default {DEFAULT_OPSET}")
+
+
+def graph_opset(path: Path) -> int | None:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import
+                 if entry.domain in ("", "ai.onnx")), None)
 
 
 def _check_destination(out_dir: Path, force: bool) -> None:
@@ -283,6 +304,7 @@ def export_bundle(
         raise ExportError("pass either a checkpoint or a model, not both")
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_opset(opset)
     _check_destination(out_dir, force)
     if model is None:
         model, source, weights, meta = _load_source(checkpoint, allow_unverified_checkpoint)
@@ -308,6 +330,10 @@ def export_bundle(
                 raise ExportError(f"copy of {weights} into the bundle does not match its hash")
 
         paths = export_graphs(model, temporary, opset)
+        written = {graph: graph_opset(path) for graph, path in paths.items()}
+        if any(version != opset for version in written.values()):
+            raise ExportError(f"opset {opset} was requested but the exporter wrote {written}; "
+                              f"use --opset {DEFAULT_OPSET}")
         graphs = {"backbone": validate_graph(paths["backbone"], BATCH_AXIS),
                   "refine": validate_graph(paths["refine"], SHOTS_AXIS)}
         dynamic_check = verify_dynamic_axes(paths, model, config.max_shots)
@@ -390,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="load a checkpoint whose .json records no sha256 (its weights "
                              "cannot be verified); recorded in the manifest as "
                              "source_checkpoint.verified = false")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset of the graphs ({MIN_OPSET} or newer; default "
+                             f"{DEFAULT_OPSET})")
     parser.add_argument("--episodes", type=int, default=PARITY_EPISODES,
                         help="synthetic-5i episodes for the parity check")
     parser.add_argument("--fold", type=int, default=None,
@@ -402,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--preset and --random-weights go together")
     if args.random_weights and args.checkpoint is not None:
         parser.error("--checkpoint and --random-weights exclude each other")
+    try:
+        check_opset(args.opset)
+    except ExportError as error:
+        parser.error(str(error))
 
     from export.parity import ParityError
 
