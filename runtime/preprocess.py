@@ -21,6 +21,7 @@ views, and masks are checked and binarised chunk by chunk, never copied at full 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ THRESHOLD = 0.5
 MAX_PIXELS = 100_000_000  # 10k x 10k; larger images are refused rather than risk memory
 MIN_SIDE = 8
 _CHUNK_VALUES = 1 << 20  # float32 values per output chunk (4 MB per temporary)
+_CACHED_SIZE = 1 << 16  # axes up to this many output positions keep cached coordinates
 
 
 class InputError(CrnetError, ValueError):
@@ -106,9 +108,11 @@ def checked_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
         raise InputError(
             f"{what} has dtype {mask.dtype}; expected bool or uint8 0/1 (255 = ignore)"
         )
-    rows = max(1, _CHUNK_VALUES // max(mask.shape[1], 1))
-    for start in range(0, mask.shape[0], rows):
-        chunk = mask[start:start + rows]
+    columns = min(mask.shape[1], _CHUNK_VALUES)
+    rows = max(1, _CHUNK_VALUES // max(columns, 1))
+    for start, column in itertools.product(range(0, mask.shape[0], rows),
+                                           range(0, mask.shape[1], columns)):
+        chunk = mask[start:start + rows, column:column + columns]
         bad = chunk[(chunk != 0) & (chunk != 1) & (chunk != 255)]
         if bad.size:
             values = np.unique(bad[:1024])
@@ -124,24 +128,42 @@ def _mask_values(values: np.ndarray) -> np.ndarray:
     return values if values.dtype == np.bool_ else values == 1
 
 
-@functools.lru_cache(maxsize=64)
-def _source_coordinates(out_size: int, in_size: int, align_corners: bool
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and weight of the upper one, per output position (cached:
-    a video's frames all share one geometry; the arrays are read-only)."""
+def _coordinates(out_size: int, in_size: int, align_corners: bool, start: int, stop: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower index, upper index and weight of the upper one, for output positions
+    ``start..stop`` (the same arithmetic per position whatever the range)."""
     if align_corners:
         scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        position = np.arange(out_size, dtype=np.float64) * scale
+        position = np.arange(start, stop, dtype=np.float64) * scale
     else:
         scale = in_size / out_size
-        position = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+        position = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
         position = np.clip(position, 0.0, None)
     lower = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
     upper = np.minimum(lower + 1, in_size - 1)
     weight = (position - lower).astype(np.float32)
-    for array in (lower, upper, weight):
-        array.flags.writeable = False
     return lower, upper, weight
+
+
+@functools.lru_cache(maxsize=64)
+def _source_coordinates(out_size: int, in_size: int, align_corners: bool
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_coordinates`` of every output position, cached (a video's frames all share one
+    geometry; the arrays are read-only). Only for sizes up to _CACHED_SIZE."""
+    coordinates = _coordinates(out_size, in_size, align_corners, 0, out_size)
+    for array in coordinates:
+        array.flags.writeable = False
+    return coordinates
+
+
+def _coordinates_of(out_size: int, in_size: int, align_corners: bool, start: int, stop: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinates of ``start..stop``: sliced from the cache for ordinary sizes, computed
+    for the range alone for huge ones (so they cost a chunk, not the whole axis)."""
+    if out_size <= _CACHED_SIZE:
+        lower, upper, weight = _source_coordinates(out_size, in_size, align_corners)
+        return lower[start:stop], upper[start:stop], weight[start:stop]
+    return _coordinates(out_size, in_size, align_corners, start, stop)
 
 
 @functools.lru_cache(maxsize=64)
@@ -161,33 +183,36 @@ def _flat_columns(out_size: int, in_size: int, align_corners: bool, values_per_p
 
 def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
                     values: Callable[[np.ndarray], np.ndarray] | None = None
-                    ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (start_row, stop_row, float32 rows) of the bilinear resize, chunk by chunk.
+                    ) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """Yield (rows, columns, float32 block) of the bilinear resize, block by block.
 
-    Rows first (gathering only the input rows the output samples, so the float copy is
-    of output height), then columns. An input at most as wide as the output is seen as
-    H x (W*C) so each step is one contiguous gather and an in-place lerp; a wider input is
-    gathered at the sampled (row, column) pairs only, so no temporary is ever larger than
-    an output chunk. ``values`` maps gathered raw values before the float conversion (a
-    mask's 0/1/255 -> object or not).
+    Rows first (gathering only the input rows the output samples), then columns. A narrow
+    input (no wider than the output, a row of at most a chunk) is seen as H x (W*C) so each
+    step is one contiguous gather and an in-place lerp over whole output rows. Any other
+    input is gathered at the sampled (row, column) pairs only, in blocks of whole rows, or
+    of column ranges where one output row exceeds a chunk. Either way no temporary is
+    larger than about a chunk (plus the coordinates of one block), whatever the input's
+    shape. ``values`` maps gathered raw values before the float conversion (a mask's
+    0/1/255 -> object or not).
     """
     height, width = int(size[0]), int(size[1])
     trailing = array.shape[2:]
     per_pixel = int(np.prod(trailing, dtype=np.int64))
-    rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
-    chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
+    in_height, in_width = array.shape[0], array.shape[1]
 
     def as_float(gathered: np.ndarray) -> np.ndarray:
         if values is not None:
             gathered = values(gathered)
         return gathered.astype(np.float32, copy=False)
 
-    if array.shape[1] > width:
-        yield from _wide_chunks(array, width, rows_low, rows_high, rows_weight, chunk_rows,
-                                align_corners, as_float)
+    if in_width > width or in_width * per_pixel > _CHUNK_VALUES or \
+            width * per_pixel > _CHUNK_VALUES or height > _CACHED_SIZE:
+        yield from _gathered_blocks(array, height, width, align_corners, as_float)
         return
-    values_per_row = array.shape[1] * per_pixel
-    cols_low, cols_high, cols_weight = _flat_columns(width, array.shape[1], align_corners,
+    values_per_row = in_width * per_pixel
+    chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
+    rows_low, rows_high, rows_weight = _source_coordinates(height, in_height, align_corners)
+    cols_low, cols_high, cols_weight = _flat_columns(width, in_width, align_corners,
                                                      per_pixel)
     for start in range(0, height, chunk_rows):
         stop = min(start + chunk_rows, height)
@@ -203,34 +228,43 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
         right -= left
         right *= cols_weight
         left += right
-        yield start, stop, left.reshape(stop - start, width, *trailing)
+        yield slice(start, stop), slice(0, width), left.reshape(stop - start, width, *trailing)
 
 
-def _wide_chunks(array: np.ndarray, width: int, rows_low: np.ndarray, rows_high: np.ndarray,
-                 rows_weight: np.ndarray, chunk_rows: int, align_corners: bool,
-                 as_float: Callable[[np.ndarray], np.ndarray]
-                 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``_resized_chunks`` for an input wider than the output: gather the four corners of
-    each output pixel directly (output-sized), then the same lerps in the same order."""
-    cols_low, cols_high, cols_weight = _source_coordinates(width, array.shape[1], align_corners)
-    cols_weight = cols_weight.reshape(-1, *([1] * (array.ndim - 2)))
-    for start in range(0, len(rows_low), chunk_rows):
-        stop = min(start + chunk_rows, len(rows_low))
-        low, high = rows_low[start:stop, None], rows_high[start:stop, None]
-        weight = rows_weight[start:stop].reshape(-1, 1, *([1] * (array.ndim - 2)))
-        sides = []
-        for cols in (cols_low, cols_high):
-            rows = as_float(array[low, cols])
-            below = as_float(array[high, cols])
-            below -= rows
-            below *= weight
-            rows += below
-            sides.append(rows)
-        left, right = sides
-        right -= left
-        right *= cols_weight
-        left += right
-        yield start, stop, left
+def _gathered_blocks(array: np.ndarray, height: int, width: int, align_corners: bool,
+                     as_float: Callable[[np.ndarray], np.ndarray]
+                     ) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """``_resized_chunks`` for any input: gather the four corners of each output pixel of a
+    block directly (block-sized), then the same lerps in the same order."""
+    trailing = array.shape[2:]
+    per_pixel = int(np.prod(trailing, dtype=np.int64))
+    block_width = min(width, max(1, _CHUNK_VALUES // per_pixel))
+    block_rows = max(1, _CHUNK_VALUES // (block_width * per_pixel))
+    broadcast = (1,) * len(trailing)
+    for col_start in range(0, width, block_width):
+        col_stop = min(col_start + block_width, width)
+        cols_low, cols_high, cols_weight = _coordinates_of(width, array.shape[1], align_corners,
+                                                           col_start, col_stop)
+        cols_weight = cols_weight.reshape(-1, *broadcast)
+        for start in range(0, height, block_rows):
+            stop = min(start + block_rows, height)
+            rows_low, rows_high, rows_weight = _coordinates_of(height, array.shape[0],
+                                                               align_corners, start, stop)
+            low, high = rows_low[:, None], rows_high[:, None]
+            weight = rows_weight.reshape(-1, 1, *broadcast)
+            sides = []
+            for cols in (cols_low, cols_high):
+                rows = as_float(array[low, cols])
+                below = as_float(array[high, cols])
+                below -= rows
+                below *= weight
+                rows += below
+                sides.append(rows)
+            left, right = sides
+            right -= left
+            right *= cols_weight
+            left += right
+            yield slice(start, stop), slice(col_start, col_stop), left
 
 
 def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
@@ -243,8 +277,8 @@ def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool 
     """
     if out is None:
         out = np.empty((int(size[0]), int(size[1]), *array.shape[2:]), dtype=np.float32)
-    for start, stop, rows in _resized_chunks(array, size, align_corners, values):
-        out[start:stop] = rows
+    for rows, columns, block in _resized_chunks(array, size, align_corners, values):
+        out[rows, columns] = block
     return out
 
 
@@ -305,8 +339,8 @@ def probability_to_mask(probability: np.ndarray, image_shape: Sequence[int],
     ``probability_to_image(probability, image_shape) > threshold``.
     """
     out = np.empty((int(image_shape[0]), int(image_shape[1])), dtype=np.bool_)
-    for start, stop, rows in _resized_chunks(probability, image_shape[:2]):
-        np.greater(rows, threshold, out=out[start:stop])
+    for rows, columns, block in _resized_chunks(probability, image_shape[:2]):
+        np.greater(block, threshold, out=out[rows, columns])
     return out
 
 

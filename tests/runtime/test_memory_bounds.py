@@ -55,19 +55,25 @@ SCRIPT = textwrap.dedent("""
     elif case == "tall":
         data = np.full((width, height, 3), 7, np.uint8)
         call = lambda: p.preprocess_image(data, (193, 193), mean, std)
+    elif case == "wide-output":  # post-processing: the mask itself is output-sized
+        logits = np.random.default_rng(0).standard_normal((2, 25, 25)).astype(np.float32)
+        headroom += 8 * 4_000_000
+        call = lambda: p.mask_from_logits(logits, (8, 4_000_000))
     else:
         raise SystemExit("unknown case " + case)
     limit = vm_bytes() + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     out = call()
-    assert np.isfinite(out).all()
+    assert out.dtype == np.bool_ or np.isfinite(out).all()
     print("ok", out.shape)
 """)
 
 
-@pytest.mark.parametrize("case", ["rgb", "gray", "rgba", "mask", "bool-mask", "tall"])
+@pytest.mark.parametrize("case", ["rgb", "gray", "rgba", "mask", "bool-mask", "tall",
+                                  "wide-output"])
 def test_wide_input_preprocesses_within_an_address_space_limit(case: str) -> None:
-    """An 8x2,000,000 input (16 MP, within MAX_PIXELS) needs a few MB beyond itself."""
+    """An 8x2,000,000 input (16 MP, within MAX_PIXELS) needs a few MB beyond itself; a
+    mask produced at 8x4,000,000 needs a few MB beyond the mask."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", SCRIPT, case, str(HEADROOM_MB)],
