@@ -216,3 +216,17 @@ def test_a_held_lock_gives_a_clear_error(bundle_copy: Path) -> None:
     assert f"pid {os.getpid()}" in str(failure[0])
     with manifest_lock(bundle_copy):  # released: free again
         pass
+
+
+def test_tensorrt_engine_files_must_be_listed(bundle_copy: Path) -> None:
+    """The tensorrt backend loads plans and their json: unlisted ones are refused (this
+    runs before TensorRT is imported, so it needs none)."""
+    from runtime.backends.tensorrt_backend import TensorRTBackend
+
+    engines = bundle_copy / "engines"
+    engines.mkdir(exist_ok=True)
+    for graph in ("backbone", "refine"):
+        (engines / f"{graph}.fp32.plan").write_bytes(b"plan")
+        (engines / f"{graph}.fp32.json").write_text("{}")
+    with pytest.raises(BundleError, match="not listed"):
+        TensorRTBackend(Bundle.load(bundle_copy), "fp32")
