@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -43,7 +42,7 @@ import numpy as np
 from models.provenance import training_fold
 from runtime.bundle import GRAPHS, Bundle, BundleError, graph_file, update_manifest
 from runtime.errors import CrnetError
-from runtime.files import write_bytes_atomic
+from runtime.files import scratch_directory, write_bytes_atomic
 from runtime.layout import RANGES_FILE, trt_calibration_cache
 
 # fp16: ops kept in fp32. Measured by casting one op type at a time on crnet-lite fold 0
@@ -274,7 +273,7 @@ def calibrate_graph(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], me
     options: dict[str, Any] = {"symmetric": True}
     if method == "percentile":
         options["percentile"] = PERCENTILE
-    with tempfile.TemporaryDirectory(prefix="crnet-calibrate-") as scratch, _quiet():
+    with scratch_directory("crnet-calibrate-") as scratch, _quiet():
         calibrator = create_calibrator(
             model_path, list(op_types),
             augmented_model_path=str(Path(scratch) / "augmented.onnx"),
@@ -340,7 +339,7 @@ def quantize_graph(model_path: Path, ranges: dict[str, tuple[float, float]],
     tensors = TensorsData(CalibrationMethod.MinMax, {
         name: (np.array(lo, np.float32), np.array(hi, np.float32))
         for name, (lo, hi) in ranges.items()})
-    with tempfile.TemporaryDirectory(prefix="crnet-quantize-") as scratch, _quiet():
+    with scratch_directory("crnet-quantize-") as scratch, _quiet():
         cache = Path(scratch) / "ranges.json"
         out = Path(scratch) / "quantized.onnx"
         save_tensors_data(tensors, cache)
@@ -454,7 +453,7 @@ def quantize_int8(
         raise QuantizeError(f"--calibration-episodes must be >= 1, got {calibration_episodes}")
     if calibration_method is not None:
         _calibration_method(calibration_method)
-    with tempfile.TemporaryDirectory(prefix="crnet-int8-") as scratch:
+    with scratch_directory("crnet-int8-") as scratch:
         preprocessed = {graph: preprocess_for_quantization(
             bundle.graph_path(graph, "fp32"), Path(scratch) / f"{graph}.pre.onnx")
             for graph in GRAPHS}
@@ -571,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fp16: base-class episodes to measure the variant on (0: skip)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    _check_arguments(parser, args)
     progress = not args.no_progress
     try:
         if args.precision == "fp16":
@@ -593,6 +593,25 @@ def main(argv: list[str] | None = None) -> int:
     how = manifest["variants"][args.precision]["how"]
     print(summary(args.bundle, args.precision, how))
     return 0
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values that would be accepted silently: unknown op types, negative counts."""
+    import onnx
+
+    unknown = [op.strip() for op in args.keep_fp32_ops.split(",")
+               if op.strip() and not onnx.defs.has(op.strip())]
+    if unknown:
+        parser.error(f"--keep-fp32-ops: {unknown} are not ONNX operator types (e.g. "
+                     f"{','.join(FP16_KEEP_FP32_OPS)})")
+    for flag, value, low in (("--check-episodes", args.check_episodes, 0),
+                             ("--calibration-episodes", args.calibration_episodes, 1),
+                             ("--calibration-shots", args.calibration_shots, 1),
+                             ("--sensitivity-episodes", args.sensitivity_episodes, 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+    if args.target_delta < 0:
+        parser.error(f"--target-delta must be >= 0, got {args.target_delta}")
 
 
 def summary(bundle_dir: Path, precision: str, how: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 
 from crnet.evaluate import BACKENDS
 from runtime.errors import UsageError
-from runtime.files import write_json_atomic
+from runtime.files import check_writable_file, write_json_atomic
 from runtime.layout import PRECISIONS
 
 SOAK_DEFAULT = 5000
@@ -438,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
+    if args.json is not None:
+        check_writable_file(args.json, "--json")  # before the run, not after it
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
     if args.soak < 0:

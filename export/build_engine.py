@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI over build_engine / build_bundle / the ORT CPU build; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.ort_threads is not None and args.ort_threads < 1:
+        parser.error(f"--ort-threads must be at least 1, got {args.ort_threads} (leave it out "
+                     "for ONNX Runtime's default)")
     bundle_dir = args.bundle or args.bundle_positional
     if args.bundle and args.bundle_positional:
         parser.error("give the bundle once (--bundle DIR or DIR)")

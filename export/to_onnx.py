@@ -16,12 +16,11 @@ for inspection, and ``DIR`` itself is left as it was.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import sys
-import tempfile
 import time
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,23 @@ import numpy as np
 
 from models.config import preset
 from models.provenance import training_fold
-from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle
+from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, is_bundle
 from runtime.errors import CrnetError
-from runtime.files import sha256_file, write_json_atomic
+from runtime.files import (
+    clean_stale_directories,
+    current_umask,
+    exchange_paths,
+    make_owned_directory,
+    pid_alive,
+    replace_durably,
+    sha256_file,
+    write_json_atomic,
+)
 from runtime.layout import LINT_REPORT, PARITY_REPORT
 
 DEFAULT_OUT = Path("bundle")
 DEFAULT_OPSET = 18  # export.graphs has the same default; kept here so --help needs no torch
+MIN_OPSET = 18  # torch's dynamo exporter writes 18 at least (lower requests came out as 18)
 BUNDLE_CHECKPOINT = "checkpoint"  # -> checkpoint.safetensors + checkpoint.json in the bundle
 PARITY_EPISODES = 64
 BATCH_AXIS, SHOTS_AXIS = "batch", "shots"  # as export.graphs names the dynamic axes
@@ -130,17 +139,47 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "crnet-deploy": ours}
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write (it would silently write another one)."""
+    import onnx
+
+    highest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or \
+            not MIN_OPSET <= opset <= highest:
+        raise ExportError(f"opset {opset!r} is not supported: the exporter writes opsets "
+                          f"{MIN_OPSET}..{highest} (installed onnx); default {DEFAULT_OPSET}")
+
+
+def graph_opset(path: Path) -> int | None:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import
+                 if entry.domain in ("", "ai.onnx")), None)
+
+
 def _check_destination(out_dir: Path, force: bool) -> None:
+    """Refuse an --out that is a file, a non-empty directory without --force, or (even with
+    --force) a non-empty directory that is not a bundle: --force only replaces a bundle."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"output path {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(
-            f"output directory {out_dir} is not empty; pass --force (force=True) to replace "
-            "it, or choose another --out"
-        )
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not is_bundle(out_dir):
+            raise ExportError(
+                f"output directory {out_dir} is not empty and is not a crnet bundle (no "
+                f"{MANIFEST} of format {FORMAT}); --force only replaces a bundle, so remove "
+                "it yourself or choose another --out"
+            )
+        if not force:
+            raise ExportError(
+                f"output directory {out_dir} already holds a bundle; pass --force "
+                "(force=True) to replace it, or choose another --out"
+            )
 
 
-def _load_source(checkpoint: str | Path | None) -> tuple[Any, dict[str, Any], Path, Path]:
+def _load_source(checkpoint: str | Path | None, allow_unverified: bool = False
+                 ) -> tuple[Any, dict[str, Any], Path, Path]:
     """Model, checkpoint info, and the weights/metadata files to copy into the bundle."""
     from models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_paths, load_checkpoint
 
@@ -151,31 +190,80 @@ def _load_source(checkpoint: str | Path | None) -> tuple[Any, dict[str, Any], Pa
             "training, `crnet train`); pass --checkpoint PATH for another one, or "
             "--preset NAME --random-weights to export an untrained model"
         )
-    model, info = load_checkpoint(weights)
+    model, info = load_checkpoint(weights, allow_unverified=allow_unverified)
     source = {"name": weights.name, "sha256": info.sha256, "training": info.training,
-              "preprocessing": info.preprocessing}
+              "preprocessing": info.preprocessing, "verified": info.verified}
     return model, source, weights, meta
 
 
 def _publishable(directory: Path) -> None:
-    """Give the bundle ordinary permissions (mkdtemp/mkstemp create owner-only ones)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """Give the bundle ordinary permissions (mkdtemp/mkstemp create owner-only ones); the
+    umask is read, never set (runtime.files.current_umask)."""
+    umask = current_umask()
     directory.chmod(0o777 & ~umask)
     for path in directory.iterdir():
         path.chmod(0o666 & ~umask)
 
 
+def _temporary_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}."
+
+
+def clean_leftovers(out_dir: Path) -> list[Path]:
+    """Remove temporary and retired directories of killed exports to ``out_dir`` (only
+    ``.NAME.<pid>-*.export-tmp`` / ``.NAME.old-<pid>-*`` of processes that no longer run,
+    owned by this user). A retired bundle is put back first when ``out_dir`` is missing
+    (an export killed between the two renames of a replace, where no swap exists)."""
+    parent = out_dir.parent
+    if not out_dir.exists():
+        retired_prefix = f"{_temporary_prefix(out_dir)}old-"
+        for entry in sorted(parent.glob(f"{glob.escape(retired_prefix)}*"),
+                            key=lambda path: path.stat().st_mtime, reverse=True):
+            pid = entry.name[len(retired_prefix):].partition("-")[0]
+            if pid.isdigit() and not pid_alive(int(pid)) and is_bundle(entry):
+                os.replace(entry, out_dir)
+                break
+    removed = clean_stale_directories(parent, _temporary_prefix(out_dir), ".export-tmp")
+    removed += clean_stale_directories(parent, f"{_temporary_prefix(out_dir)}old-")
+    return removed
+
+
 def _install(temporary: Path, out_dir: Path) -> None:
-    """Rename the finished temporary directory onto ``out_dir`` (replacing it if present)."""
+    """Put the finished temporary directory at ``out_dir``, replacing a bundle there.
+
+    A replace is one atomic swap (Linux renameat2 RENAME_EXCHANGE): ``out_dir`` always
+    holds a complete bundle, old or new. Where the swap is unavailable, the old bundle is
+    renamed aside and the new one renamed in; a crash between the two leaves the old one as
+    ``.NAME.old-<pid>-*``, which the next export to ``out_dir`` puts back or removes.
+    """
     _publishable(temporary)
-    if out_dir.exists():
-        retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, retired)
-        os.replace(temporary, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(temporary, out_dir)
+    if not out_dir.exists():
+        replace_durably(temporary, out_dir)
+        return
+    if exchange_paths(temporary, out_dir):
+        shutil.rmtree(temporary, ignore_errors=True)  # now holds the old bundle
+        return
+    retired = make_owned_directory(out_dir.parent, f"{_temporary_prefix(out_dir)}old-")
+    retired.rmdir()  # only its name is wanted: os.replace needs a free target
+    replace_durably(out_dir, retired)
+    try:
+        replace_durably(temporary, out_dir)
+    except BaseException:
+        os.replace(retired, out_dir)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _remove_failed(failed: Path, missing_ok: bool = False) -> None:
+    """Remove an earlier export's ``DIR.failed`` — only if it is a bundle (never a user's
+    directory that happens to have that name)."""
+    if not failed.exists():
+        return
+    if is_bundle(failed):
+        shutil.rmtree(failed, ignore_errors=True)
+    elif not missing_ok:
+        raise ExportError(f"{failed} exists and is not a failed export's bundle; move it away "
+                          "so a failed export can be left there for inspection")
 
 
 def failed_dir(out_dir: str | Path) -> Path:
@@ -195,12 +283,15 @@ def export_bundle(
     parity_fold: int | None = None,
     parity_seed: int = 0,
     progress: bool = True,
+    allow_unverified_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint (the bundled one by default) or an in-memory ``model`` to a bundle.
 
     Checks the graphs (ONNX checker, strict shape inference, ORT at every N and K), runs
     parity against PyTorch on ``parity_episodes`` synthetic-5i episodes and the TensorRT
     lint, writes the manifest, and installs the bundle atomically. Returns the manifest.
+    A checkpoint whose sidecar records no sha256 is refused unless
+    ``allow_unverified_checkpoint``; the manifest's ``source_checkpoint.verified`` says so.
     Raises ExportError (ParityError for a parity failure) or CheckpointError.
     """
     from export.graphs import export_graphs
@@ -213,18 +304,20 @@ def export_bundle(
         raise ExportError("pass either a checkpoint or a model, not both")
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_opset(opset)
     _check_destination(out_dir, force)
     if model is None:
-        model, source, weights, meta = _load_source(checkpoint)
+        model, source, weights, meta = _load_source(checkpoint, allow_unverified_checkpoint)
     else:
         weights = meta = None
         source = {"name": f"random-weights:{model.config.name}", "sha256": None,
-                  "training": {}, "preprocessing": preprocessing_of(model.config)}
+                  "training": {}, "preprocessing": preprocessing_of(model.config),
+                  "verified": True}  # hashed here, from memory
     model.eval()
     config = model.config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".export-tmp",
-                                      dir=out_dir.parent))
+    clean_leftovers(out_dir)
+    temporary = make_owned_directory(out_dir.parent, _temporary_prefix(out_dir), ".export-tmp")
     try:
         bundle_weights, bundle_meta = checkpoint_paths(temporary / BUNDLE_CHECKPOINT)
         if weights is None:
@@ -237,6 +330,10 @@ def export_bundle(
                 raise ExportError(f"copy of {weights} into the bundle does not match its hash")
 
         paths = export_graphs(model, temporary, opset)
+        written = {graph: graph_opset(path) for graph, path in paths.items()}
+        if any(version != opset for version in written.values()):
+            raise ExportError(f"opset {opset} was requested but the exporter wrote {written}; "
+                              f"use --opset {DEFAULT_OPSET}")
         graphs = {"backbone": validate_graph(paths["backbone"], BATCH_AXIS),
                   "refine": validate_graph(paths["refine"], SHOTS_AXIS)}
         dynamic_check = verify_dynamic_axes(paths, model, config.max_shots)
@@ -263,7 +360,8 @@ def export_bundle(
                         "refine_steps_unrolled": config.refine_steps},
             }},
             "checkpoint": {"weights": bundle_weights.name, "metadata": bundle_meta.name},
-            "source_checkpoint": {"name": source["name"], "sha256": source["sha256"]},
+            "source_checkpoint": {"name": source["name"], "sha256": source["sha256"],
+                                  "verified": source["verified"]},
             "versions": _versions(),
             "dynamic_axes_check": dynamic_check,
         }
@@ -282,7 +380,7 @@ def export_bundle(
             write_json_atomic(temporary / PARITY_REPORT, parity.to_dict())
             write_json_atomic(temporary / LINT_REPORT, lint.to_dict())
             failed = failed_dir(out_dir)
-            shutil.rmtree(failed, ignore_errors=True)
+            _remove_failed(failed)
             _publishable(temporary)
             os.replace(temporary, failed)
             if not parity.passed:
@@ -290,7 +388,7 @@ def export_bundle(
             raise ExportError(f"TensorRT lint found errors (bundle left in {failed}):\n"
                               + format_table(lint.errors))
         _install(temporary, out_dir)
-        shutil.rmtree(failed_dir(out_dir), ignore_errors=True)  # stale report of an old run
+        _remove_failed(failed_dir(out_dir), missing_ok=True)  # stale report of an old run
         return manifest
     finally:
         if temporary.exists():
@@ -311,8 +409,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="export an untrained model of --preset (tests, CI)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"bundle directory (default: {DEFAULT_OUT}/)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--force", action="store_true",
+                        help="replace the bundle at --out (only a bundle: any other "
+                             "non-empty directory is refused)")
+    parser.add_argument("--allow-unverified-checkpoint", action="store_true",
+                        help="load a checkpoint whose .json records no sha256 (its weights "
+                             "cannot be verified); recorded in the manifest as "
+                             "source_checkpoint.verified = false")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset of the graphs ({MIN_OPSET} or newer; default "
+                             f"{DEFAULT_OPSET})")
     parser.add_argument("--episodes", type=int, default=PARITY_EPISODES,
                         help="synthetic-5i episodes for the parity check")
     parser.add_argument("--fold", type=int, default=None,
@@ -324,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--preset and --random-weights go together")
     if args.random_weights and args.checkpoint is not None:
         parser.error("--checkpoint and --random-weights exclude each other")
+    try:
+        check_opset(args.opset)
+    except ExportError as error:
+        parser.error(str(error))
 
     from export.parity import ParityError
 
@@ -339,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export_bundle(
             args.out, args.checkpoint, model=model, force=args.force, opset=args.opset,
             parity_episodes=args.episodes, parity_fold=args.fold, parity_seed=args.seed,
-            progress=not args.no_progress)
+            progress=not args.no_progress,
+            allow_unverified_checkpoint=args.allow_unverified_checkpoint)
     except ParityError as error:
         print(f"crnet export: parity FAILED\n{error}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ Loading never unpickles anything: a pickle or torch.save file is refused.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +17,27 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.config import CRNetConfig
+from models.config import ConfigError, CRNetConfig
 from models.crnet import CRNet
 from runtime.errors import CrnetError
-from runtime.files import atomic_path, sha256_file, write_json_atomic
+from runtime.files import (
+    atomic_path,
+    read_json_file,
+    sha256_file,
+    sha256_regular_file,
+    write_json_atomic,
+)
 
 FORMAT = "crnet-deploy/checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "crnet-lite-fold0.safetensors"
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.float64: "F64", torch.int64: "I64", torch.int32: "I32",
+                       torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                       torch.bool: "BOOL"}
 
 
 class CheckpointError(CrnetError, ValueError):
@@ -40,6 +53,7 @@ class CheckpointInfo:
     preprocessing: dict[str, Any]
     training: dict[str, Any]
     sha256: str
+    verified: bool = True  # False: the sidecar recorded no hash (loaded on explicit opt-out)
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -80,40 +94,156 @@ def preprocessing_of(config: CRNetConfig) -> dict[str, Any]:
     }
 
 
-def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """Read and validate the JSON beside a checkpoint and check the weights' hash."""
+def read_checkpoint_info(path: str | Path, *, allow_unverified: bool = False
+                         ) -> CheckpointInfo:
+    """Read and validate the JSON beside a checkpoint and check the weights' hash.
+
+    A sidecar without a recorded sha256 is refused unless ``allow_unverified`` (the
+    commands' ``--allow-unverified-checkpoint``); the result's ``verified`` says which.
+    The config is validated (types, ranges) here, before any model is built.
+    """
     weights_path, meta_path = checkpoint_paths(path)
     if not weights_path.exists():
         raise CheckpointError(f"checkpoint weights not found: {weights_path}")
+    if not weights_path.is_file():
+        raise CheckpointError(f"checkpoint weights {weights_path} is not a regular file")
     _refuse_non_safetensors(weights_path)
     if not meta_path.exists():
         raise CheckpointError(
             f"checkpoint metadata not found: {meta_path} (expected beside {weights_path.name})"
         )
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{meta_path} is not valid JSON: {error}") from error
+        meta = read_json_file(meta_path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {meta_path}: {error}") from error
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} holds a JSON {type(meta).__name__}; expected an "
+                              "object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a {FORMAT} file (format={meta.get('format')!r})")
-    actual = sha256_file(weights_path)
-    if meta.get("sha256") and meta["sha256"] != actual:
+    for key in ("preprocessing", "training"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise CheckpointError(f"{meta_path}: {key} is {meta[key]!r}; expected an object")
+    recorded = meta.get("sha256")
+    if recorded in (None, ""):
+        if not allow_unverified:
+            raise CheckpointError(
+                f"{meta_path.name} records no sha256 for {weights_path.name}, so the weights "
+                "cannot be verified; re-save the checkpoint, or pass "
+                "--allow-unverified-checkpoint (allow_unverified=True) to load it unverified")
+    elif not isinstance(recorded, str) or not _SHA256.match(recorded):
+        raise CheckpointError(f"{meta_path}: sha256 is {recorded!r}; expected 64 hex digits")
+    try:
+        actual = sha256_regular_file(weights_path)
+    except ValueError as error:
+        raise CheckpointError(f"{weights_path}: {error}") from error
+    if recorded and recorded != actual:
         raise CheckpointError(
             f"{weights_path} does not match the sha256 recorded in {meta_path.name}: "
-            f"expected {meta['sha256']}, got {actual}"
+            f"expected {recorded}, got {actual}"
         )
+    if "config" not in meta:
+        raise CheckpointError(f"{meta_path} has no 'config' (the model's architecture)")
+    try:
+        config = CRNetConfig.from_dict(meta["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{meta_path}: config: {error}") from error
+    except TypeError as error:  # a missing/odd field the dataclass cannot take
+        raise CheckpointError(f"{meta_path}: config: {error}") from error
     return CheckpointInfo(
         weights_path=weights_path,
-        config=CRNetConfig.from_dict(meta["config"]),
+        config=config,
         preprocessing=meta.get("preprocessing", {}),
         training=meta.get("training", {}),
         sha256=actual,
+        verified=bool(recorded),
     )
 
 
-def load_checkpoint(path: str | Path | None = None) -> tuple[CRNet, CheckpointInfo]:
-    """Build the model from a checkpoint (the bundled one by default), in eval mode."""
-    info = read_checkpoint_info(DEFAULT_CHECKPOINT if path is None else path)
+def read_safetensors_header(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The tensor table of a safetensors file ({name: {dtype, shape, data_offsets}}), read
+    without torch: an 8-byte little-endian length, then that many bytes of JSON."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointError(f"{path}: safetensors header of {length} bytes does not fit "
+                                  f"the {size}-byte file (corrupt or not safetensors)")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON: "
+                              f"{type(error).__name__}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    tensors: dict[str, dict[str, Any]] = {}
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and \
+            isinstance(entry.get("shape"), list) and \
+            all(isinstance(d, int) and d >= 0 for d in entry["shape"]) and \
+            isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2 \
+            and all(isinstance(o, int) and 0 <= o <= data_size for o in entry["data_offsets"])
+        if not ok:
+            raise CheckpointError(f"{path}: safetensors header entry {name!r} is malformed")
+        tensors[name] = entry
+    return tensors
+
+
+def check_header_fits(header: dict[str, dict[str, Any]], config: CRNetConfig,
+                      source: Path) -> None:
+    """Compare the header's names, shapes and dtypes with the model ``config`` describes
+    (built on the meta device: no memory, no weights), before the real model is built."""
+    with torch.device("meta"):
+        expected = {name: (list(t.shape), _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)))
+                    for name, t in CRNet(config).state_dict().items()}
+    found = {name: (entry["shape"], entry["dtype"]) for name, entry in header.items()}
+    _raise_mismatch(source, expected, found)
+
+
+def _raise_mismatch(source: Path, expected: dict[str, tuple[list[int], str]],
+                    found: dict[str, tuple[list[int], str]]) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    common = sorted(set(expected) & set(found))
+    mismatched = [f"{name}: checkpoint {found[name][0]} vs model {expected[name][0]}"
+                  for name in common if list(found[name][0]) != list(expected[name][0])]
+    wrong_types = [f"{name}: checkpoint {found[name][1]} vs model {expected[name][1]}"
+                   for name in common if found[name][1] != expected[name][1]]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if unexpected:
+        problems.append(
+            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+        )
+    if mismatched:
+        problems.append("shape mismatches " + "; ".join(mismatched[:10]))
+    if wrong_types:
+        problems.append("dtype mismatches (refused rather than cast) "
+                        + "; ".join(wrong_types[:10]))
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + ", ".join(problems))
+
+
+def load_checkpoint(path: str | Path | None = None, *, allow_unverified: bool = False
+                    ) -> tuple[CRNet, CheckpointInfo]:
+    """Build the model from a checkpoint (the bundled one by default), in eval mode.
+
+    Order: sidecar and hash (``read_checkpoint_info``), config bounds, the safetensors
+    header's names/shapes/dtypes against the config, and only then the model and weights.
+    """
+    info = read_checkpoint_info(DEFAULT_CHECKPOINT if path is None else path,
+                                allow_unverified=allow_unverified)
+    check_header_fits(read_safetensors_header(info.weights_path), info.config,
+                      info.weights_path)
     model = CRNet(info.config)
     try:
         tensors = load_file(str(info.weights_path))
@@ -126,25 +256,11 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[CRNet, CheckpointIn
 
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
     """Copy tensors into the model; name missing/unexpected keys and shape mismatches."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = [
-        f"{name}: checkpoint {list(tensors[name].shape)} vs model {list(expected[name].shape)}"
-        for name in sorted(set(expected) & set(tensors))
-        if tensors[name].shape != expected[name].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    if unexpected:
-        problems.append(
-            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
-        )
-    if mismatched:
-        problems.append("shape mismatches " + "; ".join(mismatched[:10]))
-    if problems:
-        raise CheckpointError(f"{source} does not fit the model: " + ", ".join(problems))
+    expected = {name: (list(t.shape), _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)))
+                for name, t in model.state_dict().items()}
+    found = {name: (list(t.shape), _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)))
+             for name, t in tensors.items()}
+    _raise_mismatch(source, expected, found)
     model.load_state_dict(tensors, strict=True)
 
 

@@ -41,6 +41,7 @@ class CRNetConfig:
     max_shots: int = 8
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.block not in ("basic", "bottleneck"):
             raise ConfigError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
         if len(self.trunk_blocks) != 3 or len(self.trunk_widths) != 3:
@@ -49,6 +50,15 @@ class CRNetConfig:
             raise ConfigError(f"refine_steps must be >= 1, got {self.refine_steps}")
         if min(self.input_size) < 32:
             raise ConfigError(f"input_size must be at least 32x32, got {self.input_size}")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if not low <= item <= high:
+                    raise ConfigError(
+                        f"{name} is {value}; each value must lie in [{low}, {high}] "
+                        "(a config outside these bounds is refused before any model is built)")
+        if not all(s > 0 for s in self.std):
+            raise ConfigError(f"std must be positive, got {self.std}")
 
     @property
     def feature_size(self) -> tuple[int, int]:
@@ -67,7 +77,10 @@ class CRNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CRNetConfig:
-        """Inverse of ``to_dict``; unknown keys are an error."""
+        """Inverse of ``to_dict``; unknown keys, wrong types and out-of-range values are
+        ConfigErrors naming the field."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
         if data.get("extra") == {}:  # an empty field that older checkpoints recorded
@@ -78,8 +91,47 @@ class CRNetConfig:
         values = dict(data)
         for key in ("trunk_blocks", "trunk_widths", "input_size", "mean", "std"):
             if key in values:
+                if not isinstance(values[key], (list, tuple)):
+                    raise ConfigError(f"{key} is {values[key]!r}; expected a list")
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+# Bounds of every numeric field: generous for real models (ResNet-101-sized trunks, 1024x1024
+# inputs), but small enough that a config read from an untrusted sidecar cannot make the
+# model builder allocate gigabytes (widths of 8192 took 42 s and 8.8 GB before failing).
+LIMITS: dict[str, tuple[float, float]] = {
+    "stem_width": (1, 512),
+    "trunk_blocks": (1, 64),
+    "trunk_widths": (1, 1024),
+    "feature_channels": (1, 2048),
+    "reduction": (1, 1024),
+    "refine_steps": (1, 32),
+    "dropout": (0.0, 0.99),
+    "input_size": (32, 2048),
+    "mean": (-10.0, 10.0),
+    "std": (1e-6, 10.0),
+    "max_shots": (1, 64),
+}
+_FIELD_TYPES: dict[str, tuple[type, int | None]] = {  # (element type, tuple length or None)
+    "name": (str, None), "block": (str, None), "stem_width": (int, None),
+    "trunk_blocks": (int, 3), "trunk_widths": (int, 3), "feature_channels": (int, None),
+    "reduction": (int, None), "refine_steps": (int, None), "dropout": (float, None),
+    "input_size": (int, 2), "mean": (float, 3), "std": (float, 3), "max_shots": (int, None),
+}
+
+
+def _check_types(config: CRNetConfig) -> None:
+    """Each field has its declared type (ints are not bools; floats accept ints)."""
+    for name, (kind, length) in _FIELD_TYPES.items():
+        value = getattr(config, name)
+        items = value if length is not None else (value,)
+        if length is not None and (not isinstance(value, tuple) or len(value) != length):
+            raise ConfigError(f"{name} is {value!r}; expected {length} {kind.__name__}s")
+        accepted = (int, float) if kind is float else kind
+        if not all(isinstance(item, accepted) and not isinstance(item, bool) for item in items):
+            raise ConfigError(f"{name} is {value!r}; expected "
+                              f"{kind.__name__}{'s' if length else ''}")
 
 
 PRESETS: dict[str, CRNetConfig] = {

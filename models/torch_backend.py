@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, BackendError, ModelSpec
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, relative_member
 
 BUNDLE_CHECKPOINT = "checkpoint.safetensors"
 
@@ -45,11 +45,17 @@ class TorchBackend(Backend):
             raise BackendError("pass either a checkpoint or an in-memory model, not both")
         if bundle is not None and checkpoint is None and model is None:
             entry = bundle.manifest.get("checkpoint", {})
-            checkpoint = bundle.root / entry.get("weights", BUNDLE_CHECKPOINT)
+            name = entry.get("weights", BUNDLE_CHECKPOINT) if isinstance(entry, dict) \
+                else BUNDLE_CHECKPOINT
+            checkpoint = relative_member(bundle.root, name, "bundled checkpoint")
             if not Path(checkpoint).exists():
                 raise BackendError(
                     f"bundle {bundle.root} carries no checkpoint ({Path(checkpoint).name}); "
                     "re-export it with `crnet export` or use Segmenter.from_checkpoint(path)")
+            # both files are loaded: each must be listed (so verified) in a verified bundle
+            bundle.file_path(name, "bundled checkpoint")
+            bundle.file_path(Path(name).with_suffix(".json").as_posix(),
+                             "bundled checkpoint metadata")
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.device_name = device
         self.threads = threads
@@ -76,7 +82,8 @@ class TorchBackend(Backend):
         if self.spec is None:
             from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
 
-            info = read_checkpoint_info(self.checkpoint or DEFAULT_CHECKPOINT)
+            info = read_checkpoint_info(self.checkpoint or DEFAULT_CHECKPOINT,
+                                        allow_unverified=True)  # the config only
             self.spec = ModelSpec.from_config(info.config)
         return self.spec
 
@@ -92,7 +99,10 @@ class TorchBackend(Backend):
             self.device = torch.device(device)
             self.model = self.in_memory_model.to(self.device).eval()
             return
-        model, info = load_checkpoint(self.checkpoint)
+        # a checkpoint inside a verified bundle is covered by the manifest's hash, also when
+        # it was exported with --allow-unverified-checkpoint (its own .json has no sha256)
+        in_verified_bundle = self.bundle is not None and getattr(self.bundle, "verified", False)
+        model, info = load_checkpoint(self.checkpoint, allow_unverified=in_verified_bundle)
         spec = self.load_spec()
         if tuple(info.config.input_size) != spec.input_size or \
                 tuple(info.config.feature_size) != spec.feature_size:

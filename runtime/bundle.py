@@ -21,75 +21,190 @@ manifest.json is the contract between the stages (export, quantize, build, runti
 }
 ```
 where an io entry is ``{"name", "shape" (ints or axis names), "dtype"}``.
+
+Loading is verified by default: the manifest must list every file a backend loads under
+``files``; a listed name must be a plain relative path that stays inside the bundle after
+symlinks are resolved, and name a regular file (never a FIFO or device), whose sha256 must
+match. A name that escapes the bundle is refused before anything is read.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime.errors import CrnetError
-from runtime.files import sha256_file, write_json_atomic
-from runtime.layout import GRAPHS, MANIFEST, PRECISIONS, graph_file
+from runtime.files import exclusive_lock, read_json_file, sha256_regular_file, write_json_atomic
+from runtime.layout import GRAPHS, MANIFEST, MANIFEST_LOCK, PRECISIONS, graph_file
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "GRAPHS", "MANIFEST", "PRECISIONS", "Bundle",
-           "BundleError", "graph_file", "update_manifest"]
+           "BundleError", "graph_file", "is_bundle", "manifest_lock", "update_manifest"]
 
 FORMAT = "crnet-deploy/bundle"
 FORMAT_VERSION = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class BundleError(CrnetError, ValueError):
     """A bundle that is missing, incomplete, or whose files do not match the manifest."""
 
 
+def is_bundle(root: str | Path) -> bool:
+    """Whether ``root`` is a directory holding this project's manifest (no verification)."""
+    try:
+        manifest = read_json_file(Path(root) / MANIFEST)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def relative_member(root: Path, name: Any, what: str = "file") -> Path:
+    """``root / name`` for a manifest-supplied ``name``, refused (BundleError) unless it is a
+    relative path without ``..`` that stays inside ``root`` after resolving symlinks."""
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{what} in {root / MANIFEST} is {name!r}; expected a relative "
+                          "path inside the bundle")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or "\\" in name or ".." in pure.parts or Path(name).is_absolute():
+        raise BundleError(f"{what} {name!r} in {root / MANIFEST} points outside the bundle; "
+                          "only relative paths inside it (no '..', not absolute) are allowed")
+    path = root / name
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise BundleError(f"{what} {path} cannot be resolved: {error}") from error
+    if not inside:
+        raise BundleError(f"{what} {path} resolves to {path.resolve()}, outside the bundle "
+                          f"{root}; a bundle's files must live inside it")
+    return path
+
+
+def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """The keys and types every reader of a manifest relies on; BundleError otherwise."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} holds a JSON {type(manifest).__name__}; expected an object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path} is not a {FORMAT} manifest")
+
+    def need(key: str, kind: type, where: dict[str, Any] = manifest, label: str = "") -> Any:
+        value = where.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BundleError(f"{path}: {label or key} is {value!r}; expected a "
+                              f"{kind.__name__} (re-export the bundle)")
+        return value
+
+    files = need("files", dict)
+    for name, digest in files.items():
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise BundleError(f"{path}: files[{name!r}] is {digest!r}; expected a sha256 hex")
+    variants = need("variants", dict)
+    for precision, variant in variants.items():
+        need(precision, dict, variants, f"variants.{precision}")
+        for graph in GRAPHS:
+            if graph in variant:
+                need(graph, str, variant, f"variants.{precision}.{graph}")
+    graphs = need("graphs", dict)
+    for graph in GRAPHS:
+        entry = need(graph, dict, graphs, f"graphs.{graph}")
+        need("inputs", list, entry, f"graphs.{graph}.inputs")
+        need("outputs", list, entry, f"graphs.{graph}.outputs")
+    for key in ("model", "preprocessing"):
+        need(key, dict)
+    for key in ("input_size", "feature_size"):
+        size = manifest.get(key)
+        if key == "input_size" and size is None:
+            size = manifest["preprocessing"].get("input_size")
+        if not (isinstance(size, list) and len(size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise BundleError(f"{path}: {key} is {size!r}; expected [height, width]")
+    for key in ("mean", "std"):
+        values = manifest["preprocessing"].get(key, manifest["model"].get(key))
+        if not (isinstance(values, list) and len(values) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise BundleError(f"{path}: preprocessing.{key} is {values!r}; expected 3 numbers")
+    shots = manifest.get("shots", {})
+    if not isinstance(shots, dict) or not all(
+            isinstance(shots.get(k, 1), int) for k in ("min", "max")):
+        raise BundleError(f"{path}: shots is {shots!r}; expected {{'min': int, 'max': int}}")
+    return manifest
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """Parse and check ``root/manifest.json``; BundleError for anything unreadable."""
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle directory not found: {root}")
+    if not manifest_path.exists():
+        raise BundleError(
+            f"{root} has no {MANIFEST}; is it a bundle written by `crnet export`?"
+        )
+    try:
+        manifest = read_json_file(manifest_path)
+    except (OSError, ValueError) as error:
+        raise BundleError(f"cannot read {manifest_path}: {error}") from error
+    return _check_manifest(manifest, manifest_path)
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle directory and its parsed manifest."""
+    """A bundle directory and its parsed manifest.
+
+    ``verified`` (set by ``load(verify=True)``): every file a backend asks for must be
+    listed in ``files`` (and was hashed at load).
+    """
 
     root: Path
     manifest: dict[str, Any]
+    verified: bool = field(default=False, compare=False)
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> Bundle:
         """Read manifest.json; with ``verify``, check every listed file's sha256."""
         root = Path(root)
-        manifest_path = root / MANIFEST
-        if not root.is_dir():
-            raise BundleError(f"bundle directory not found: {root}")
-        if not manifest_path.exists():
-            raise BundleError(
-                f"{root} has no {MANIFEST}; is it a bundle written by `crnet export`?"
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise BundleError(f"{manifest_path} is not valid JSON: {error}") from error
-        if manifest.get("format") != FORMAT:
-            raise BundleError(f"{manifest_path} is not a {FORMAT} manifest")
-        bundle = cls(root, manifest)
+        bundle = cls(root, read_manifest(root), verified=verify)
         if verify:
             bundle.verify_files()
         return bundle
 
     def verify_files(self, names: list[str] | None = None) -> None:
-        """Raise BundleError naming the first file that is missing or whose hash differs."""
-        files = self.manifest.get("files", {})
-        for name in names if names is not None else sorted(files):
+        """Raise BundleError naming the first file that is missing, outside the bundle, not
+        a regular file, or whose hash differs. Names are checked before any is read."""
+        files = self.manifest.get("files")
+        if not isinstance(files, dict):
+            raise BundleError(f"{self.root / MANIFEST} lists no files; re-export the bundle")
+        chosen = names if names is not None else sorted(files)
+        for name in chosen:
             if name not in files:
                 raise BundleError(f"{name} is not listed in {self.root / MANIFEST}")
-            path = self.root / name
+        paths = {name: relative_member(self.root, name, "listed file") for name in chosen}
+        for name, path in paths.items():
             if not path.exists():
                 raise BundleError(f"{path} is listed in the manifest but missing")
-            actual = sha256_file(path)
+            try:
+                actual = sha256_regular_file(path)
+            except ValueError as error:  # a FIFO, device or directory
+                raise BundleError(f"{path}: {error}") from error
             if actual != files[name]:
                 raise BundleError(
                     f"{path} does not match the manifest: sha256 {actual}, "
                     f"expected {files[name]} (modified or corrupt; re-export the bundle)"
                 )
+
+    def file_path(self, name: Any, what: str = "file") -> Path:
+        """Path of a manifest-named file a backend will load: inside the bundle, and (for a
+        verified bundle) listed in ``files``, so its hash was checked at load."""
+        path = relative_member(self.root, name, what)
+        if self.verified:
+            files = self.manifest.get("files", {})
+            if PurePosixPath(name).as_posix() not in files and name not in files:
+                raise BundleError(
+                    f"{what} {name} is not listed in {self.root / MANIFEST} 'files', so it "
+                    "cannot be verified; re-export or rebuild the bundle")
+        return path
 
     @property
     def precisions(self) -> list[str]:
@@ -104,21 +219,43 @@ class Bundle:
             raise BundleError(
                 f"bundle {self.root} has no {precision} variant (has {self.precisions}); {hint}"
             )
-        return self.root / variant.get(graph, graph_file(graph, precision))
+        return self.file_path(variant.get(graph, graph_file(graph, precision)),
+                              f"{precision} {graph} graph")
 
     def io(self, graph: str) -> dict[str, list[dict[str, Any]]]:
         """Input and output specs of a graph."""
         return self.manifest["graphs"][graph]
 
 
+@contextmanager
+def manifest_lock(root: str | Path, what: str = "update the manifest") -> Iterator[None]:
+    """Hold the bundle's lock file (``manifest.lock``) so manifest writers serialise; a
+    BundleError names the holder when another process keeps it."""
+    root = Path(root)
+    try:
+        with exclusive_lock(root / MANIFEST_LOCK, what):
+            yield
+    except TimeoutError as error:
+        raise BundleError(f"cannot {what} in {root}: {error}") from None
+
+
 def update_manifest(root: str | Path, change: Callable[[dict[str, Any]], None],
                     added_files: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Apply ``change`` to the manifest, hash ``added_files``, and rewrite it atomically."""
+    """Apply ``change`` to the manifest, hash ``added_files``, and rewrite it atomically.
+
+    Read, change and write happen under the bundle's lock (``manifest_lock``), so two
+    writers (two `crnet quantize` runs) serialise instead of losing one's update.
+    """
     root = Path(root)
-    manifest = json.loads((root / MANIFEST).read_text())
-    change(manifest)
-    files = manifest.setdefault("files", {})
-    for name in added_files:
-        files[name] = sha256_file(root / name)
-    write_json_atomic(root / MANIFEST, manifest)
+    with manifest_lock(root):
+        manifest = read_manifest(root)
+        change(manifest)
+        files = manifest.setdefault("files", {})
+        for name in added_files:
+            path = relative_member(root, name, "added file")
+            try:
+                files[name] = sha256_regular_file(path)
+            except ValueError as error:
+                raise BundleError(f"{path}: {error}") from error
+        write_json_atomic(root / MANIFEST, manifest)
     return manifest

@@ -3,6 +3,7 @@
 ```
 bundle/
   manifest.json                         the contract between the stages (runtime.bundle)
+  manifest.lock                         lock file of manifest writers (runtime.bundle)
   backbone.<precision>.onnx             graphs, one per precision (fp32 / fp16 / int8)
   refine.<precision>.onnx
   <checkpoint>.safetensors + .json      the source checkpoint, copied by the export
@@ -28,6 +29,7 @@ from pathlib import Path
 from runtime.errors import CrnetError
 
 MANIFEST = "manifest.json"
+MANIFEST_LOCK = "manifest.lock"  # held while a stage rewrites the manifest (update_manifest)
 GRAPHS = ("backbone", "refine")
 PRECISIONS = ("fp32", "fp16", "int8")
 

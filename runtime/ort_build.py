@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runtime.bundle import relative_member
 from runtime.layout import ORT_BUILD_DIR, ort_build_relpath
 
 __all__ = ["ORT_BUILD_DIR", "ort_build_path", "ort_build_relpath"]
@@ -28,14 +29,21 @@ def ort_build_path(bundle: Any, graph: str, precision: str, *,
     ``bundle`` is a runtime.bundle.Bundle. None when there is no build, its file is missing,
     it was built from a different ONNX than the bundle's current one (stale), for another
     execution provider, or (when ``onnxruntime_version`` is given) by another ONNX Runtime
-    major.minor, whose fused ops may differ.
+    major.minor, whose fused ops may differ. BundleError when its path leaves the bundle,
+    or (in a bundle loaded verified) is not listed in the manifest's ``files``.
     """
-    entry = bundle.manifest.get("ort_builds", {}).get(precision, {}).get(graph)
-    if not entry or "path" not in entry:
+    builds = bundle.manifest.get("ort_builds", {})
+    entry = builds.get(precision, {}) if isinstance(builds, dict) else None
+    entry = entry.get(graph) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or "path" not in entry:
         return None
-    path = Path(bundle.root) / entry["path"]
+    # inside the bundle, and listed (so verified) when the bundle was loaded verified;
+    # a path out of the bundle raises BundleError rather than being skipped quietly
+    path = relative_member(Path(bundle.root), entry["path"], "ONNX Runtime build")
     if not path.is_file():
         return None
+    if getattr(bundle, "verified", False):
+        bundle.file_path(entry["path"], f"ONNX Runtime build of {precision} {graph}")
     source_hash = bundle.manifest.get("files", {}).get(entry.get("source", ""))
     if entry.get("source_sha256") is None or source_hash != entry["source_sha256"]:
         return None

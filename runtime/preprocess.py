@@ -11,13 +11,18 @@ The canonical path, used by every backend and by the PyTorch reference alike:
 
 Resizing is done in row chunks of about a million values, so that very large images
 (8000x8000) never need a full-size float copy: the input is only gathered at the rows
-the output samples, and the output is produced (and thresholded) chunk by chunk.
+(and, when it is wider than the output, at the columns) the output samples, and the output
+is produced (and thresholded) chunk by chunk. Memory beyond the caller's own input is
+therefore bounded by the output size whatever the input's shape (a 8x12,500,000 image
+is as cheap to pre-process as a 1000x1000 one); grayscale and RGBA inputs are read through
+views, and masks are checked and binarised chunk by chunk, never copied at full size.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +32,7 @@ THRESHOLD = 0.5
 MAX_PIXELS = 100_000_000  # 10k x 10k; larger images are refused rather than risk memory
 MIN_SIDE = 8
 _CHUNK_VALUES = 1 << 20  # float32 values per output chunk (4 MB per temporary)
+_CACHED_SIZE = 1 << 16  # axes up to this many output positions keep cached coordinates
 
 
 class InputError(CrnetError, ValueError):
@@ -56,8 +62,8 @@ def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
             "and HxWx4 RGBA are converted)"
         )
     check_size(image.shape[:2], what)
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
+    if image.shape[2] == 1:  # a read-only view: no full-size copy of the grey values
+        image = np.broadcast_to(image, (*image.shape[:2], 3))
     elif image.shape[2] == 4:
         image = image[:, :, :3]
     return image
@@ -78,6 +84,14 @@ def check_size(shape: Sequence[int], what: str) -> None:
 def as_binary_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
                    what: str = "mask") -> np.ndarray:
     """Validate a mask (HxW bool, or integers 0/1 with 255 = ignore) -> HxW float32 0/1."""
+    mask = checked_mask(mask, image_shape, what)
+    return _mask_values(mask).astype(np.float32)
+
+
+def checked_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
+                 what: str = "mask") -> np.ndarray:
+    """Validate a mask and return it as an HxW array (no copy): bool, or integers whose
+    values are all 0, 1 or 255. Values are checked in row chunks (no full-size temporary)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
@@ -89,38 +103,67 @@ def as_binary_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
             f"{image_shape[0]}x{image_shape[1]}; they must have the same size"
         )
     if mask.dtype == np.bool_:
-        return mask.astype(np.float32)
+        return mask
     if not np.issubdtype(mask.dtype, np.integer):
         raise InputError(
             f"{what} has dtype {mask.dtype}; expected bool or uint8 0/1 (255 = ignore)"
         )
-    values = np.unique(mask)
-    if not set(values.tolist()) <= {0, 1, 255}:
-        raise InputError(
-            f"{what} holds values {values[:8].tolist()}; expected 0 (background), "
-            "1 (object) and optionally 255 (ignore)"
-        )
-    return (mask == 1).astype(np.float32)
+    columns = min(mask.shape[1], _CHUNK_VALUES)
+    rows = max(1, _CHUNK_VALUES // max(columns, 1))
+    for start, column in itertools.product(range(0, mask.shape[0], rows),
+                                           range(0, mask.shape[1], columns)):
+        chunk = mask[start:start + rows, column:column + columns]
+        bad = chunk[(chunk != 0) & (chunk != 1) & (chunk != 255)]
+        if bad.size:
+            values = np.unique(bad[:1024])
+            raise InputError(
+                f"{what} holds values {values[:8].tolist()}; expected 0 (background), "
+                "1 (object) and optionally 255 (ignore)"
+            )
+    return mask
+
+
+def _mask_values(values: np.ndarray) -> np.ndarray:
+    """Object pixels of (part of) a checked mask: 1 (bool True) -> True, else False."""
+    return values if values.dtype == np.bool_ else values == 1
+
+
+def _coordinates(out_size: int, in_size: int, align_corners: bool, start: int, stop: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower index, upper index and weight of the upper one, for output positions
+    ``start..stop`` (the same arithmetic per position whatever the range)."""
+    if align_corners:
+        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        position = np.arange(start, stop, dtype=np.float64) * scale
+    else:
+        scale = in_size / out_size
+        position = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
+        position = np.clip(position, 0.0, None)
+    lower = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    weight = (position - lower).astype(np.float32)
+    return lower, upper, weight
 
 
 @functools.lru_cache(maxsize=64)
 def _source_coordinates(out_size: int, in_size: int, align_corners: bool
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and weight of the upper one, per output position (cached:
-    a video's frames all share one geometry; the arrays are read-only)."""
-    if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        position = np.arange(out_size, dtype=np.float64) * scale
-    else:
-        scale = in_size / out_size
-        position = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-        position = np.clip(position, 0.0, None)
-    lower = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
-    upper = np.minimum(lower + 1, in_size - 1)
-    weight = (position - lower).astype(np.float32)
-    for array in (lower, upper, weight):
+    """``_coordinates`` of every output position, cached (a video's frames all share one
+    geometry; the arrays are read-only). Only for sizes up to _CACHED_SIZE."""
+    coordinates = _coordinates(out_size, in_size, align_corners, 0, out_size)
+    for array in coordinates:
         array.flags.writeable = False
-    return lower, upper, weight
+    return coordinates
+
+
+def _coordinates_of(out_size: int, in_size: int, align_corners: bool, start: int, stop: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinates of ``start..stop``: sliced from the cache for ordinary sizes, computed
+    for the range alone for huge ones (so they cost a chunk, not the whole axis)."""
+    if out_size <= _CACHED_SIZE:
+        lower, upper, weight = _source_coordinates(out_size, in_size, align_corners)
+        return lower[start:stop], upper[start:stop], weight[start:stop]
+    return _coordinates(out_size, in_size, align_corners, start, stop)
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,30 +181,46 @@ def _flat_columns(out_size: int, in_size: int, align_corners: bool, values_per_p
     return flat
 
 
-def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool = False
-                    ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (start_row, stop_row, float32 rows) of the bilinear resize, chunk by chunk.
+def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
+                    values: Callable[[np.ndarray], np.ndarray] | None = None
+                    ) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """Yield (rows, columns, float32 block) of the bilinear resize, block by block.
 
-    Rows first (gathering only the input rows the output samples, so the float copy is
-    of output height), then columns, with HxWxC flattened to H x (W*C) so each step is one
-    contiguous gather and an in-place lerp.
+    Rows first (gathering only the input rows the output samples), then columns. A narrow
+    input (no wider than the output, a row of at most a chunk) is seen as H x (W*C) so each
+    step is one contiguous gather and an in-place lerp over whole output rows. Any other
+    input is gathered at the sampled (row, column) pairs only, in blocks of whole rows, or
+    of column ranges where one output row exceeds a chunk. Either way no temporary is
+    larger than about a chunk (plus the coordinates of one block), whatever the input's
+    shape. ``values`` maps gathered raw values before the float conversion (a mask's
+    0/1/255 -> object or not).
     """
     height, width = int(size[0]), int(size[1])
     trailing = array.shape[2:]
     per_pixel = int(np.prod(trailing, dtype=np.int64))
-    values_per_row = array.shape[1] * per_pixel
-    rows_low, rows_high, rows_weight = _source_coordinates(height, array.shape[0], align_corners)
-    cols_low, cols_high, cols_weight = _flat_columns(width, array.shape[1], align_corners,
-                                                     per_pixel)
+    in_height, in_width = array.shape[0], array.shape[1]
+
+    def as_float(gathered: np.ndarray) -> np.ndarray:
+        if values is not None:
+            gathered = values(gathered)
+        return gathered.astype(np.float32, copy=False)
+
+    if in_width > width or in_width * per_pixel > _CHUNK_VALUES or \
+            width * per_pixel > _CHUNK_VALUES or height > _CACHED_SIZE:
+        yield from _gathered_blocks(array, height, width, align_corners, as_float)
+        return
+    values_per_row = in_width * per_pixel
     chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
+    rows_low, rows_high, rows_weight = _source_coordinates(height, in_height, align_corners)
+    cols_low, cols_high, cols_weight = _flat_columns(width, in_width, align_corners,
+                                                     per_pixel)
     for start in range(0, height, chunk_rows):
         stop = min(start + chunk_rows, height)
         # Gathering rows copies them (a view's too) into contiguous [n, W, *C] arrays,
         # which then reshape to [n, W*C] without a copy; the input itself is never copied.
-        rows = array[rows_low[start:stop]].reshape(-1, values_per_row).astype(
-            np.float32, copy=False)
-        below = array[rows_high[start:stop]].reshape(-1, values_per_row).astype(
-            np.float32, copy=False)
+        # The input is no wider than the output here, so they are at most a chunk.
+        rows = as_float(array[rows_low[start:stop]]).reshape(-1, values_per_row)
+        below = as_float(array[rows_high[start:stop]]).reshape(-1, values_per_row)
         below -= rows
         below *= rows_weight[start:stop, None]
         rows += below
@@ -169,19 +228,57 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
         right -= left
         right *= cols_weight
         left += right
-        yield start, stop, left.reshape(stop - start, width, *trailing)
+        yield slice(start, stop), slice(0, width), left.reshape(stop - start, width, *trailing)
+
+
+def _gathered_blocks(array: np.ndarray, height: int, width: int, align_corners: bool,
+                     as_float: Callable[[np.ndarray], np.ndarray]
+                     ) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """``_resized_chunks`` for any input: gather the four corners of each output pixel of a
+    block directly (block-sized), then the same lerps in the same order."""
+    trailing = array.shape[2:]
+    per_pixel = int(np.prod(trailing, dtype=np.int64))
+    block_width = min(width, max(1, _CHUNK_VALUES // per_pixel))
+    block_rows = max(1, _CHUNK_VALUES // (block_width * per_pixel))
+    broadcast = (1,) * len(trailing)
+    for col_start in range(0, width, block_width):
+        col_stop = min(col_start + block_width, width)
+        cols_low, cols_high, cols_weight = _coordinates_of(width, array.shape[1], align_corners,
+                                                           col_start, col_stop)
+        cols_weight = cols_weight.reshape(-1, *broadcast)
+        for start in range(0, height, block_rows):
+            stop = min(start + block_rows, height)
+            rows_low, rows_high, rows_weight = _coordinates_of(height, array.shape[0],
+                                                               align_corners, start, stop)
+            low, high = rows_low[:, None], rows_high[:, None]
+            weight = rows_weight.reshape(-1, 1, *broadcast)
+            sides = []
+            for cols in (cols_low, cols_high):
+                rows = as_float(array[low, cols])
+                below = as_float(array[high, cols])
+                below -= rows
+                below *= weight
+                rows += below
+                sides.append(rows)
+            left, right = sides
+            right -= left
+            right *= cols_weight
+            left += right
+            yield slice(start, stop), slice(col_start, col_stop), left
 
 
 def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool = False,
-                    out: np.ndarray | None = None) -> np.ndarray:
+                    out: np.ndarray | None = None,
+                    values: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Bilinear resize of HxW or HxWxC to ``size`` (h, w), as torch's F.interpolate.
 
-    Works in row chunks; returns float32 (or writes into ``out``).
+    Works in row chunks; returns float32 (or writes into ``out``). ``values`` maps the
+    gathered input values before they are converted to float (e.g. a mask's ``== 1``).
     """
     if out is None:
         out = np.empty((int(size[0]), int(size[1]), *array.shape[2:]), dtype=np.float32)
-    for start, stop, rows in _resized_chunks(array, size, align_corners):
-        out[start:stop] = rows
+    for rows, columns, block in _resized_chunks(array, size, align_corners, values):
+        out[rows, columns] = block
     return out
 
 
@@ -205,8 +302,8 @@ def preprocess_image(image: np.ndarray, input_size: Sequence[int], mean: Sequenc
 def preprocess_mask(mask: np.ndarray, input_size: Sequence[int], feature_size: Sequence[int],
                     image_shape: Sequence[int] | None = None, what: str = "mask") -> np.ndarray:
     """HxW mask -> [1,1,h,w] float32 at the feature size (as the model's ``resize_mask``)."""
-    binary = as_binary_mask(mask, image_shape, what)
-    at_input = resize_bilinear(binary, input_size)
+    checked = checked_mask(mask, image_shape, what)
+    at_input = resize_bilinear(checked, input_size, values=_mask_values)
     at_feature = resize_bilinear(at_input, feature_size, align_corners=True)
     return at_feature[None, None]
 
@@ -215,8 +312,8 @@ def mask_at_input_size(mask: np.ndarray, input_size: Sequence[int],
                        image_shape: Sequence[int] | None = None, what: str = "mask"
                        ) -> np.ndarray:
     """HxW mask -> [1,1,H,W] float32 at the network's input size (for the torch forward)."""
-    binary = as_binary_mask(mask, image_shape, what)
-    return resize_bilinear(binary, input_size)[None, None]
+    checked = checked_mask(mask, image_shape, what)
+    return resize_bilinear(checked, input_size, values=_mask_values)[None, None]
 
 
 def foreground_probability(logits: np.ndarray) -> np.ndarray:
@@ -242,8 +339,8 @@ def probability_to_mask(probability: np.ndarray, image_shape: Sequence[int],
     ``probability_to_image(probability, image_shape) > threshold``.
     """
     out = np.empty((int(image_shape[0]), int(image_shape[1])), dtype=np.bool_)
-    for start, stop, rows in _resized_chunks(probability, image_shape[:2]):
-        np.greater(rows, threshold, out=out[start:stop])
+    for rows, columns, block in _resized_chunks(probability, image_shape[:2]):
+        np.greater(block, threshold, out=out[rows, columns])
     return out
 
 

@@ -39,7 +39,7 @@ from runtime.backends.base import (
     backend_class,
     require_available,
 )
-from runtime.bundle import PRECISIONS, Bundle
+from runtime.bundle import PRECISIONS, Bundle, BundleError
 from runtime.preprocess import (
     THRESHOLD,
     InputError,
@@ -97,10 +97,11 @@ class Segmenter:
         try:
             cls = require_available(name)
             self._setup(cls(bundle, precision, **backend_options), spec, threshold)
-        except BackendError as error:
+        except (BackendError, BundleError) as error:
             if backend != "auto" or name != "tensorrt":
                 raise
-            # "auto" chose plans that do not fit here (stale, another GPU or TensorRT):
+            # "auto" chose plans that do not fit here (stale, another GPU or TensorRT, or
+            # not verifiable against the manifest):
             # run the next backend and say why, instead of failing
             fallback = choose_backend("auto", bundle, precision, skip_tensorrt=True)
             _LOG.warning("tensorrt engines of %s cannot run here (%s); using %s instead",
@@ -291,7 +292,8 @@ class Segmenter:
         With ``pipeline`` the next frame is preprocessed on a worker thread while the
         current one runs through the backend. Frames are drawn from ``frames`` in the
         calling thread, one ahead of the frame being inferred. Each frame uses the support
-        current when its inference starts. An error raises at the failing frame.
+        current when its inference starts. An error raises at the failing frame; an error
+        of ``frames`` itself raises after every frame it gave has been yielded.
         """
         if not pipeline:
             for frame in frames:
@@ -301,13 +303,22 @@ class Segmenter:
         iterator = iter(frames)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter-pre") as pool:
             pending: Future[tuple[np.ndarray, tuple[int, int]]] | None = None
-            with contextlib.suppress(StopIteration):
-                pending = pool.submit(self.preprocess, next(iterator))
+            source_error: BaseException | None = None  # raised by ``frames`` itself
+
+            def submit_next() -> Future[tuple[np.ndarray, tuple[int, int]]] | None:
+                nonlocal source_error
+                try:
+                    return pool.submit(self.preprocess, next(iterator))
+                except StopIteration:
+                    return None
+                except Exception as error:  # noqa: BLE001 - re-raised after the last result
+                    source_error = error
+                    return None
+
+            pending = submit_next()
             while pending is not None:
                 tensor, shape = pending.result()
-                pending = None
-                with contextlib.suppress(StopIteration):
-                    pending = pool.submit(self.preprocess, next(iterator))
+                pending = submit_next()
                 try:
                     probability = self.infer(tensor)
                 except BaseException:
@@ -315,6 +326,9 @@ class Segmenter:
                         pending.cancel()
                     raise
                 yield self.postprocess(probability, shape, return_prob)
+            if source_error is not None:
+                # every frame drawn before the source failed has been yielded: now its error
+                raise source_error
 
     def _current_support(self) -> SupportSet:
         support = self._support

@@ -225,16 +225,17 @@ class OnnxRuntimeBackend(Backend):
 
     def run_backbone(self, images: np.ndarray) -> np.ndarray:
         self._require_active()
-        (feat,) = self.sessions["backbone"].run(["feat"], self._feeds("backbone", image=images))
+        (feat,) = _run(self.sessions["backbone"], ["feat"],
+                       self._feeds("backbone", image=images), "backbone")
         return np.asarray(feat, dtype=np.float32)
 
     def run_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
                    support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._require_active()
-        query_logits, support_logits = self.sessions["refine"].run(
-            ["query_logits", "support_logits"],
+        query_logits, support_logits = _run(
+            self.sessions["refine"], ["query_logits", "support_logits"],
             self._feeds("refine", query_feat=query_feat, support_feat=support_feat,
-                        support_mask=support_mask))
+                        support_mask=support_mask), "refine")
         return (np.asarray(query_logits, dtype=np.float32),
                 np.asarray(support_logits, dtype=np.float32))
 
@@ -243,10 +244,10 @@ class OnnxRuntimeBackend(Backend):
         self._require_active()
         if "refine_query" not in self.sessions:
             return super().run_query_refine(query_feat, support_feat, support_mask)
-        (query_logits,) = self.sessions["refine_query"].run(
-            ["query_logits"],
+        (query_logits,) = _run(
+            self.sessions["refine_query"], ["query_logits"],
             self._feeds("refine", query_feat=query_feat, support_feat=support_feat,
-                        support_mask=support_mask))
+                        support_mask=support_mask), "refine (query branch)")
         return np.asarray(query_logits, dtype=np.float32)
 
     def run_query(self, image: np.ndarray, support_feat: np.ndarray,
@@ -256,7 +257,7 @@ class OnnxRuntimeBackend(Backend):
             return super().run_query(image, support_feat, support_mask)
         feeds = {**self._feeds("backbone", image=image),
                  **self._feeds("refine", support_feat=support_feat, support_mask=support_mask)}
-        (query_logits,) = self.sessions["query"].run(["query_logits"], feeds)
+        (query_logits,) = _run(self.sessions["query"], ["query_logits"], feeds, "query")
         return np.asarray(query_logits, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -272,6 +273,19 @@ class OnnxRuntimeBackend(Backend):
         if self.query_refine:
             info["query_refine"] = self.query_refine
         return info
+
+
+def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], what: str
+         ) -> list[Any]:
+    """session.run, with ONNX Runtime's own errors (InvalidArgument for a shape outside the
+    graph's, Fail, ...) raised as BackendError naming the inputs' shapes."""
+    try:
+        return session.run(outputs, feeds)
+    except Exception as error:  # onnxruntime raises its own exception types
+        shapes = ", ".join(f"{name} {list(array.shape)} {array.dtype}"
+                           for name, array in feeds.items())
+        raise BackendError(f"onnxruntime could not run the {what} graph on {shapes}: "
+                           f"{str(error).strip()}") from error
 
 
 def _check_inputs(session: Any, expected: set[str], what: str) -> None:

@@ -447,6 +447,8 @@ class TensorRTBackend(Backend):
                     raise BackendError(
                         f"{path} not found: build the {precision} engines with "
                         f"`crnet build {bundle.root} --precision {precision}`")
+                # inside the bundle and listed (so hashed at load) in a verified bundle
+                bundle.file_path(path.relative_to(bundle.root).as_posix(), "TensorRT engine")
         self.runners: dict[str, _EngineRunner] = {}
         self.engine_info: dict[str, dict[str, Any]] = {}
 

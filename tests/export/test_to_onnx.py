@@ -148,7 +148,7 @@ def test_non_empty_out_dir_needs_force(tmp_path: Path, tiny_checkpoint: Path,
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(ExportError, match="not empty; pass --force"):
+    with pytest.raises(ExportError, match="not empty and is not a crnet bundle"):
         export_bundle(out, tiny_checkpoint, progress=False)
     assert crnet_main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
@@ -160,7 +160,8 @@ def test_force_replaces_and_failed_parity_leaves_only_dir_failed(
         tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "bundle"
     out.mkdir()
-    (out / "old.txt").write_text("old")
+    (out / "manifest.json").write_text(json.dumps({"format": "crnet-deploy/bundle"}))
+    (out / "old.txt").write_text("old")  # --force replaces a bundle, whatever it holds
     manifest = export_bundle(out, tiny_checkpoint, force=True, parity_episodes=2,
                              progress=False)
     assert not (out / "old.txt").exists() and (out / "manifest.json").exists()

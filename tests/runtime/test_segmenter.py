@@ -217,3 +217,25 @@ def test_8000x8000_image_with_modest_memory(ort_segmenter: Segmenter) -> None:
     # The 64 MB bool mask is the only full-size array: no float copies of the image or of
     # the probability (each would be 256 MB or more).
     assert peak < 64e6 + 40e6, f"peak numpy allocation {peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_segment_stream_yields_every_computed_frame_before_the_source_fails(
+        ort_segmenter: Segmenter, episode, pipeline: bool) -> None:  # noqa: ANN001
+    """A frame source that raises after two frames: both results come out, then its error."""
+
+    class CameraGone(RuntimeError):
+        pass
+
+    def frames():  # noqa: ANN202
+        yield episode.query_image
+        yield episode.query_image[::2, ::2]
+        raise CameraGone("camera disconnected")
+
+    stream = ort_segmenter.segment_stream(frames(), pipeline=pipeline)
+    got = []
+    with pytest.raises(CameraGone):
+        for mask in stream:
+            got.append(mask)
+    assert [mask.shape for mask in got] == [episode.query_image.shape[:2],
+                                            episode.query_image[::2, ::2].shape[:2]]

@@ -20,7 +20,7 @@ from runtime.backends.tensorrt_backend import (
     check_profile,
     engine_paths,
 )
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, update_manifest
 
 INFO = {"tensorrt_version": "10.3.0.26", "compute_capability": "8.7", "gpu_name": "Orin",
         "profiles": [], "onnx_sha256": "abc"}
@@ -267,10 +267,13 @@ def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: P
     runs ONNX Runtime instead of raising EngineMismatchError (defect 10). The GPU is a
     stand-in: is_available and activation are patched, no GPU call is made."""
     copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+    written = []
     for graph in ("backbone", "refine"):
         for path in engine_paths(copy, graph, "fp32"):
             path.parent.mkdir(exist_ok=True)
             path.write_text("{}")
+            written.append(str(path.relative_to(copy)))
+    update_manifest(copy, lambda manifest: None, added_files=written)  # verifiable plans
 
     def foreign_plans(self: TensorRTBackend) -> None:
         raise EngineMismatchError("backbone.fp32.plan was built on an RTX 4090 (8.9)")
@@ -304,10 +307,13 @@ def test_stream_handle_accepts_raw_handles_and_stream_objects() -> None:
 
 def test_external_stream_is_kept_by_the_backend(runtime_bundle: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+    written = []
     for graph in ("backbone", "refine"):
         for path in engine_paths(copy, graph, "fp32"):
             path.parent.mkdir(exist_ok=True)
             path.write_text("{}")
+            written.append(str(path.relative_to(copy)))
+    update_manifest(copy, lambda manifest: None, added_files=written)
     backend = TensorRTBackend(Bundle.load(copy), "fp32", stream=type("S", (), {"handle": 5})())
     assert backend.external_stream == 5
     assert TensorRTBackend(Bundle.load(copy), "fp32").external_stream is None
