@@ -260,20 +260,27 @@ def test_tensorrt_matches_onnxruntime(runtime_bundle: Path, tmp_path: Path) -> N
         Segmenter(bundle_dir, backend="tensorrt")
 
 
-def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch,
-                                               caplog: pytest.LogCaptureFixture) -> None:
-    """"auto" with plans that do not fit this machine (stale, foreign) logs the reason and
-    runs ONNX Runtime instead of raising EngineMismatchError (defect 10). The GPU is a
-    stand-in: is_available and activation are patched, no GPU call is made."""
-    copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+def copy_with_listed_plans(bundle: Path, destination: Path) -> Path:
+    """A copy of ``bundle`` with placeholder fp32 plans listed (so verifiable) in its
+    manifest: what a backend checks before it deserializes anything."""
+    copy = Path(shutil.copytree(bundle, destination))
     written = []
     for graph in ("backbone", "refine"):
         for path in engine_paths(copy, graph, "fp32"):
             path.parent.mkdir(exist_ok=True)
             path.write_text("{}")
             written.append(str(path.relative_to(copy)))
-    update_manifest(copy, lambda manifest: None, added_files=written)  # verifiable plans
+    update_manifest(copy, lambda manifest: None, added_files=written)
+    return copy
+
+
+def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """"auto" with plans that do not fit this machine (stale, foreign) logs the reason and
+    runs ONNX Runtime instead of raising EngineMismatchError (defect 10). The GPU is a
+    stand-in: is_available and activation are patched, no GPU call is made."""
+    copy = copy_with_listed_plans(runtime_bundle, tmp_path / "bundle")
 
     def foreign_plans(self: TensorRTBackend) -> None:
         raise EngineMismatchError("backbone.fp32.plan was built on an RTX 4090 (8.9)")
@@ -306,14 +313,7 @@ def test_stream_handle_accepts_raw_handles_and_stream_objects() -> None:
 
 
 def test_external_stream_is_kept_by_the_backend(runtime_bundle: Path, tmp_path: Path) -> None:
-    copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
-    written = []
-    for graph in ("backbone", "refine"):
-        for path in engine_paths(copy, graph, "fp32"):
-            path.parent.mkdir(exist_ok=True)
-            path.write_text("{}")
-            written.append(str(path.relative_to(copy)))
-    update_manifest(copy, lambda manifest: None, added_files=written)
+    copy = copy_with_listed_plans(runtime_bundle, tmp_path / "bundle")
     backend = TensorRTBackend(Bundle.load(copy), "fp32", stream=type("S", (), {"handle": 5})())
     assert backend.external_stream == 5
     assert TensorRTBackend(Bundle.load(copy), "fp32").external_stream is None
