@@ -169,6 +169,7 @@ class Backend:
 REGISTRY: dict[str, str] = {
     "tensorrt": "runtime.backends.tensorrt_backend:TensorRTBackend",
     "onnxruntime": "runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "runtime.backends.openvino_backend:OpenVinoBackend",
     "torch": "runtime.backends.torch_backend:TorchBackend",
 }
 
