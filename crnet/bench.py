@@ -170,9 +170,12 @@ def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warm
 def runs_query_branch_only(backend_info: dict[str, Any]) -> bool:
     """Whether the backend's segment() skips the support branch of the refine: the torch
     backend always does (``refine_query``), onnxruntime when it could cut the graph
-    (``describe()["query_refine"]``), tensorrt never (its refine engine is the full graph)."""
+    (``describe()["query_refine"]``), openvino when it fused the query graph
+    (``describe()["query_graph"]``), tensorrt never (its refine engine is the full graph)."""
     if backend_info.get("backend") == "torch":
         return True
+    if backend_info.get("backend") == "openvino":
+        return bool(backend_info.get("query_graph", {}).get("fused", False))
     return bool(backend_info.get("query_refine", {}).get("pruned", False))
 
 
@@ -313,7 +316,7 @@ def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32"
     threads = threads or os.cpu_count() or 1
     bundle = Path(bundle)
     name = choose_backend(backend, Bundle.load(bundle, verify=False), precision)
-    options = {"threads": threads} if name in ("onnxruntime", "torch") else {}
+    options = {"threads": threads} if name in ("onnxruntime", "openvino", "torch") else {}
     support_images, support_masks, queries = load_queries(shots, 8, fold, seed)
     with Segmenter(bundle, backend=name, precision=precision, **options) as segmenter:
         report = _measure(segmenter, support_images, support_masks, queries, iterations,
@@ -416,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crnet bench", description=main.__doc__)
     parser.add_argument("bundle", type=Path, help="bundle directory (from crnet export)")
     parser.add_argument("--backend", default="auto",
-                        choices=["auto", "onnxruntime", "tensorrt", "torch"])
+                        choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--iterations", type=int, default=100)

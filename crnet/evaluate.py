@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint for the torch backend without a bundle")
     parser.add_argument("--backend", default="torch",
-                        choices=["auto", "onnxruntime", "tensorrt", "torch"])
+                        choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"])
     parser.add_argument("--precision", default="fp32",
                         help="fp32, fp16, int8, a comma list, or 'all' (one table)")
     parser.add_argument("--dataset", default="synthetic-5i",

@@ -33,7 +33,9 @@ _QUERY_INPUTS = {"image", "support_feat", "support_mask"}
 
 
 class OpenVinoBackend(Backend):
-    """The bundle's graphs as OpenVINO compiled models (one infer request each)."""
+    """The bundle's graphs as OpenVINO compiled models (one infer request each).
+
+    ``requests`` maps a graph ("backbone", "refine", "query") to (compiled model, request)."""
 
     name = "openvino"
     install_hint = ("Install it with `pip install 'crnet-deploy[openvino]'` "
@@ -102,7 +104,7 @@ class OpenVinoBackend(Backend):
             raise BackendError(f"OpenVINO cannot compile {what} for {self.device} "
                                f"({self.precision}, {self.inference_precision}): "
                                f"{error}") from error
-        return compiled.create_infer_request()
+        return compiled, compiled.create_infer_request()
 
     def _activate(self) -> None:
         import openvino as ov
@@ -155,11 +157,12 @@ class OpenVinoBackend(Backend):
     def _run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]
              ) -> list[np.ndarray]:
         self._require_active()
-        request = self.requests[graph]
+        compiled, request = self.requests[graph]
         result = request.infer({name: np.ascontiguousarray(array, dtype=np.float32)
                                 for name, array in feeds.items()})
-        by_name = {port.get_any_name(): value for port, value in result.items()}
-        return [np.array(by_name[name], dtype=np.float32) for name in outputs]
+        # compiled.output(name) finds a port by any of its tensor names (a cast graph's
+        # output port may carry several).
+        return [np.array(result[compiled.output(name)], dtype=np.float32) for name in outputs]
 
     def run_backbone(self, images: np.ndarray) -> np.ndarray:
         return self._run("backbone", {"image": images}, ["feat"])[0]
