@@ -435,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
                                           f"(default N {SOAK_DEFAULT})")
     parser.add_argument("--fold", type=int, default=0, choices=range(4))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", action="store_true",
+                        help="time every installed CPU path side by side (torch, onnxruntime "
+                             "fp32/int8, openvino f32/bf16/int8) in one process "
+                             "(crnet/bench_compare.py); --backend/--precision are ignored")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
@@ -447,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.backends.base import BackendError
     from runtime.bundle import BundleError
 
+    if args.compare:
+        return _main_compare(args)
     try:
         report = run_bench(args.bundle, args.backend, args.precision,
                            iterations=args.iterations, warmup=args.warmup,
@@ -462,6 +468,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     if "soak" in report and not report["soak"]["passed"]:
         return 1
+    return 0
+
+
+def _main_compare(args: argparse.Namespace) -> int:
+    from crnet.bench_compare import format_compare, run_compare
+    from runtime.backends.base import BackendError
+    from runtime.bundle import BundleError
+
+    try:
+        report = run_compare(args.bundle, threads=args.threads, iterations=args.iterations,
+                             warmup=args.warmup, shots=args.shots, fold=args.fold,
+                             seed=args.seed, torch=args.compare_torch is not False,
+                             progress=not args.no_progress)
+    except (BundleError, BackendError, ValueError, OSError) as error:
+        print(f"crnet bench: {error}", file=sys.stderr)
+        return 1
+    print(format_compare(report))
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
     return 0
 
 
