@@ -110,25 +110,6 @@ def test_bf16_where_the_cpu_has_it(runtime_bundle: Path) -> None:
     assert abs(_miou(ours, truths) - _miou(reference, truths)) < 3.0
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny bundle with decisive masks (tests/calibration's balanced model: the runtime
-    bundle's x200 classifier turns any int8 rounding into mask flips) and an int8 variant
-    (min-max on a few episodes)."""
-    from calibration.quantize import quantize_int8
-    from export.to_onnx import export_bundle
-    from models.checkpoint import save_checkpoint
-    from tests.calibration.conftest import balanced_tiny_model
-
-    root = tmp_path_factory.mktemp("openvino")
-    checkpoint = save_checkpoint(balanced_tiny_model(), root / "tiny", training={"fold": 0})
-    bundle = root / "bundle"
-    export_bundle(bundle, checkpoint, parity_episodes=2, progress=False)
-    quantize_int8(bundle, calibration_method="minmax", calibration_episodes=4,
-                  sensitivity=False, progress=False)
-    return bundle
-
-
 def test_int8_runs_on_int8_and_agrees_by_miou(int8_bundle: Path) -> None:
     ours, truths = _segment_episodes(int8_bundle, "openvino", "int8")
     reference, _ = _segment_episodes(int8_bundle, "onnxruntime", "int8")
