@@ -439,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="time every installed CPU path side by side (torch, onnxruntime "
                              "fp32/int8, openvino f32/bf16/int8) in one process "
                              "(crnet/bench_compare.py); --backend/--precision are ignored")
+    parser.add_argument("--under-load", action="store_true",
+                        help="per-episode evaluation time quiet and beside a CPU hog on one "
+                             "core, alternating (crnet/under_load.py)")
+    parser.add_argument("--episodes-per-round", type=int, default=20,
+                        help="--under-load: episodes per quiet or loaded half-round")
+    parser.add_argument("--rounds", type=int, default=3, help="--under-load: rounds")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
@@ -453,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.compare:
         return _main_compare(args)
+    if args.under_load:
+        return _main_under_load(args)
     try:
         report = run_bench(args.bundle, args.backend, args.precision,
                            iterations=args.iterations, warmup=args.warmup,
@@ -468,6 +476,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     if "soak" in report and not report["soak"]["passed"]:
         return 1
+    return 0
+
+
+def _main_under_load(args: argparse.Namespace) -> int:
+    from crnet.under_load import format_under_load, run_under_load
+    from runtime.backends.base import BackendError
+    from runtime.bundle import BundleError
+
+    if args.episodes_per_round < 1 or args.rounds < 1:
+        print("crnet bench: --episodes-per-round and --rounds must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        report = run_under_load(args.bundle, threads=args.threads,
+                                episodes_per_round=args.episodes_per_round,
+                                rounds=args.rounds, fold=args.fold, seed=args.seed,
+                                progress=not args.no_progress)
+    except (BundleError, BackendError, ValueError, OSError) as error:
+        print(f"crnet bench: {error}", file=sys.stderr)
+        return 1
+    print(format_under_load(report))
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module with main(argv), one-line help). Modules import lazily so that
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"crnet: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # Before torch loads its OpenMP runtime: idle OpenMP workers sleep instead of spinning,
+    # so torch does not take the cores from ONNX Runtime / OpenVINO running next in the same
+    # process, or from another process on a shared machine (notes/README-speed.md). An
+    # explicit OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     module = importlib.import_module(SUBCOMMANDS[command][0])
     return int(module.main(rest) or 0)
 

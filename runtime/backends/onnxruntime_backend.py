@@ -22,11 +22,14 @@ ONNX Runtime's x86 kernels run U8S8 instead of S8S8 (runtime/qdq_u8.py; 1.8x fas
 query on an AVX-512 VNNI EPYC, identical logits). ``uint8_activations=False`` keeps the
 graphs as they are; ``describe()["int8_activations"]`` says which ran.
 
-Spinning: idle intra-op workers of an ORT session busy-wait for its next run. The query
-session keeps that default (one run per query: 3.7 ms per query on 2 cores, 2 threads,
-crnet-lite, against 4.3 ms with two sessions taking turns). The other sessions do not spin
-unless ``spinning=True``: each session has its own pool, and with two sessions taking
-turns the spinning workers of one took the cores from the other's run (9.1 ms per query).
+Spinning: idle intra-op workers of an ORT session busy-wait for its next run. No session
+spins by default: spinning workers took the cores from torch, OpenVINO or another ORT
+session running next in the same process (``crnet deploy``'s evaluation ran 2x slower
+per episode) and from other processes on a shared machine, and on a loaded 2-core
+machine the query ran 2x slower with them (notes/README-speed.md). ``query_spinning=True``
+lets the fused query session spin (for a machine the application has to itself);
+``spinning=True`` the other sessions. ``dynamic_block_base`` sets ORT's
+``session.dynamic_block_base`` (0: ORT's default static split).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
                  threads: int | None = None, providers: list[Any] | None = None,
                  use_ort_build: bool = True, spinning: bool = False,
+                 query_spinning: bool = False, dynamic_block_base: int = 0,
                  uint8_activations: bool = True) -> None:
         if bundle is None:
             raise BackendError("the onnxruntime backend needs a bundle directory "
@@ -64,6 +68,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self.spinning = spinning
+        self.query_spinning = query_spinning
+        if dynamic_block_base < 0:
+            raise BackendError(f"dynamic_block_base must be >= 0, got {dynamic_block_base}")
+        self.dynamic_block_base = dynamic_block_base
         self.uint8_activations = uint8_activations
         self.activations: dict[str, Any] = {}
         self.requested_providers = providers
@@ -152,6 +160,9 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.dynamic_block_base:
+            options.add_session_config_entry("session.dynamic_block_base",
+                                             str(self.dynamic_block_base))
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         return options
@@ -213,7 +224,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             query = chain_backbone(self._load_onnx(self.loaded_paths["backbone"]), refine_query)
             session = ort.InferenceSession(query.SerializeToString(),
-                                           self._options(spinning=True), providers=providers)
+                                           self._options(spinning=self.query_spinning),
+                                           providers=providers)
             _check_inputs(session, {"image", "support_feat", "support_mask"},
                           "the chained query graph")
         except Exception as error:  # graphs onnx.compose cannot merge
@@ -312,7 +324,9 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["threads"] = self.threads
-        info["spinning"] = {"query": "query" in self.sessions, "other sessions": self.spinning}
+        info["spinning"] = {"query": "query" in self.sessions and self.query_spinning,
+                            "other sessions": self.spinning}
+        info["dynamic_block_base"] = self.dynamic_block_base
         if self.sessions:
             info["providers"] = self.sessions["backbone"].get_providers()
         loaded = self.loaded_paths or self.paths
