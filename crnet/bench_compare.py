@@ -4,9 +4,10 @@
 
 Rows: PyTorch's full forward (encode support and query, refine; what an application
 without this runtime would run per query), then each CPU path of runtime.Segmenter that
-is installed: ONNX Runtime fp32 and int8, OpenVINO fp32 with the f32 hint, fp32 with the
-bf16 hint (only where the CPU lists BF16), int8 (f32 hint between the int8 layers) and
-int8 with the bf16 hint. Each path is timed twice: ``raw``, the engine alone on the fused
+is installed and whose variant the bundle has: ONNX Runtime fp32, fp16 and int8, OpenVINO
+fp32 with the f32 hint, fp32 with the bf16 hint (only where the CPU lists BF16), fp16 (f32
+hint), int8 (f32 hint between the int8 layers) and int8 with the bf16 hint. Each path is
+timed twice: ``raw``, the engine alone on the fused
 query graph (``backend.run_query`` on a preprocessed image with the support encoded once),
 and ``segment``, the whole ``Segmenter.segment`` call (numpy pre- and post-processing
 included). All calls alternate in blocks of 10 (crnet.bench.interleaved_times) at the
@@ -56,13 +57,14 @@ def cpu_paths(bundle_precisions: list[str]) -> list[CpuPath]:
     paths: list[CpuPath] = []
     if backend_class("onnxruntime").is_available()[0]:
         paths += [CpuPath(f"onnxruntime {p}", "onnxruntime", p)
-                  for p in ("fp32", "int8") if p in bundle_precisions]
+                  for p in ("fp32", "fp16", "int8") if p in bundle_precisions]
     openvino = backend_class("openvino")
     if openvino.is_available()[0]:
         hints = ["f32", "bf16"] if openvino.supports_bf16() else ["f32"]
         paths += [CpuPath(f"openvino {p} ({hint})", "openvino", p,
-                        {"inference_precision": hint})
-                  for p in ("fp32", "int8") if p in bundle_precisions for hint in hints]
+                          {"inference_precision": hint})
+                  for p in ("fp32", "fp16", "int8") if p in bundle_precisions
+                  for hint in (hints if p != "fp16" else ["f32"])]
     return paths
 
 
