@@ -442,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--under-load", action="store_true",
                         help="per-episode evaluation time quiet and beside a CPU hog on one "
                              "core, alternating (crnet/under_load.py)")
-    parser.add_argument("--episodes-per-round", type=int, default=20,
-                        help="--under-load: episodes per quiet or loaded half-round")
-    parser.add_argument("--rounds", type=int, default=3, help="--under-load: rounds")
+    parser.add_argument("--episodes-per-round", type=int, default=5,
+                        help="--under-load: episodes per quiet or loaded block")
+    parser.add_argument("--rounds", type=int, default=8, help="--under-load: rounds")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:

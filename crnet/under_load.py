@@ -6,16 +6,18 @@ The evaluation loop of ``crnet eval`` / ``crnet deploy`` (per episode: ``set_sup
 ``segment``) runs for each path: the PyTorch reference (torch backend on the bundle's
 checkpoint), ONNX Runtime fp32 and int8, OpenVINO int8 where installed, and "deploy", the
 reference and the ORT variants one after the other as deploy's evaluation runs them.
-Rounds alternate quiet and loaded: a child Python process spinning ``while True`` pinned
-to one core (the last one) is started for the loaded half and stopped after it, so the
-two halves meet the same background. Prints the median seconds per episode of each
-half and their ratio. A benchmark prints numbers; nothing here asserts a time.
+A child Python process spinning ``while True``, pinned to one core (the last one), runs
+for the whole measurement and is paused (SIGSTOP) for the quiet halves and resumed
+(SIGCONT) for the loaded ones; each path alternates short quiet and loaded blocks, so
+on a shared machine both halves meet the same background. Prints the median seconds
+per episode of each half and their ratio. A benchmark prints numbers; nothing here asserts a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +54,17 @@ def cpu_hog(cpu: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             hog.kill()
             hog.wait()
+
+
+@contextlib.contextmanager
+def hog_paused(hog: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The hog stopped (SIGSTOP) inside the block, running again after it."""
+    os.kill(hog.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(hog.pid, signal.SIGCONT)
+        time.sleep(0.02)  # let it take its core back before the loaded block
 
 
 def episode_seconds(predict: Callable[[Any], object], episodes: list[Any]) -> list[float]:
@@ -97,7 +110,7 @@ def predictors(bundle: Path, threads: int, options: dict[str, dict[str, Any]] | 
 
 
 def run_under_load(bundle: str | Path, *, threads: int | None = None,
-                   episodes_per_round: int = 20, rounds: int = 3, fold: int = 0,
+                   episodes_per_round: int = 5, rounds: int = 8, fold: int = 0,
                    seed: int = 0, options: dict[str, dict[str, Any]] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Quiet and loaded per-episode times of each path (module docstring)."""
@@ -112,14 +125,14 @@ def run_under_load(bundle: str | Path, *, threads: int | None = None,
     try:
         for predict in calls.values():
             episode_seconds(predict, episodes[:2])  # warm-up
-        for round_index in range(rounds):
-            for name, predict in calls.items():
-                quiet[name] += episode_seconds(predict, episodes)
-            with cpu_hog():
+        with cpu_hog() as hog:
+            for round_index in range(rounds):
                 for name, predict in calls.items():
+                    with hog_paused(hog):
+                        quiet[name] += episode_seconds(predict, episodes)
                     loaded[name] += episode_seconds(predict, episodes)
-            if progress:
-                print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
+                if progress:
+                    print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
     finally:
         for segmenter in segmenters:
             segmenter.close()
@@ -140,7 +153,8 @@ def format_under_load(report: dict[str, Any]) -> str:
     """The quiet / loaded table for the terminal (markdown)."""
     lines = [f"{report['threads']} thread(s) on {report['cpus']} cores; hog: one process "
              f"spinning on the last core; {report['rounds']} rounds x "
-             f"{report['episodes_per_round']} episodes, quiet and loaded alternating", "",
+             f"{report['episodes_per_round']} episodes per path, quiet (hog paused) and "
+             "loaded alternating", "",
              "| path | quiet s/episode | loaded s/episode | loaded / quiet |",
              "|---|---|---|---|"]
     for row in report["rows"]:
