@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument("--inference-precision", choices=["f32", "bf16"], default=None,
+                        help="openvino only: the inference precision hint (default f32; "
+                             "bf16 only on CPUs that have it)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--shots must be >= 1, got {args.shots}")
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.inference_precision is not None and args.backend != "openvino":
+        parser.error("--inference-precision applies to --backend openvino only")
     if args.bundle is None and args.backend not in ("torch", "auto"):
         parser.error(f"--backend {args.backend} needs --bundle DIR (a bundle from crnet export)")
     try:
@@ -213,8 +218,13 @@ def _evaluate_variants(args: argparse.Namespace, source: Any, Segmenter: Any
         if args.bundle is None or (args.backend == "torch" and precision == "fp32"):
             result, backend = reference, "torch"
         else:
-            segmenter = Segmenter(args.bundle, backend=args.backend, precision=precision)
+            options = ({"inference_precision": args.inference_precision}
+                       if args.inference_precision else {})
+            segmenter = Segmenter(args.bundle, backend=args.backend, precision=precision,
+                                  **options)
             backend = getattr(segmenter, "backend_name", args.backend)
+            if args.inference_precision:
+                backend = f"{backend}-{args.inference_precision}"
             result = run(segmenter, f"{backend} {precision}")
         records.append(result_record(
             result, reference, gates.get(precision), backend=backend, precision=precision,
