@@ -171,6 +171,7 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
                 **{f"{extra} {p}": (extra, p) for extra in extra_backends for p in precisions}}
     cached: dict[str, dict[str, Any]] = {}
     todo: dict[str, Any] = {}
+    segmenters: list[Any] = []
     for name, (variant_backend, precision) in variants.items():
         key = _episode_key(bundle_dir, precision, variant_backend, settings)
         path = cache_dir / f"eval-{key}.json"
@@ -179,6 +180,7 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
             log(f"  reuse evaluation of {variant_backend} {precision} ({path.name})")
         else:
             segmenter = Segmenter(bundle_dir, backend=variant_backend, precision=precision)
+            segmenters.append(segmenter)
             todo[name] = (segmenter_predictor(segmenter), FewShotMeter(), path,
                           segmenter.backend_name, precision)
     picture_rows: list[dict[str, Any]] = []
@@ -204,6 +206,8 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
                 "episodes": episodes, "seconds": timings[name], **settings,
             }
             write_json_atomic(path, cached[name])
+    for segmenter in segmenters:  # release sessions and compiled models now, not at GC
+        segmenter.close()
     reference = cached["reference"]
     gates = load_gates()
     records = []

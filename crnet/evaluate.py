@@ -226,6 +226,7 @@ def _evaluate_variants(args: argparse.Namespace, source: Any, Segmenter: Any
             if args.inference_precision:
                 backend = f"{backend}-{args.inference_precision}"
             result = run(segmenter, f"{backend} {precision}")
+            segmenter.close()  # release sessions / compiled models now, not at GC
         records.append(result_record(
             result, reference, gates.get(precision), backend=backend, precision=precision,
             dataset=args.dataset, fold=args.fold, shots=args.shots, seed=args.seed,
