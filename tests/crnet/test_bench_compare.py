@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from crnet.bench import main
 from crnet.bench_compare import cpu_paths, summarize
 from runtime.backends.base import backend_class
 from tests.runtime.bundles import export_tiny_bundle
@@ -27,12 +28,17 @@ def test_cpu_paths_follow_what_is_installed_and_the_bundle() -> None:
         assert not any(label.startswith("openvino") for label in labels)
 
 
-def test_compare_times_every_path_twice_and_torch(compare_bundle: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_times_every_path_twice_and_torch(compare_bundle: Path, tmp_path: Path
+                                                  ) -> None:
+    # In its own process: OpenVINO (bf16 paths) and torch training later in the same
+    # pytest process segfaulted (notes/README-speed.md, "Notes for merging").
     out = tmp_path / "compare.json"
-    code = main([str(compare_bundle), "--compare", "--iterations", "3", "--warmup", "1",
-                 "--threads", "1", "--no-progress", "--json", str(out)])
-    assert code == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "crnet.cli", "bench", str(compare_bundle), "--compare",
+         "--iterations", "3", "--warmup", "1", "--threads", "1", "--no-progress", "--json",
+         str(out)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+        timeout=600)
+    assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     paths = {row["path"] for row in report["rows"]}
     expected = {path.label for path in cpu_paths(["fp32"])}
@@ -44,7 +50,7 @@ def test_compare_times_every_path_twice_and_torch(compare_bundle: Path, tmp_path
     assert {(path, "segment") for path in expected} <= timed
     assert {(path, "raw") for path in expected} <= timed
     assert set(report["summary"]) == expected
-    printed = capsys.readouterr().out
+    printed = result.stdout
     assert "| onnxruntime fp32 | segment |" in printed and "sgemm peak" in printed
 
 
