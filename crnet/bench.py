@@ -27,118 +27,33 @@ import gc
 import importlib.util
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crnet.evaluate import BACKENDS
+from crnet.timing import (
+    interleaved_times,
+    load_queries,
+    matmul_peak_gflops,
+    memory_mb,
+    model_flops,
+    percentiles,
+    time_calls,
+    torch_forward,
+)
 from runtime.errors import UsageError
 from runtime.files import check_writable_file, write_json_atomic
 from runtime.layout import PRECISIONS
 
 SOAK_DEFAULT = 5000
 SOAK_LIMIT_MB = 50.0
-MATMUL_SIZE = 1024
 SPEEDUP_TARGET = 3.0
-INTERLEAVE_BLOCK = 10
 
-_MATMUL_SCRIPT = """
-import time, numpy as np
-n = {size}
-rng = np.random.default_rng(0)
-a = rng.standard_normal((n, n), dtype=np.float32)
-b = rng.standard_normal((n, n), dtype=np.float32)
-a @ b
-best = float("inf")
-for _ in range({repeats}):
-    start = time.perf_counter()
-    a @ b
-    best = min(best, time.perf_counter() - start)
-print(2 * n ** 3 / best / 1e9)
-"""
-
-
-def memory_mb(field: str = "VmRSS") -> float:
-    """Resident (VmRSS) or peak resident (VmHWM) memory of this process in MB."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    if field == "VmHWM":  # ru_maxrss: kilobytes on Linux, bytes on macOS
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
-    return float("nan")
-
-
-def percentiles(times_s: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/mean/min/max of durations, in milliseconds."""
-    ms = np.asarray(times_s, dtype=np.float64) * 1e3
-    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
-            "min": float(ms.min()), "max": float(ms.max()), "count": int(ms.size)}
-
-
-def time_calls(call: Callable[[int], object], iterations: int, warmup: int,
-               progress: bool = False, description: str = "") -> list[float]:
-    """Durations in seconds of ``call(i)`` for i in range(iterations), after ``warmup``."""
-    from tqdm import tqdm
-
-    for index in range(warmup):
-        call(index)
-    times = []
-    for index in tqdm(range(iterations), desc=description, disable=not progress, leave=False):
-        start = time.perf_counter()
-        call(index)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def matmul_peak_gflops(threads: int, size: int = MATMUL_SIZE, repeats: int = 10) -> float:
-    """Best GFLOP/s of a numpy float32 ``size``x``size`` matmul at ``threads`` BLAS threads.
-
-    Runs in a subprocess so the thread count applies to the BLAS at its start.
-    """
-    env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[name] = str(threads)
-    result = subprocess.run(
-        [sys.executable, "-c", _MATMUL_SCRIPT.format(size=size, repeats=repeats)],
-        capture_output=True, text=True, env=env, check=True, timeout=300)
-    return float(result.stdout.strip().splitlines()[-1])
-
-
-def model_flops(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """FLOPs of one image's encode, one 1-shot refine, its query branch alone and one 1-shot
-    forward: manifest first, else models.summary (needs torch); None when neither is
-    possible. A manifest written before the query branch was counted gives refine_query
-    None."""
-    stored = manifest.get("flops")
-    if isinstance(stored, dict) and {"encode", "refine"} <= set(stored):
-        encode, refine = int(stored["encode"]), int(stored["refine"])
-        query = stored.get("refine_query")
-        return {"encode": encode, "refine": refine,
-                "refine_query": int(query) if query is not None else None,
-                "forward": int(stored.get("forward", 2 * encode + refine)),
-                "source": "manifest"}
-    if importlib.util.find_spec("torch") is None:
-        return None
-    from models.config import CRNetConfig
-    from models.summary import summarize
-
-    summary = summarize(CRNetConfig.from_dict(manifest["model"]))
-    return {"encode": summary.encode_flops, "refine": summary.refine_flops,
-            "refine_query": summary.refine_query_flops, "forward": summary.forward_flops,
-            "source": "models.summary"}
 
 
 def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warmup: int
@@ -173,81 +88,13 @@ def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warm
 def runs_query_branch_only(backend_info: dict[str, Any]) -> bool:
     """Whether the backend's segment() skips the support branch of the refine: the torch
     backend always does (``refine_query``), onnxruntime when it could cut the graph
-    (``describe()["query_refine"]``), tensorrt never (its refine engine is the full graph)."""
+    (``describe()["query_refine"]``), openvino when it fused the query graph
+    (``describe()["query_graph"]``), tensorrt never (its refine engine is the full graph)."""
     if backend_info.get("backend") == "torch":
         return True
+    if backend_info.get("backend") == "openvino":
+        return bool(backend_info.get("query_graph", {}).get("fused", False))
     return bool(backend_info.get("query_refine", {}).get("pruned", False))
-
-
-def load_queries(shots: int, count: int, fold: int, seed: int
-                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Support images, support masks (episode 0) and ``count`` query images (episodes 0..)."""
-    from data.synthetic import Synthetic5i
-
-    dataset = Synthetic5i(fold, split="test", seed=seed)
-    first = dataset.episode(0, shots)
-    queries = [first.query_image] + [dataset.episode(i, 1).query_image
-                                     for i in range(1, count)]
-    return list(first.support_images), list(first.support_masks), queries
-
-
-def torch_forward(bundle_root: Path, support_images: list[np.ndarray],
-                  support_masks: list[np.ndarray], query: np.ndarray, threads: int
-                  ) -> Callable[[int], object]:
-    """A call running ``CRNet.forward`` (encode support and query, refine) in torch on
-    inputs preprocessed once, with ``threads`` intra-op threads."""
-    import torch
-
-    from models.checkpoint import load_checkpoint
-    from runtime.bundle import Bundle
-    from runtime.preprocess import mask_at_input_size, preprocess_image
-
-    bundle = Bundle.load(bundle_root, verify=False)
-    weights = bundle.root / bundle.manifest.get("checkpoint", {}).get(
-        "weights", "checkpoint.safetensors")
-    model, info = load_checkpoint(weights)
-    config = info.config
-    torch.set_num_threads(threads)
-    supports = torch.from_numpy(np.concatenate([
-        preprocess_image(image, config.input_size, config.mean, config.std)
-        for image in support_images]))
-    masks = torch.from_numpy(np.concatenate([
-        mask_at_input_size(mask, config.input_size) for mask in support_masks]))
-    query_tensor = torch.from_numpy(preprocess_image(query, config.input_size, config.mean,
-                                                     config.std))
-
-    def forward(_: int) -> None:
-        with torch.inference_mode():
-            model(query_tensor, supports, masks)
-
-    return forward
-
-
-def interleaved_times(calls: dict[str, Callable[[int], object]], iterations: int, warmup: int,
-                      progress: bool, block: int = INTERLEAVE_BLOCK) -> dict[str, list[float]]:
-    """Durations of several calls, alternated in blocks of ``block`` calls so that they share
-    the machine's load (other processes, thermal state) instead of meeting it at different
-    times. Blocks rather than single calls: each runtime's thread pool spins for a while
-    after a call, and alternating call by call would time one pool against the other's
-    spinning threads on the same cores."""
-    from tqdm import tqdm
-
-    for index in range(warmup):
-        for call in calls.values():
-            call(index)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    with tqdm(total=iterations * len(calls), desc="vs torch", disable=not progress,
-              leave=False) as bar:
-        for first in range(0, iterations, block):
-            indices = range(first, min(first + block, iterations))
-            for name, call in calls.items():
-                call(indices[0])  # settle this runtime's thread pool after the switch
-                for index in indices:
-                    start = time.perf_counter()
-                    call(index)
-                    times[name].append(time.perf_counter() - start)
-                    bar.update(1)
-    return times
 
 
 def soak(segment: Callable[[np.ndarray], object], queries: list[np.ndarray], calls: int,
@@ -316,7 +163,7 @@ def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32"
     threads = threads or os.cpu_count() or 1
     bundle = Path(bundle)
     name = choose_backend(backend, Bundle.load(bundle, verify=False), precision)
-    options = {"threads": threads} if name in ("onnxruntime", "torch") else {}
+    options = {"threads": threads} if name in ("onnxruntime", "openvino", "torch") else {}
     support_images, support_masks, queries = load_queries(shots, 8, fold, seed)
     with Segmenter(bundle, backend=name, precision=precision, **options) as segmenter:
         report = _measure(segmenter, support_images, support_masks, queries, iterations,
@@ -434,6 +281,16 @@ def main(argv: list[str] | None = None) -> int:
                                           f"(default N {SOAK_DEFAULT})")
     parser.add_argument("--fold", type=int, default=0, choices=range(4))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", action="store_true",
+                        help="time every installed CPU path side by side (torch, onnxruntime "
+                             "fp32/int8, openvino f32/bf16/int8) in one process "
+                             "(crnet/bench_compare.py); --backend/--precision are ignored")
+    parser.add_argument("--under-load", action="store_true",
+                        help="per-episode evaluation time quiet and beside a CPU hog on one "
+                             "core, alternating (crnet/under_load.py)")
+    parser.add_argument("--episodes-per-round", type=int, default=5,
+                        help="--under-load: episodes per quiet or loaded block")
+    parser.add_argument("--rounds", type=int, default=8, help="--under-load: rounds")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
@@ -448,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.backends.base import BackendError
     from runtime.bundle import BundleError
 
+    if args.compare:
+        return _main_compare(args)
+    if args.under_load:
+        return _main_under_load(args)
     try:
         report = run_bench(args.bundle, args.backend, args.precision,
                            iterations=args.iterations, warmup=args.warmup,
@@ -464,6 +325,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     if "soak" in report and not report["soak"]["passed"]:
         return 1
+    return 0
+
+
+def _main_under_load(args: argparse.Namespace) -> int:
+    from crnet.under_load import format_under_load, run_under_load
+    from runtime.backends.base import BackendError
+    from runtime.bundle import BundleError
+
+    if args.episodes_per_round < 1 or args.rounds < 1:
+        print("crnet bench: --episodes-per-round and --rounds must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        report = run_under_load(args.bundle, threads=args.threads,
+                                episodes_per_round=args.episodes_per_round,
+                                rounds=args.rounds, fold=args.fold, seed=args.seed,
+                                progress=not args.no_progress)
+    except (BundleError, BackendError, ValueError, OSError) as error:
+        print(f"crnet bench: {error}", file=sys.stderr)
+        return 1
+    print(format_under_load(report))
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _main_compare(args: argparse.Namespace) -> int:
+    from crnet.bench_compare import format_compare, run_compare
+    from runtime.backends.base import BackendError
+    from runtime.bundle import BundleError
+
+    try:
+        report = run_compare(args.bundle, threads=args.threads, iterations=args.iterations,
+                             warmup=args.warmup, shots=args.shots, fold=args.fold,
+                             seed=args.seed, torch=args.compare_torch is not False,
+                             progress=not args.no_progress)
+    except (BundleError, BackendError, ValueError, OSError) as error:
+        print(f"crnet bench: {error}", file=sys.stderr)
+        return 1
+    print(format_compare(report))
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
     return 0
 
 

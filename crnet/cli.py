@@ -8,6 +8,7 @@ expected error or a failed check (printed as one line), 2 a bad command line.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from runtime.errors import EXIT_USAGE, run_command
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"crnet: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return EXIT_USAGE
+    # Before torch loads its OpenMP runtime: idle OpenMP workers sleep instead of spinning,
+    # so torch does not take the cores from ONNX Runtime / OpenVINO running next in the same
+    # process, or from another process on a shared machine. An explicit OMP_WAIT_POLICY in
+    # the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     def run(arguments: list[str] | None) -> int:
         module = importlib.import_module(SUBCOMMANDS[command][0])

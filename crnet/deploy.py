@@ -19,7 +19,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +157,11 @@ def _episode_key(bundle_dir: Path, precision: str, backend: str, settings: dict[
 def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fold: int,
                    shots: int, episodes: int, seed: int, cache_dir: Path, log: Log,
                    progress: bool, dataset: str = "synthetic-5i",
-                   data_root: Path | None = None
+                   data_root: Path | None = None, extra_backends: Sequence[str] = ()
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One pass over the episodes scoring the reference and every variant (crnet eval's
-    path: data.evaluation), gated as crnet eval gates them.
+    path: data.evaluation), on ``backend`` and on each of ``extra_backends`` (e.g.
+    openvino where it is installed), gated as crnet eval gates them.
 
     Returns (records per variant, picture rows). Results are cached by the variant's
     graph hashes and the episode settings.
@@ -176,10 +177,12 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
 
     settings = {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
                 "dataset": dataset}
-    variants = {"reference": ("torch", "fp32"), **{p: (backend, p) for p in precisions}}
+    variants = {"reference": ("torch", "fp32"), **{p: (backend, p) for p in precisions},
+                **{f"{extra} {p}": (extra, p) for extra in extra_backends for p in precisions}}
     cached: dict[str, dict[str, Any]] = {}
     predictors: dict[str, Any] = {}
     pending: dict[str, tuple[Path, str, str]] = {}
+    segmenters: list[Any] = []
     for name, (variant_backend, precision) in variants.items():
         key = _episode_key(bundle_dir, precision, variant_backend, settings)
         path = cache_dir / f"eval-{key}.json"
@@ -188,6 +191,7 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
             log(f"  reuse evaluation of {variant_backend} {precision} ({path.name})")
         else:
             segmenter = Segmenter(bundle_dir, backend=variant_backend, precision=precision)
+            segmenters.append(segmenter)
             predictors[name] = segmenter_predictor(segmenter)
             pending[name] = (path, segmenter.backend_name, precision)
     picture_rows: list[dict[str, Any]] = []
@@ -200,36 +204,52 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
         source = episode_source(dataset, fold, seed, data_root)
         results = evaluate_many(predictors, source.episodes(episodes, shots=shots),
                                 total=episodes, progress=progress, description="evaluate",
-                                on_episode=keep_picture)
+                                on_episode=keep_picture,
+                                classes=getattr(source, "classes", None))
         for name, result in results.items():
             path, backend_name, precision = pending[name]
             cached[name] = {"backend": backend_name, "precision": precision,
                             **result.to_dict(), **settings}
             write_json_atomic(path, cached[name])
+    for segmenter in segmenters:  # release sessions and compiled models now, not at GC
+        segmenter.close()
     reference = EvalResult.from_dict(cached["reference"])
     gates = load_gates()
-    records = [gate_record(EvalResult.from_dict(cached[precision]), reference,
-                           gates.get(precision), backend=cached[precision]["backend"],
-                           precision=precision, **settings)
-               for precision in precisions]
+    records = [gate_record(EvalResult.from_dict(cached[name]), reference,
+                           gates.get(variants[name][1]), backend=cached[name]["backend"],
+                           precision=variants[name][1], **settings)
+               for name in variants if name != "reference"]
     return records, picture_rows
 
 
 def bench_stage(bundle_dir: Path, backend: str, precisions: list[str], iterations: int,
-                threads: int | None, log: Log, progress: bool) -> dict[str, Any]:
-    """crnet bench per variant; the torch comparison once, on fp32."""
+                threads: int | None, log: Log, progress: bool,
+                extra_backends: Sequence[str] = ()) -> dict[str, Any]:
+    """crnet bench per variant (keyed by precision; ``"<backend> <precision>"`` for the
+    extra backends); the torch comparison once, on the main backend's fp32."""
     from crnet.bench import run_bench
 
     results = {}
-    for precision in precisions:
-        report = run_bench(bundle_dir, backend, precision, iterations=iterations,
+    runs = [(backend, p, p) for p in precisions]
+    runs += [(extra, p, f"{extra} {p}") for extra in extra_backends for p in precisions]
+    for run_backend, precision, key in runs:
+        report = run_bench(bundle_dir, run_backend, precision, iterations=iterations,
                            warmup=max(3, iterations // 10), threads=threads, shots=1,
-                           compare_torch=precision == "fp32", soak_calls=0, fold=0, seed=0,
+                           compare_torch=key == "fp32", soak_calls=0, fold=0, seed=0,
                            progress=progress)
-        results[precision] = report
+        results[key] = report
         latency = report.get("latency_ms", {}).get("p50", float("nan"))
-        log(f"  {backend} {precision}: p50 {latency:.2f} ms per query")
+        log(f"  {run_backend} {precision}: p50 {latency:.2f} ms per query")
     return results
+
+
+def extra_cpu_backends(main_backend: str) -> list[str]:
+    """CPU backends deploy also evaluates and benchmarks, where installed: openvino."""
+    from runtime.backends.base import backend_class
+
+    if main_backend == "openvino" or not backend_class("openvino").is_available()[0]:
+        return []
+    return ["openvino"]
 
 
 def save_pictures(out_dir: Path, rows: list[dict[str, Any]], precisions: list[str]
@@ -341,9 +361,11 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     stages["build"] = {"seconds": time.perf_counter() - begin}
 
     begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} episodes)")
+    extras = extra_cpu_backends(built["backend"])
     accuracy, picture_rows = evaluate_stage(
         bundle_dir, built["backend"], precisions, fold=fold, shots=shots, episodes=episodes,
         seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
+        extra_backends=extras,
     )
     stages["evaluate"] = {"seconds": time.perf_counter() - begin}
     from data.evaluation import format_table
@@ -352,7 +374,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
 
     begin = _stage(log, 5, "benchmark")
     bench = bench_stage(bundle_dir, built["backend"], precisions, bench_iterations, threads,
-                        log, progress)
+                        log, progress, extra_backends=extras)
     stages["bench"] = {"seconds": time.perf_counter() - begin}
 
     begin = _stage(log, 6, "report")

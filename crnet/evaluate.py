@@ -17,7 +17,7 @@ from runtime.errors import UsageError
 from runtime.layout import PRECISIONS
 
 GATES_FILE = Path(__file__).resolve().parent / "gates.json"
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
 def load_gates(path: Path = GATES_FILE) -> dict[str, float]:
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument("--inference-precision", choices=["f32", "bf16"], default=None,
+                        help="openvino only: the inference precision hint (default f32; "
+                             "bf16 only on CPUs that have it)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -77,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--shots must be >= 1, got {args.shots}")
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.inference_precision is not None and args.backend != "openvino":
+        parser.error("--inference-precision applies to --backend openvino only")
     if args.bundle is None and args.backend not in ("torch", "auto"):
         parser.error(f"--backend {args.backend} needs --bundle DIR (a bundle from crnet export)")
     if args.json is not None:
@@ -130,17 +135,27 @@ def evaluate_variants(args: argparse.Namespace, source: Any) -> list[dict[str, A
         precisions = parse_precisions(args.precision, bundle.precisions)
         reference_segmenter = Segmenter(args.bundle, backend="torch", precision="fp32")
     predictors = {"reference": segmenter_predictor(reference_segmenter)}
+    segmenters = [reference_segmenter]
     backends = {}
     for precision in precisions:
         if args.bundle is None or (args.backend == "torch" and precision == "fp32"):
             continue
-        segmenter = Segmenter(args.bundle, backend=args.backend, precision=precision)
-        backends[precision] = getattr(segmenter, "backend_name", args.backend)
+        options = ({"inference_precision": args.inference_precision}
+                   if args.inference_precision else {})
+        segmenter = Segmenter(args.bundle, backend=args.backend, precision=precision,
+                              **options)
+        segmenters.append(segmenter)
+        backend = getattr(segmenter, "backend_name", args.backend)
+        if args.inference_precision:
+            backend = f"{backend}-{args.inference_precision}"
+        backends[precision] = backend
         predictors[precision] = segmenter_predictor(segmenter)
     results = evaluate_many(predictors, source.episodes(args.episodes, shots=args.shots),
                             total=args.episodes, progress=not args.no_progress,
                             description="eval " + ", ".join(predictors),
                             classes=getattr(source, "classes", None))
+    for segmenter in segmenters:
+        segmenter.close()  # release sessions / compiled models now, not at GC
     reference = results["reference"]
     return [gate_record(results.get(precision, reference), reference, gates.get(precision),
                         backend=backends.get(precision, "torch"), precision=precision,

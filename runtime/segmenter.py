@@ -76,13 +76,15 @@ class Segmenter:
     """Segment, in query images, the class shown by K labelled support images.
 
     ``bundle_dir``: a bundle from ``crnet export``; ``backend``: "auto", "onnxruntime",
-    "tensorrt" or "torch"; ``precision``: "fp32", "fp16" or "int8" (a variant of the
+    "openvino", "tensorrt" or "torch"; ``precision``: "fp32", "fp16" or "int8" (a variant of the
     bundle). ``threshold``: the foreground probability above which a pixel is in the mask.
     Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``,
-    ``spinning``, ``use_ort_build``; tensorrt: ``cuda_graphs``, ``device``, ``stream``; torch:
-    ``device``, ``threads``). With "auto", TensorRT plans that cannot run here (stale, built for
-    another GPU, TensorRT or platform) fall back to the next backend; the reason is logged
-    and kept in ``fallback_reason``.
+    ``spinning``, ``query_spinning``, ``dynamic_block_base``, ``uint8_activations``,
+    ``use_ort_build``; openvino: ``threads``, ``inference_precision``, ``device``;
+    tensorrt: ``cuda_graphs``, ``device``, ``stream``; torch: ``device``, ``threads``).
+    With "auto", TensorRT plans that cannot run here (stale, built for another GPU,
+    TensorRT or platform) fall back to the next backend; the reason is logged and kept in
+    ``fallback_reason``; ``choice`` says what was picked and why.
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto",
@@ -91,7 +93,7 @@ class Segmenter:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         bundle = Bundle.load(bundle_dir, verify=verify)
-        name = choose_backend(backend, bundle, precision)
+        name, why = auto_choice(backend, bundle, precision)
         spec = ModelSpec.from_manifest(bundle.manifest)
         self.fallback_reason: str | None = None
         try:
@@ -101,16 +103,17 @@ class Segmenter:
             if backend != "auto" or name != "tensorrt":
                 raise
             # "auto" chose plans that do not fit here (stale, another GPU or TensorRT, or
-            # not verifiable against the manifest):
-            # run the next backend and say why, instead of failing
-            fallback = choose_backend("auto", bundle, precision, skip_tensorrt=True)
+            # not verifiable against the manifest): run the next backend and say why
+            fallback, fallback_why = auto_choice("auto", bundle, precision, skip_tensorrt=True)
             _LOG.warning("tensorrt engines of %s cannot run here (%s); using %s instead",
                          bundle.root, error, fallback)
             self.fallback_reason = f"tensorrt: {error}"
             cls = require_available(fallback)
             self._setup(cls(bundle, precision, **_accepted(cls, backend_options)), spec,
                         threshold)
+            name, why = fallback, f"tensorrt engines cannot run here; {fallback_why}"
         self.bundle: Bundle | None = bundle
+        self.choice = {"requested": backend, "picked": name, "why": why}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str | None = None,
@@ -124,6 +127,7 @@ class Segmenter:
         segmenter._setup(backend, backend.load_spec(), threshold)
         segmenter.bundle = None
         segmenter.fallback_reason = None
+        segmenter.choice = {"requested": "torch", "picked": "torch", "why": "from_checkpoint"}
         return segmenter
 
     @classmethod
@@ -133,6 +137,9 @@ class Segmenter:
         segmenter = cls.__new__(cls)
         segmenter._setup(backend, spec, threshold)
         segmenter.bundle = None
+        segmenter.fallback_reason = None
+        segmenter.choice = {"requested": backend.name, "picked": backend.name,
+                            "why": "from_backend"}
         return segmenter
 
     def _setup(self, backend: Backend, spec: ModelSpec, threshold: float) -> None:
@@ -167,6 +174,7 @@ class Segmenter:
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description of the backend and model."""
         info = self.backend.describe()
+        info["choice"] = self.choice
         info.update({"model": self.spec.name, "input_size": list(self.spec.input_size),
                      "feature_size": list(self.spec.feature_size),
                      "shots": [self.spec.min_shots, self.spec.max_shots]})
@@ -348,22 +356,60 @@ def _accepted(cls: type[Backend], options: dict[str, Any]) -> dict[str, Any]:
 
 def choose_backend(backend: str, bundle: Bundle, precision: str, *,
                    skip_tensorrt: bool = False) -> str:
-    """Resolve "auto": tensorrt if available and the bundle has engines for the precision,
-    else onnxruntime if available, else torch. Other names pass through after a check."""
+    """Resolve "auto" (see ``auto_choice``); other names pass through after a check."""
+    return auto_choice(backend, bundle, precision, skip_tensorrt=skip_tensorrt)[0]
+
+
+def auto_choice(backend: str, bundle: Bundle, precision: str, *,
+                skip_tensorrt: bool = False) -> tuple[str, str]:
+    """(backend name, why) for ``backend`` ("auto" or a registered name).
+
+    The rule for "auto", measured with ``crnet bench BUNDLE --compare`` (one process,
+    interleaved; notes/README-speed.md):
+
+    1. tensorrt, when it is available and the bundle has engines for the precision;
+    2. onnxruntime: on the CPU its fp32 runs the fused query graph as fast as OpenVINO's
+       f32 and its Segmenter overhead is smaller; its int8 with uint8 activations
+       (runtime/qdq_u8.py) is as fast as OpenVINO's int8 and keeps closer to fp32 by mIoU;
+       fp16 within noise of OpenVINO's. Except int8 when the ``onnx`` package is missing
+       (no uint8 rewrite: ONNX Runtime's S8S8 kernels ran 1.8x slower than OpenVINO's
+       int8), where openvino is taken if installed;
+    3. openvino, where onnxruntime does not import;
+    4. torch, for fp32.
+
+    OpenVINO's bf16 hint (1.7x faster than f32 on a CPU with avx512_bf16) is never taken
+    by "auto": it changes the fp32 variant's numbers, so it is asked for by name
+    (``backend="openvino", inference_precision="bf16"``).
+    """
     if backend != "auto":
         backend_class(backend)  # an unknown name raises, listing the known ones
-        return backend
+        return backend, "asked for by name"
     tensorrt = backend_class("tensorrt")
     if (not skip_tensorrt and tensorrt.has_engines(bundle, precision)
             and tensorrt.is_available()[0]):
-        return "tensorrt"
-    if backend_class("onnxruntime").is_available()[0]:
-        return "onnxruntime"
+        return "tensorrt", f"TensorRT is available and the bundle has {precision} engines"
+    onnxruntime = backend_class("onnxruntime").is_available()[0]
+    openvino = backend_class("openvino").is_available()[0]
+    if precision == "int8" and openvino and not _imports("onnx"):
+        return "openvino", ("int8 without the onnx package: ONNX Runtime would run the "
+                            "bundle's S8S8 graph (measured 1.8x slower than OpenVINO int8)")
+    if onnxruntime:
+        return "onnxruntime", (f"no TensorRT engine for {precision}; on the CPU ONNX Runtime "
+                               "matched or beat OpenVINO on this variant (crnet bench "
+                               "--compare)")
+    if openvino:
+        return "openvino", "onnxruntime does not import; OpenVINO is installed"
     if precision == "fp32" and "torch" in REGISTRY and backend_class("torch").is_available()[0]:
-        return "torch"
+        return "torch", "neither onnxruntime nor openvino imports"
     raise BackendError(
         f"no backend can run {precision} here: install onnxruntime (`pip install onnxruntime`)"
         + (" or torch" if precision == "fp32" else ""))
+
+
+def _imports(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _as_list(items: Sequence[np.ndarray], what: str) -> list[np.ndarray]:

@@ -172,6 +172,7 @@ class Backend:
 BUILTIN_BACKENDS: dict[str, str] = {
     "tensorrt": "runtime.backends.tensorrt_backend:TensorRTBackend",
     "onnxruntime": "runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "runtime.backends.openvino_backend:OpenVinoBackend",
 }
 ENTRY_POINT_GROUP = "crnet_deploy.backends"
 

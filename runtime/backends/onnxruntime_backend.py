@@ -16,11 +16,20 @@ EP (its engine cache is keyed on the bundle's files), nor where the ``onnx`` pac
 not import or a graph cannot be cut or chained; there the full graphs run and
 ``describe()["query_refine"]`` says why.
 
-Spinning: idle intra-op workers of an ORT session busy-wait for its next run. The query
-session keeps that default (one run per query: 3.7 ms per query on 2 cores, 2 threads,
-crnet-lite, against 4.3 ms with two sessions taking turns). The other sessions do not spin
-unless ``spinning=True``: each session has its own pool, and with two sessions taking
-turns the spinning workers of one took the cores from the other's run (9.1 ms per query).
+int8 on the CPU provider: the bundle's symmetric int8 activations are moved to uint8
+(zero point 128; exactly the same values) in memory before the sessions are created, so
+ONNX Runtime's x86 kernels run U8S8 instead of S8S8 (runtime/qdq_u8.py; 1.8x faster per
+query on an AVX-512 VNNI EPYC, identical logits). ``uint8_activations=False`` keeps the
+graphs as they are; ``describe()["int8_activations"]`` says which ran.
+
+Spinning: idle intra-op workers of an ORT session busy-wait for its next run. No session
+spins by default: spinning workers took the cores from torch, OpenVINO or another ORT
+session running next in the same process (``crnet deploy``'s evaluation ran 2x slower
+per episode) and from other processes on a shared machine, and on a loaded 2-core
+machine the query ran 2x slower with them (notes/README-speed.md). ``query_spinning=True``
+lets the fused query session spin (for a machine the application has to itself);
+``spinning=True`` the other sessions. ``dynamic_block_base`` sets ORT's
+``session.dynamic_block_base`` (0: ORT's default static split).
 """
 
 from __future__ import annotations
@@ -49,7 +58,9 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
                  threads: int | None = None, providers: list[Any] | None = None,
-                 use_ort_build: bool = True, spinning: bool = False) -> None:
+                 use_ort_build: bool = True, spinning: bool = False,
+                 query_spinning: bool = False, dynamic_block_base: int = 0,
+                 uint8_activations: bool = True) -> None:
         if bundle is None:
             raise BackendError("the onnxruntime backend needs a bundle directory "
                                "(write one with `crnet export`)")
@@ -58,6 +69,12 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self.spinning = spinning
+        self.query_spinning = query_spinning
+        if dynamic_block_base < 0:
+            raise BackendError(f"dynamic_block_base must be >= 0, got {dynamic_block_base}")
+        self.dynamic_block_base = dynamic_block_base
+        self.uint8_activations = uint8_activations
+        self.activations: dict[str, Any] = {}
         self.requested_providers = providers
         self.spec = ModelSpec.from_manifest(bundle.manifest)
         # Resolve the files now: a missing precision is a clear error at construction.
@@ -144,6 +161,9 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.dynamic_block_base:
+            options.add_session_config_entry("session.dynamic_block_base",
+                                             str(self.dynamic_block_base))
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         return options
@@ -154,8 +174,10 @@ class OnnxRuntimeBackend(Backend):
         options = self._options(self.spinning)
         providers = self.providers()
         self.loaded_paths = {graph: self.model_path(graph, providers) for graph in self.paths}
+        self._activations_plan(providers)
         try:
-            self.sessions = {graph: ort.InferenceSession(str(path), options, providers=providers)
+            self.sessions = {graph: ort.InferenceSession(self._source(path), options,
+                                                         providers=providers)
                              for graph, path in self.loaded_paths.items()}
         except Exception as error:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime cannot load {self.precision} graphs of "
@@ -182,11 +204,9 @@ class OnnxRuntimeBackend(Backend):
             self.query_refine = {"pruned": False, "reason": "TensorRT EP: full refine graph"}
             return
         try:
-            import onnx
-
             from runtime.graph_prune import chain_backbone, prune_to_outputs
 
-            refine = onnx.load(str(self.loaded_paths["refine"]))
+            refine = self._load_onnx(self.loaded_paths["refine"])
             refine_query = prune_to_outputs(refine, ["query_logits"])
             if _convolutions(refine_query) == _convolutions(refine):
                 raise ValueError("query_logits needs every convolution of the refine graph "
@@ -203,9 +223,10 @@ class OnnxRuntimeBackend(Backend):
         self.query_refine = {"pruned": True, "nodes": len(refine_query.graph.node),
                              "of_nodes": len(refine.graph.node)}
         try:
-            query = chain_backbone(onnx.load(str(self.loaded_paths["backbone"])), refine_query)
+            query = chain_backbone(self._load_onnx(self.loaded_paths["backbone"]), refine_query)
             session = ort.InferenceSession(query.SerializeToString(),
-                                           self._options(spinning=True), providers=providers)
+                                           self._options(spinning=self.query_spinning),
+                                           providers=providers)
             _check_inputs(session, {"image", "support_feat", "support_mask"},
                           "the chained query graph")
         except Exception as error:  # graphs onnx.compose cannot merge
@@ -213,6 +234,48 @@ class OnnxRuntimeBackend(Backend):
         else:
             self.sessions["query"] = session
             self.query_refine["chained"] = "yes"
+
+    def _activations_plan(self, providers: list[Any]) -> None:
+        """Decide whether int8 graphs run with uint8 activations (runtime/qdq_u8.py):
+        int8 precision, CPU provider only, ``uint8_activations``, and onnx importable."""
+        names = [provider if isinstance(provider, str) else provider[0]
+                 for provider in providers]
+        if self.precision != "int8":
+            self.activations = {}
+            return
+        if not self.uint8_activations:
+            reason = "uint8_activations=False"
+        elif names != ["CPUExecutionProvider"]:
+            reason = f"providers {names}: the bundle's symmetric int8 as it is"
+        else:
+            try:
+                import onnx  # noqa: F401
+            except ImportError as error:
+                reason = f"onnx does not import ({error})"
+            else:
+                self.activations = {"type": "uint8", "rewritten": {}}
+                return
+        self.activations = {"type": "int8", "reason": reason}
+
+    def _load_onnx(self, path: Path) -> Any:
+        """onnx.load of ``path``, with uint8 activations when the plan says so."""
+        import onnx
+
+        model = onnx.load(str(path))
+        if self.activations.get("type") != "uint8":
+            return model
+        from runtime.qdq_u8 import activations_to_uint8
+
+        model, count = activations_to_uint8(model)
+        self.activations["rewritten"][path.name] = count
+        return model
+
+    def _source(self, path: Path) -> str | bytes:
+        """What InferenceSession loads for ``path``: its file name, or the serialised model
+        with uint8 activations."""
+        if self.activations.get("type") != "uint8":
+            return str(path)
+        return self._load_onnx(path).SerializeToString()
 
     def _deactivate(self) -> None:
         self.sessions = {}
@@ -263,7 +326,9 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["threads"] = self.threads
-        info["spinning"] = {"query": "query" in self.sessions, "other sessions": self.spinning}
+        info["spinning"] = {"query": "query" in self.sessions and self.query_spinning,
+                            "other sessions": self.spinning}
+        info["dynamic_block_base"] = self.dynamic_block_base
         if self.sessions:
             info["providers"] = self.sessions["backbone"].get_providers()
         loaded = self.loaded_paths or self.paths
@@ -272,6 +337,8 @@ class OnnxRuntimeBackend(Backend):
                          for graph, path in loaded.items()}
         if self.query_refine:
             info["query_refine"] = self.query_refine
+        if self.activations:
+            info["int8_activations"] = self.activations
         return info
 
 

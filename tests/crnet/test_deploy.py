@@ -6,6 +6,7 @@ from pathlib import Path
 from PIL import Image
 
 from crnet.deploy import deploy, main
+from runtime.backends.base import backend_class
 from tests.export.conftest import save_tiny_checkpoint
 
 
@@ -21,20 +22,26 @@ def test_deploy_writes_the_report_and_reuses_artifacts(tmp_path: Path) -> None:
                                               "pictures", "cache"}
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["checkpoint_sha256"] == report["checkpoint_sha256"]
-    variants = {record["precision"]: record for record in on_disk["accuracy"]}
+    openvino = backend_class("openvino").is_available()[0]
+    variants = {record["precision"]: record for record in on_disk["accuracy"]
+                if record["backend"] == "onnxruntime"}
     assert set(variants) == {"fp32", "fp16"}
-    for record in variants.values():
-        assert record["backend"] == "onnxruntime"
+    extra = {record["precision"] for record in on_disk["accuracy"]
+             if record["backend"] == "openvino"}
+    assert extra == ({"fp32", "fp16"} if openvino else set())
+    for record in on_disk["accuracy"]:
         assert record["episodes"] == 3
         assert record["max_abs_delta_miou"] in (0.05, 0.3)
         assert abs(record["delta_miou"]) == abs(record["miou"] - record["reference_miou"])
         assert record["passed"] == (abs(record["delta_miou"]) <= record["max_abs_delta_miou"])
     assert on_disk["build"]["target"] in ("onnxruntime-cpu", "tensorrt")
-    assert set(on_disk["bench"]) == {"fp32", "fp16"}
+    assert set(on_disk["bench"]) == {"fp32", "fp16"} | (
+        {"openvino fp32", "openvino fp16"} if openvino else set())
     markdown = (out / "report.md").read_text()
     assert "| fp16 | onnxruntime |" in markdown
+    assert ("| fp16 | openvino |" in markdown) == openvino
     fp32_speed = next(line for line in markdown.splitlines() if line.startswith("| fp32 | ")
-                      and "onnxruntime" not in line)
+                      and "onnxruntime" not in line and "openvino" not in line)
     assert fp32_speed.count(" / ") == 2  # preprocess / inference / postprocess
     assert "![episode 0](pictures/episode-00.png)" in markdown
     picture = Image.open(out / on_disk["pictures"][0])

@@ -35,6 +35,25 @@ def ort_segmenter(runtime_bundle: Path, episode):  # noqa: ANN001, ANN201
     segmenter.close()
 
 
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny bundle with decisive masks (tests/calibration's balanced model: the runtime
+    bundle's x200 classifier turns any int8 rounding into mask flips) and an int8 variant
+    (min-max on a few episodes)."""
+    from calibration.quantize import quantize_int8
+    from export.to_onnx import export_bundle
+    from models.checkpoint import save_checkpoint
+    from tests.calibration.conftest import balanced_tiny_model
+
+    root = tmp_path_factory.mktemp("int8")
+    checkpoint = save_checkpoint(balanced_tiny_model(), root / "tiny", training={"fold": 0})
+    bundle = root / "bundle"
+    export_bundle(bundle, checkpoint, parity_episodes=2, progress=False)
+    quantize_int8(bundle, calibration_method="minmax", calibration_episodes=4,
+                  sensitivity=False, progress=False)
+    return bundle
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -12,7 +12,7 @@ from runtime.bundle import Bundle
 
 def test_registry_and_availability() -> None:
     report = availability()
-    assert set(report) == set(REGISTRY) == {"onnxruntime", "tensorrt", "torch"}
+    assert set(report) == set(REGISTRY) == {"onnxruntime", "openvino", "tensorrt", "torch"}
     for available, reason in report.values():
         assert isinstance(available, bool) and reason
     with pytest.raises(BackendError, match="unknown backend 'cuda'"):

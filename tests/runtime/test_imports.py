@@ -15,9 +15,10 @@ def test_import_runtime_does_not_import_torch_or_tensorrt() -> None:
     code = (
         "import sys, runtime, runtime.files, runtime.segmenter, runtime.backends\n"
         "import runtime.backends.onnxruntime_backend, runtime.backends.tensorrt_backend\n"
-        "import models.torch_backend\n"
+        "import models.torch_backend, runtime.backends.openvino_backend\n"
         "from runtime import Segmenter\n"
-        "heavy = sorted(m for m in ('torch', 'tensorrt', 'onnxruntime') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'tensorrt', 'onnxruntime', 'openvino')\n"
+        "               if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     assert run_python(code) == ""

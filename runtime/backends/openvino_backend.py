@@ -1,0 +1,194 @@
+"""OpenVINO backend: the bundle's ONNX variants on an x86 CPU (or an Intel GPU/NPU).
+
+OpenVINO reads the ONNX directly; the int8 variant's Q/DQ pairs become FakeQuantize and
+run on int8 kernels (VNNI where the CPU has it). Three compiled models per Segmenter,
+compiled once at activation: the backbone, the full refine graph, and the fused query
+graph ``Segmenter.segment`` runs (the backbone chained in front of the refine graph cut
+to ``query_logits``, as the onnxruntime backend builds it: runtime/graph_prune.py).
+
+Inference precision is explicit. OpenVINO's CPU plugin defaults to bf16 on CPUs with
+avx512_bf16 or AMX, which changes the fp32 variant's logits; this backend always sets
+``INFERENCE_PRECISION_HINT``: ``f32`` unless ``inference_precision="bf16"`` is asked for,
+and bf16 is refused (BackendError) on a device that does not list BF16 among its
+capabilities. The int8 variant keeps its int8 layers either way; the hint sets the
+precision of the layers between them.
+
+Threads: ``threads`` sets ``INFERENCE_NUM_THREADS`` (default: all cores); one stream,
+the latency hint, and no CPU pinning, so that a busy core slows one worker instead of
+stalling a pinned one (see notes/README-speed.md, "Under load").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import Backend, BackendError, ModelSpec
+from runtime.bundle import Bundle
+
+INFERENCE_PRECISIONS = ("f32", "bf16")
+_QUERY_INPUTS = {"image", "support_feat", "support_mask"}
+
+
+class OpenVinoBackend(Backend):
+    """The bundle's graphs as OpenVINO compiled models (one infer request each).
+
+    ``requests`` maps a graph ("backbone", "refine", "query") to (compiled model, request)."""
+
+    name = "openvino"
+    install_hint = ("Install it with `pip install 'crnet-deploy[openvino]'` "
+                    "(or `pip install openvino`).")
+    thread_safe = False  # one infer request per graph
+
+    def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
+                 threads: int | None = None, inference_precision: str = "f32",
+                 device: str = "CPU", fuse_query: bool = True) -> None:
+        if bundle is None:
+            raise BackendError("the openvino backend needs a bundle directory "
+                               "(write one with `crnet export`)")
+        super().__init__(bundle, precision)
+        if threads is not None and threads < 1:
+            raise BackendError(f"threads must be >= 1, got {threads}")
+        if inference_precision not in INFERENCE_PRECISIONS:
+            raise BackendError(f"inference_precision must be one of {INFERENCE_PRECISIONS}, "
+                               f"got {inference_precision!r}")
+        self.threads = threads
+        self.inference_precision = inference_precision
+        self.device = device
+        self.fuse_query = fuse_query
+        self.spec = ModelSpec.from_manifest(bundle.manifest)
+        self.paths = {graph: bundle.graph_path(graph, precision)
+                      for graph in ("backbone", "refine")}
+        for path in self.paths.values():
+            if not path.exists():
+                raise BackendError(f"{path} is named by the manifest but missing")
+        self.requests: dict[str, Any] = {}
+        self.query_graph: dict[str, Any] = {}
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str]:
+        try:
+            import openvino
+        except ImportError as error:
+            return False, (f"openvino does not import ({error}); it is the "
+                           "`crnet-deploy[openvino]` extra")
+        return True, f"openvino {openvino.get_version()}"
+
+    @staticmethod
+    def supports_bf16(device: str = "CPU") -> bool:
+        """Whether OpenVINO lists BF16 among ``device``'s optimisation capabilities."""
+        import openvino as ov
+
+        try:
+            capabilities = ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+        except Exception:  # noqa: BLE001 - an unknown device has no capabilities
+            return False
+        return "BF16" in capabilities
+
+    def config(self) -> dict[str, Any]:
+        """The compile properties every graph gets (module docstring)."""
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.inference_precision,
+                                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if self.device == "CPU":
+            config["ENABLE_CPU_PINNING"] = False
+            if self.threads is not None:
+                config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+    def _compile(self, core: Any, model: Any, what: str) -> Any:
+        try:
+            compiled = core.compile_model(model, self.device, self.config())
+        except Exception as error:  # openvino raises RuntimeError with its own message
+            raise BackendError(f"OpenVINO cannot compile {what} for {self.device} "
+                               f"({self.precision}, {self.inference_precision}): "
+                               f"{error}") from error
+        return compiled, compiled.create_infer_request()
+
+    def _activate(self) -> None:
+        import openvino as ov
+
+        if self.inference_precision == "bf16" and not self.supports_bf16(self.device):
+            raise BackendError(f"inference_precision='bf16' asked for, but OpenVINO's "
+                               f"{self.device} device does not list BF16 (needs avx512_bf16 "
+                               "or AMX); use 'f32'")
+        core = ov.Core()
+        requests = {}
+        for graph, path in self.paths.items():
+            try:
+                model = core.read_model(str(path))
+            except Exception as error:
+                raise BackendError(f"OpenVINO cannot read {path.name}: {error}") from error
+            requests[graph] = self._compile(core, model, path.name)
+        self.requests = requests
+        self.query_graph = {"fused": False, "reason": "fuse_query=False"}
+        if self.fuse_query:
+            self._activate_query(core)
+
+    def _activate_query(self, core: Any) -> None:
+        """Compile the chained backbone + query refine (module docstring); on a graph this
+        cannot cut or chain, ``query_graph`` says why and queries run the two graphs."""
+        try:
+            import onnx
+
+            from runtime.graph_prune import chain_backbone, prune_to_outputs
+
+            refine_query = prune_to_outputs(onnx.load(str(self.paths["refine"])),
+                                            ["query_logits"])
+            query = chain_backbone(onnx.load(str(self.paths["backbone"])), refine_query)
+            model = core.read_model(query.SerializeToString(), b"")
+        except Exception as error:  # no onnx package, or graphs it cannot cut/merge
+            self.query_graph = {"fused": False, "reason": f"{type(error).__name__}: {error}"}
+            return
+        names = {port.get_any_name() for port in model.inputs}
+        if names != _QUERY_INPUTS:
+            raise BackendError(f"the chained query graph has inputs {sorted(names)}, "
+                               f"expected {sorted(_QUERY_INPUTS)}")
+        self.requests["query"] = self._compile(
+            core, model, f"the query graph chained from {self.paths['backbone'].name} and "
+                         f"{self.paths['refine'].name}")
+        self.query_graph = {"fused": True, "nodes": len(query.graph.node)}
+
+    def _deactivate(self) -> None:
+        self.requests = {}
+        self.query_graph = {}
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]
+             ) -> list[np.ndarray]:
+        self._require_active()
+        compiled, request = self.requests[graph]
+        result = request.infer({name: np.ascontiguousarray(array, dtype=np.float32)
+                                for name, array in feeds.items()})
+        # compiled.output(name) finds a port by any of its tensor names (a cast graph's
+        # output port may carry several).
+        return [np.array(result[compiled.output(name)], dtype=np.float32) for name in outputs]
+
+    def run_backbone(self, images: np.ndarray) -> np.ndarray:
+        return self._run("backbone", {"image": images}, ["feat"])[0]
+
+    def run_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
+                   support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        query_logits, support_logits = self._run(
+            "refine", {"query_feat": query_feat, "support_feat": support_feat,
+                       "support_mask": support_mask}, ["query_logits", "support_logits"])
+        return query_logits, support_logits
+
+    def run_query(self, image: np.ndarray, support_feat: np.ndarray,
+                  support_mask: np.ndarray) -> np.ndarray:
+        self._require_active()
+        if "query" not in self.requests:
+            return super().run_query(image, support_feat, support_mask)
+        return self._run("query", {"image": image, "support_feat": support_feat,
+                                   "support_mask": support_mask}, ["query_logits"])[0]
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update({"device": self.device, "inference_precision": self.inference_precision,
+                     "threads": self.threads, "config": self.config()})
+        root = self.bundle.root if self.bundle is not None else Path()
+        info["files"] = {graph: path.relative_to(root).as_posix()
+                         for graph, path in self.paths.items()}
+        if self.query_graph:
+            info["query_graph"] = self.query_graph
+        return info
