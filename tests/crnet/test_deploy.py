@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from crnet.deploy import deploy, main
@@ -10,6 +11,7 @@ from runtime.backends.base import backend_class
 from tests.export.conftest import save_tiny_checkpoint
 
 
+@pytest.mark.openvino  # deploy adds openvino rows where it is installed: own process
 def test_deploy_writes_the_report_and_reuses_artifacts(tmp_path: Path) -> None:
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "out"

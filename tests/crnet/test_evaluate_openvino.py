@@ -9,6 +9,8 @@ from crnet.evaluate import main
 from runtime.backends.base import backend_class
 from tests.runtime.bundles import export_tiny_bundle
 
+pytestmark = pytest.mark.openvino  # run in their own process: tests/test_openvino_isolated.py
+
 
 def test_inference_precision_is_for_openvino_only(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):

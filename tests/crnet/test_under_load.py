@@ -10,6 +10,8 @@ from crnet.bench import main
 from crnet.under_load import cpu_hog, format_under_load
 from tests.runtime.bundles import export_tiny_bundle
 
+pytestmark = pytest.mark.openvino  # run in their own process: tests/test_openvino_isolated.py
+
 
 def test_cpu_hog_runs_inside_the_block_and_stops_after() -> None:
     with cpu_hog() as hog:

@@ -14,6 +14,8 @@ import pytest
 from runtime.backends import BackendError, backend_class
 from runtime.bundle import Bundle
 
+pytestmark = pytest.mark.openvino  # run in their own process: tests/test_openvino_isolated.py
+
 EPISODES = 6
 
 
