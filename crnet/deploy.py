@@ -3,10 +3,12 @@
 Stages, each reusing its artifacts when their inputs are unchanged (by sha256):
 
 1. export    the checkpoint -> bundle/ (backbone + refine fp32 ONNX, parity checked)
-2. quantize  fp16 and int8 variants (calibrated on base-class episodes)
+2. quantize  fp16 and int8 variants (calibrated and checked on base-class train-split
+             episodes of the fold, never its test split)
 3. build     TensorRT engines where TensorRT is installed, else the ONNX Runtime CPU build
-4. evaluate  every variant against the PyTorch fp32 model on the same synthetic-5i
-             test episodes (one pass; one predictor per variant), with the accuracy gates
+4. evaluate  every variant against the PyTorch fp32 model on the same test episodes of
+             the fold's novel classes (one pass; one predictor per variant), with the
+             accuracy gates
 5. bench     latency / throughput of each variant through runtime.Segmenter
 6. report    report.md, report.json and overlay pictures in the output directory
 """
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from crnet.evaluate import load_gates
+from data.evaluation import DATASETS
 from data.pictures import (
     PREDICTION_COLOR,
     SUPPORT_COLOR,
@@ -86,29 +89,53 @@ def _fp32_hashes(manifest: dict[str, Any]) -> dict[str, str]:
     return {name: files.get(name, "") for name in (graph_file(g, "fp32") for g in GRAPHS)}
 
 
+def _data_stamp(dataset: str, data_root: Path | None, fold: int) -> dict[str, Any]:
+    return {"dataset": dataset, "fold": fold,
+            "data_root": None if data_root is None else str(Path(data_root).resolve())}
+
+
 def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
-                   progress: bool = True) -> dict[str, Any]:
-    """Add fp16/int8 variants unless present and made from the current fp32 graphs."""
-    from calibration.quantize import quantize_bundle
+                   progress: bool = True, *, fold: int | None = None,
+                   dataset: str = "synthetic-5i", data_root: Path | None = None,
+                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Add fp16/int8 variants unless present and made from the current fp32 graphs with
+    the same data (calibrated and checked on ``dataset``'s base-class train episodes of
+    ``fold``, default: the checkpoint's). ``options``: extra quantize_bundle options per
+    precision."""
+    from calibration.quantize import default_fold, quantize_bundle, ranges_fit
     from runtime.bundle import Bundle, update_manifest
 
     results: dict[str, Any] = {}
     for precision in precisions:
         if precision == "fp32":
             continue
-        manifest = Bundle.load(bundle_dir).manifest
+        bundle = Bundle.load(bundle_dir)
+        manifest = bundle.manifest
+        fold = default_fold(bundle) if fold is None else fold
+        data = _data_stamp(dataset, data_root, fold)
         variant = manifest.get("variants", {}).get(precision)
         made_from = (variant or {}).get("how", {}).get("deploy_fp32_sha256")
-        if variant and made_from == _fp32_hashes(manifest):
-            log(f"  reuse {precision} variant (made from the current fp32 graphs)")
+        made_on = (variant or {}).get("how", {}).get(
+            "deploy_data", _data_stamp("synthetic-5i", None, default_fold(bundle)))
+        if variant and made_from == _fp32_hashes(manifest) and made_on == data:
+            log(f"  reuse {precision} variant (made from the current fp32 graphs, "
+                f"{dataset} fold {fold})")
             results[precision] = {"reused": True}
             continue
         started = time.perf_counter()
-        stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, progress=progress))
+        extra = dict((options or {}).get(precision, {}))
+        if precision == "int8" and not ranges_fit(bundle_dir, dataset=dataset, fold=fold,
+                                                  data_root=data_root):
+            log("  saved int8 ranges came from other data: recalibrating")
+            extra["recalibrate"] = True
+        stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, progress=progress,
+                                             fold=fold, dataset=dataset, data_root=data_root,
+                                             **extra))
 
         def record(manifest: dict[str, Any], precision: str = precision,
-                   stamp: dict[str, str] = stamp) -> None:
+                   stamp: dict[str, str] = stamp, data: dict[str, Any] = data) -> None:
             manifest["variants"][precision]["how"]["deploy_fp32_sha256"] = stamp
+            manifest["variants"][precision]["how"]["deploy_data"] = data
 
         update_manifest(bundle_dir, record)
         seconds = time.perf_counter() - started
@@ -175,7 +202,8 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
     from runtime import Segmenter
 
     settings = {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
-                "dataset": dataset}
+                "dataset": dataset, "split": "test",
+                "data_root": None if data_root is None else str(Path(data_root).resolve())}
     variants = {"reference": ("torch", "fp32"), **{p: (backend, p) for p in precisions}}
     cached: dict[str, dict[str, Any]] = {}
     predictors: dict[str, Any] = {}
@@ -197,7 +225,7 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
             picture_rows.append({"episode": episode, "predictions": predictions})
 
     if predictors:
-        source = episode_source(dataset, fold, seed, data_root)
+        source = episode_source(dataset, fold, seed, data_root, split="test")
         results = evaluate_many(predictors, source.episodes(episodes, shots=shots),
                                 total=episodes, progress=progress, description="evaluate",
                                 on_episode=keep_picture)
@@ -216,16 +244,19 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
 
 
 def bench_stage(bundle_dir: Path, backend: str, precisions: list[str], iterations: int,
-                threads: int | None, log: Log, progress: bool) -> dict[str, Any]:
-    """crnet bench per variant; the torch comparison once, on fp32."""
+                threads: int | None, log: Log, progress: bool, *, fold: int = 0,
+                dataset: str = "synthetic-5i", data_root: Path | None = None
+                ) -> dict[str, Any]:
+    """crnet bench per variant (on the fold's test episodes); the torch comparison once,
+    on fp32."""
     from crnet.bench import run_bench
 
     results = {}
     for precision in precisions:
         report = run_bench(bundle_dir, backend, precision, iterations=iterations,
                            warmup=max(3, iterations // 10), threads=threads, shots=1,
-                           compare_torch=precision == "fp32", soak_calls=0, fold=0, seed=0,
-                           progress=progress)
+                           compare_torch=precision == "fp32", soak_calls=0, fold=fold, seed=0,
+                           progress=progress, dataset=dataset, data_root=data_root)
         results[precision] = report
         latency = report.get("latency_ms", {}).get("p50", float("nan"))
         log(f"  {backend} {precision}: p50 {latency:.2f} ms per query")
@@ -268,7 +299,8 @@ def render_report(report: dict[str, Any]) -> str:
         "# crnet deploy report", "",
         f"Checkpoint sha256 `{report['checkpoint_sha256']}`; bundle `{report['bundle']}`; "
         f"target **{report['build']['target']}**; machine {report['machine']}.", "",
-        f"## Accuracy (synthetic-5i fold {report['settings']['fold']}, "
+        f"## Accuracy ({report['settings'].get('dataset', 'synthetic-5i')} fold "
+        f"{report['settings']['fold']} test episodes, "
         f"{report['settings']['shots']}-shot, {report['settings']['episodes']} episodes, "
         f"seed {report['settings']['seed']}; reference: PyTorch fp32)", "",
         "| variant | backend | mIoU | FB-IoU | delta mIoU | gate | result |",
@@ -284,6 +316,15 @@ def render_report(report: dict[str, Any]) -> str:
             f"{record['fbiou']:.2f} | {record['delta_miou']:+.2f} | "
             f"{record['max_abs_delta_miou']} | {verdict} |"
         )
+    calibration = report.get("calibration", {})
+    if calibration:
+        lines += ["", "Data: gated on the test split (novel classes); reduced precision "
+                      "calibrated and checked on the train split (base classes) only:", ""]
+        names = {"int8_calibration": "int8 calibration", "int8_sensitivity":
+                 "int8 sensitivity", "fp16_check": "fp16 check"}
+        for key, record in calibration.items():
+            lines.append(f"* {names.get(key, key)}: {record.get('episodes', '?')} episodes of "
+                         f"{record.get('data', record.get('dataset'))}")
     lines += ["", "## Speed (runtime.Segmenter, cached 1-shot support)", "",
               "| variant | p50 ms | p90 ms | p99 ms | queries/s | support encode ms | "
               "p50 ms: preprocess / inference / postprocess |",
@@ -316,11 +357,18 @@ def render_report(report: dict[str, Any]) -> str:
 
 
 def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 1000,
-           fold: int = 0, shots: int = 1, seed: int = 0, bench_iterations: int = 50,
+           fold: int | None = None, shots: int = 1, seed: int = 0, bench_iterations: int = 50,
            precisions: list[str] | None = None, parity_episodes: int = 64,
            threads: int | None = None, progress: bool = True, log: Log = print,
-           command: str = "crnet deploy") -> dict[str, Any]:
-    """Run every stage into ``out_dir``; return the report (also written to disk)."""
+           command: str = "crnet deploy", dataset: str = "synthetic-5i",
+           data_root: Path | None = None,
+           quantize_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run every stage into ``out_dir``; return the report (also written to disk).
+
+    ``fold`` (default: the checkpoint's training fold): the variants are calibrated on its
+    base classes (``dataset``'s train split) and gated on its novel classes (test split).
+    ``quantize_options``: extra calibration.quantize options per precision.
+    """
     precisions = precisions or list(PRECISIONS)
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle_dir = out_dir / "bundle"
@@ -331,8 +379,17 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     exported = export_stage(bundle_dir, checkpoint, log, parity_episodes, progress)
     stages["export"] = {"seconds": time.perf_counter() - begin, "reused": exported["reused"]}
 
+    if fold is None:
+        from calibration.quantize import default_fold
+        from runtime.bundle import Bundle
+
+        fold = default_fold(Bundle.load(bundle_dir, verify=False))
+        log(f"  fold {fold} (the checkpoint's training fold)")
+
     begin = _stage(log, 2, "quantize (fp16, int8)")
-    quantized = quantize_stage(bundle_dir, precisions, log, progress)
+    quantized = quantize_stage(bundle_dir, precisions, log, progress, fold=fold,
+                               dataset=dataset, data_root=data_root,
+                               options=quantize_options)
     stages["quantize"] = {"seconds": time.perf_counter() - begin,
                           "reused": all(q.get("reused") for q in quantized.values())}
 
@@ -340,10 +397,12 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     built = build_stage(bundle_dir, precisions, log)
     stages["build"] = {"seconds": time.perf_counter() - begin}
 
-    begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} episodes)")
+    begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} {dataset} test episodes "
+                           f"of fold {fold})")
     accuracy, picture_rows = evaluate_stage(
         bundle_dir, built["backend"], precisions, fold=fold, shots=shots, episodes=episodes,
         seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
+        dataset=dataset, data_root=data_root,
     )
     stages["evaluate"] = {"seconds": time.perf_counter() - begin}
     from data.evaluation import format_table
@@ -352,7 +411,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
 
     begin = _stage(log, 5, "benchmark")
     bench = bench_stage(bundle_dir, built["backend"], precisions, bench_iterations, threads,
-                        log, progress)
+                        log, progress, fold=fold, dataset=dataset, data_root=data_root)
     stages["bench"] = {"seconds": time.perf_counter() - begin}
 
     begin = _stage(log, 6, "report")
@@ -364,7 +423,9 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         "bundle": str(bundle_dir),
         "build": built, "quantize": quantized, "export": exported,
         "settings": {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
-                     "dataset": "synthetic-5i"},
+                     "dataset": dataset, "split": "test",
+                     "data_root": None if data_root is None else str(data_root.resolve())},
+        "calibration": _calibration_records(bundle_dir),
         "accuracy": accuracy, "bench": bench, "pictures": pictures,
         "machine": f"{platform.machine()}, {platform.python_version()}, "
                    f"{_cpu_count()} cores",
@@ -382,6 +443,30 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     return report
 
 
+def _calibration_records(bundle_dir: Path) -> dict[str, Any]:
+    """Which data calibrated (int8) and checked (fp16, int8 sensitivity) each variant."""
+    from runtime.bundle import Bundle
+
+    variants = Bundle.load(bundle_dir, verify=False).manifest.get("variants", {})
+    records: dict[str, Any] = {}
+    keys = ("data", "dataset", "split", "fold", "classes", "data_root", "episodes")
+    if "fp16" in variants and "check" in variants["fp16"]["how"]:
+        check = variants["fp16"]["how"]["check"]
+        records["fp16_check"] = {k: check[k] for k in keys if k in check}
+    if "int8" in variants:
+        how = variants["int8"]["how"]
+        records["int8_calibration"] = {k: how["calibration"][k] for k in keys
+                                       if k in how["calibration"]}
+        sensitivity = how.get("sensitivity", {})
+        if sensitivity.get("enabled"):
+            records["int8_sensitivity"] = {
+                **{k: sensitivity[k] for k in keys if k in sensitivity},
+                "rank_method": sensitivity.get("rank_method"),
+                "kept_fp32_layers": how.get("kept_fp32_layers", []),
+                "seconds": sensitivity.get("seconds")}
+    return records
+
+
 def _cpu_count() -> int:
     import os
 
@@ -396,8 +481,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("deploy-out"),
                         help="output directory (default deploy-out/)")
     parser.add_argument("--episodes", type=int, default=1000,
-                        help="synthetic-5i test episodes for the accuracy check (default 1000)")
-    parser.add_argument("--fold", type=int, default=0, choices=range(4))
+                        help="test episodes for the accuracy check (default 1000)")
+    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS,
+                        help="calibrate on its train split (base classes of --fold), gate and "
+                             "bench on its test split (default synthetic-5i)")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="dataset directory (pascal-5i: the VOC2012 root; folder)")
+    parser.add_argument("--fold", type=int, default=None, choices=range(4),
+                        help="default: the checkpoint's training fold")
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precisions", default="fp32,fp16,int8")
@@ -412,13 +503,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--precisions must list fp32 and any of {PRECISIONS}, got {precisions}")
     if args.episodes < 1 or args.shots < 1 or args.bench_iterations < 1:
         parser.error("--episodes, --shots and --bench-iterations must be >= 1")
+    if args.dataset != "synthetic-5i" and args.data_root is None:
+        parser.error(f"--dataset {args.dataset} needs --data-root DIR")
     command = "crnet deploy " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         report = deploy(args.out, args.checkpoint, episodes=args.episodes, fold=args.fold,
                         shots=args.shots, seed=args.seed, bench_iterations=args.bench_iterations,
                         precisions=precisions, parity_episodes=args.parity_episodes,
                         threads=args.threads, progress=not args.no_progress,
-                        command=command.strip())
+                        command=command.strip(), dataset=args.dataset,
+                        data_root=args.data_root)
     except CrnetError:
         raise
     except (ValueError, RuntimeError) as error:  # a library's rejection, reported in one line
