@@ -65,6 +65,8 @@ from runtime.layout import RANGES_FILE, trt_calibration_cache
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ("ReduceMean", "ReduceSum", "Div", "Softmax", "Sigmoid")
 INT8_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DEFAULT_CONFIRM_LAYERS = 4  # local ranking: top layers re-measured end to end
+LOCAL_MAX_FP32_LAYERS = 4  # local ranking: default cap on layers kept in fp32 (each step
+# of the fp32 fallback is one int8 build and one scoring run: minutes on crnet-r50)
 CALIBRATION_METHODS: tuple[str, ...] = ("entropy", "percentile", "minmax")
 DEFAULT_CALIBRATION_METHOD = "entropy"  # lowest logit error of the three on crnet-lite
 DEFAULT_CALIBRATION_EPISODES = 64
@@ -390,16 +392,20 @@ def _wanted_root(data_root: Path | None) -> str | None:
 
 
 def ranges_fit(bundle_dir: str | Path, *, dataset: str, fold: int,
-               data_root: Path | None = None) -> bool:
+               data_root: Path | None = None, episodes: int | None = None,
+               method: str | None = None) -> bool:
     """Whether the bundle's saved int8 ranges (if any) came from this dataset, data root
-    and fold (so a run with these settings may reuse them)."""
+    and fold (and ``episodes``/``method`` when given), so a run with these settings may
+    reuse them."""
     path = Path(bundle_dir) / RANGES_FILE
     if not path.exists():
         return True
     _, provenance = load_ranges(path)
     saved = _saved_data(provenance)
     return (saved["dataset"] == dataset and provenance.get("fold") == fold
-            and saved["data_root"] == _wanted_root(data_root))
+            and saved["data_root"] == _wanted_root(data_root)
+            and episodes in (None, provenance.get("episodes"))
+            and method in (None, provenance.get("method")))
 
 
 def obtain_ranges(bundle: Bundle, preprocessed: dict[str, Path], *, method: str | None,
@@ -496,7 +502,8 @@ def quantize_int8(
     ``calibration_episodes`` base-class train-split episodes of ``dataset``. With
     ``sensitivity``, the layers whose quantization damages the output most are kept in fp32
     until |delta mIoU| against the fp32 graphs on ``sensitivity_episodes`` held-out
-    base-class episodes is at most ``target_delta`` (or ``max_fp32_layers`` are kept).
+    base-class episodes is at most ``target_delta`` (or ``max_fp32_layers`` are kept;
+    None: no cap for the full ranking, LOCAL_MAX_FP32_LAYERS for the local one).
     ``sensitivity_rank``: "full" ranks every layer end to end, "local" by its own output
     error with the top ``confirm_layers`` confirmed end to end, "auto" picks "full" up to
     FULL_RANK_MAX_LAYERS layers. ``exclude_layers`` (``graph:weight`` names) are always
@@ -545,8 +552,10 @@ def quantize_int8(
                 exclude_layers=exclude_layers, rank=sensitivity_rank,
                 confirm_layers=confirm_layers, max_fp32_layers=max_fp32_layers,
                 dataset=dataset, data_root=data_root, progress=progress))
-            excluded = report["kept_fp32_layers"]
-        models = build(excluded)
+            excluded = list(report["kept_fp32_layers"])
+            models = report.pop("models")
+        else:
+            models = build(excluded)
     for graph, model in models.items():
         check_graph(model, graph_file(graph, "int8"))
     extra_files: dict[str, bytes] = {}
@@ -585,7 +594,8 @@ def run_sensitivity(bundle_dir: Path, fold: int, preprocessed: dict[str, Path],
                     rank: str, confirm_layers: int, max_fp32_layers: int | None,
                     dataset: str, data_root: Path | None, progress: bool) -> dict[str, Any]:
     """Rank the layers, then keep the most harmful in fp32 until the target is met; the
-    manifest's ``sensitivity`` record (method, ranking, confirmation, steps, timings)."""
+    manifest's ``sensitivity`` record (method, ranking, confirmation, steps, timings), with
+    ``kept_fp32_layers`` and the final int8 graphs (``models``) for the caller to take."""
     from calibration import sensitivity as sens
 
     started = time.perf_counter()
@@ -627,9 +637,13 @@ def run_sensitivity(bundle_dir: Path, fold: int, preprocessed: dict[str, Path],
             ranking, record["confirmed"] = sens.confirm_top(
                 check, layers, quantize_alone, ranking, confirm_layers, progress=progress)
     record["rank_seconds"] = round(time.perf_counter() - rank_started, 2)
+    if max_fp32_layers is None and method == "local":
+        max_fp32_layers = LOCAL_MAX_FP32_LAYERS
+    models: dict[str, Any] = {}
     excluded, steps = sens.choose_exclusions(check, build, ranking, target_delta,
                                              always=exclude_layers, progress=progress,
-                                             max_exclusions=max_fp32_layers)
+                                             max_exclusions=max_fp32_layers,
+                                             last_models=models)
     met = abs(steps[-1]["delta_miou"]) <= target_delta
     record.update({
         "ranking": [{"layer": name, "damage": damage} for name, damage in ranking],
@@ -638,6 +652,7 @@ def run_sensitivity(bundle_dir: Path, fold: int, preprocessed: dict[str, Path],
         "target_met": met,
         "kept_fp32_layers": excluded,
         "seconds": round(time.perf_counter() - started, 2),
+        "models": models,
     })
     return record
 
@@ -692,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="N", help="int8, local ranking: top layers re-measured end to "
                                           f"end (default {DEFAULT_CONFIRM_LAYERS})")
     parser.add_argument("--max-fp32-layers", type=int, default=None, metavar="N",
-                        help="int8: keep at most N layers in fp32 (default: no cap)")
+                        help="int8: keep at most N layers in fp32 (default: no cap with the "
+                             f"full ranking, {LOCAL_MAX_FP32_LAYERS} with the local one)")
     parser.add_argument("--check-episodes", type=int, default=32,
                         help="fp16: base-class episodes to measure the variant on (0: skip)")
     parser.add_argument("--no-progress", action="store_true")

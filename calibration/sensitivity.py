@@ -323,13 +323,15 @@ def confirm_top(check: SensitivitySet, layers: dict[str, Layer],
 def choose_exclusions(check: SensitivitySet, build: Callable[[Sequence[str]], dict[str, Any]],
                       ranking: Sequence[tuple[str, float]], target_delta: float,
                       always: Sequence[str] = (), progress: bool = True,
-                      max_exclusions: int | None = None
+                      max_exclusions: int | None = None,
+                      last_models: dict[str, Any] | None = None
                       ) -> tuple[list[str], list[dict[str, Any]]]:
     """Exclude the most harmful layers one by one until |delta mIoU| <= ``target_delta``
     (at most ``max_exclusions`` beyond ``always``; None: no cap).
 
     ``build(excluded)`` returns {graph: ModelProto}. Returns the excluded layers and one
-    record per tried step.
+    record per tried step; ``last_models`` (a dict) receives the last step's graphs, so
+    the caller need not build them again.
     """
     from tqdm import tqdm
 
@@ -346,6 +348,8 @@ def choose_exclusions(check: SensitivitySet, build: Callable[[Sequence[str]], di
         steps.append({"excluded": list(excluded), **score.to_dict()})
         bar.update(1)
         if abs(score.delta_miou) <= target_delta or not candidates:
+            if last_models is not None:
+                last_models.update(models)
             break
         excluded.append(candidates.pop(0))
     bar.close()

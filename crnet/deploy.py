@@ -42,6 +42,15 @@ from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
 from runtime.layout import GRAPHS, PRECISIONS, graph_file
 
 PICTURE_EPISODES = 6
+# A model costing more than this per query (manifest "flops"."segment") gets the smaller
+# episode budgets below: crnet-lite costs ~1 GFLOP per query, crnet-r50 ~78.
+LARGE_MODEL_FLOPS = 10e9
+BUDGETS: dict[str, dict[str, int]] = {
+    "small": {"check_episodes": 32, "calibration_episodes": 64, "sensitivity_episodes": 64,
+              "bench_iterations": 50},
+    "large": {"check_episodes": 8, "calibration_episodes": 16, "sensitivity_episodes": 16,
+              "bench_iterations": 10},
+}
 Log = Callable[[str], None]
 
 
@@ -124,9 +133,11 @@ def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
             continue
         started = time.perf_counter()
         extra = dict((options or {}).get(precision, {}))
-        if precision == "int8" and not ranges_fit(bundle_dir, dataset=dataset, fold=fold,
-                                                  data_root=data_root):
-            log("  saved int8 ranges came from other data: recalibrating")
+        if precision == "int8" and not ranges_fit(
+                bundle_dir, dataset=dataset, fold=fold, data_root=data_root,
+                episodes=extra.get("calibration_episodes"),
+                method=extra.get("calibration_method")):
+            log("  saved int8 ranges came from other data or settings: recalibrating")
             extra["recalibrate"] = True
         stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, progress=progress,
                                              fold=fold, dataset=dataset, data_root=data_root,
@@ -357,17 +368,22 @@ def render_report(report: dict[str, Any]) -> str:
 
 
 def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 1000,
-           fold: int | None = None, shots: int = 1, seed: int = 0, bench_iterations: int = 50,
+           fold: int | None = None, shots: int = 1, seed: int = 0,
+           bench_iterations: int | None = None,
            precisions: list[str] | None = None, parity_episodes: int = 64,
            threads: int | None = None, progress: bool = True, log: Log = print,
            command: str = "crnet deploy", dataset: str = "synthetic-5i",
            data_root: Path | None = None,
-           quantize_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+           quantize_options: dict[str, dict[str, Any]] | None = None,
+           calibration_episodes: int | None = None, sensitivity_episodes: int | None = None,
+           check_episodes: int | None = None) -> dict[str, Any]:
     """Run every stage into ``out_dir``; return the report (also written to disk).
 
     ``fold`` (default: the checkpoint's training fold): the variants are calibrated on its
     base classes (``dataset``'s train split) and gated on its novel classes (test split).
-    ``quantize_options``: extra calibration.quantize options per precision.
+    Episode counts and ``bench_iterations`` left None come from BUDGETS by the model's
+    FLOPs per query. ``quantize_options``: extra calibration.quantize options per
+    precision (they win over the budget).
     """
     precisions = precisions or list(PRECISIONS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -386,10 +402,23 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         fold = default_fold(Bundle.load(bundle_dir, verify=False))
         log(f"  fold {fold} (the checkpoint's training fold)")
 
+    budget = choose_budget(bundle_dir, {
+        "calibration_episodes": calibration_episodes,
+        "sensitivity_episodes": sensitivity_episodes, "check_episodes": check_episodes,
+        "bench_iterations": bench_iterations})
+    log(f"  budget ({budget['model']} model, {budget['gflops_per_query']} GFLOP per query): "
+        f"{budget['calibration_episodes']} calibration, {budget['sensitivity_episodes']} "
+        f"sensitivity, {budget['check_episodes']} fp16-check episodes, "
+        f"{budget['bench_iterations']} bench iterations")
+    options = {"fp16": {"check_episodes": budget["check_episodes"]},
+               "int8": {"calibration_episodes": budget["calibration_episodes"],
+                        "sensitivity_episodes": budget["sensitivity_episodes"]}}
+    for precision, extra in (quantize_options or {}).items():
+        options.setdefault(precision, {}).update(extra)
+
     begin = _stage(log, 2, "quantize (fp16, int8)")
     quantized = quantize_stage(bundle_dir, precisions, log, progress, fold=fold,
-                               dataset=dataset, data_root=data_root,
-                               options=quantize_options)
+                               dataset=dataset, data_root=data_root, options=options)
     stages["quantize"] = {"seconds": time.perf_counter() - begin,
                           "reused": all(q.get("reused") for q in quantized.values())}
 
@@ -410,7 +439,8 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     log(format_table(accuracy))
 
     begin = _stage(log, 5, "benchmark")
-    bench = bench_stage(bundle_dir, built["backend"], precisions, bench_iterations, threads,
+    bench = bench_stage(bundle_dir, built["backend"], precisions, budget["bench_iterations"],
+                        threads,
                         log, progress, fold=fold, dataset=dataset, data_root=data_root)
     stages["bench"] = {"seconds": time.perf_counter() - begin}
 
@@ -426,6 +456,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
                      "dataset": dataset, "split": "test",
                      "data_root": None if data_root is None else str(data_root.resolve())},
         "calibration": _calibration_records(bundle_dir),
+        "budget": budget,
         "accuracy": accuracy, "bench": bench, "pictures": pictures,
         "machine": f"{platform.machine()}, {platform.python_version()}, "
                    f"{_cpu_count()} cores",
@@ -467,6 +498,20 @@ def _calibration_records(bundle_dir: Path) -> dict[str, Any]:
     return records
 
 
+def choose_budget(bundle_dir: Path, overrides: dict[str, int | None]) -> dict[str, Any]:
+    """Episode counts and bench iterations for this model: BUDGETS by its FLOPs per query,
+    each replaced by an explicit (non-None) ``overrides`` value."""
+    from runtime.bundle import Bundle
+
+    flops = Bundle.load(bundle_dir, verify=False).manifest.get("flops") or {}
+    per_query = float(flops.get("segment") or 0.0)
+    size = "large" if per_query > LARGE_MODEL_FLOPS else "small"
+    chosen = dict(BUDGETS[size])
+    chosen.update({k: v for k, v in overrides.items() if v is not None})
+    return {"model": size, "gflops_per_query": round(per_query / 1e9, 2), **chosen,
+            "overridden": sorted(k for k, v in overrides.items() if v is not None)}
+
+
 def _cpu_count() -> int:
     import os
 
@@ -492,7 +537,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precisions", default="fp32,fp16,int8")
-    parser.add_argument("--bench-iterations", type=int, default=50)
+    parser.add_argument("--bench-iterations", type=int, default=None,
+                        help="default: 50, or 10 for a model over 10 GFLOP per query")
+    parser.add_argument("--calibration-episodes", type=int, default=None,
+                        help="int8 calibration episodes (default: 64, or 16 for a model over "
+                             "10 GFLOP per query)")
+    parser.add_argument("--sensitivity-episodes", type=int, default=None,
+                        help="int8 sensitivity episodes (default: 64, or 16 likewise)")
+    parser.add_argument("--check-episodes", type=int, default=None,
+                        help="fp16 check episodes (default: 32, or 8 likewise)")
     parser.add_argument("--parity-episodes", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -501,8 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(precisions) - set(PRECISIONS))
     if unknown or "fp32" not in precisions:
         parser.error(f"--precisions must list fp32 and any of {PRECISIONS}, got {precisions}")
-    if args.episodes < 1 or args.shots < 1 or args.bench_iterations < 1:
-        parser.error("--episodes, --shots and --bench-iterations must be >= 1")
+    counts = (args.bench_iterations, args.calibration_episodes, args.sensitivity_episodes,
+              args.check_episodes)
+    if args.episodes < 1 or args.shots < 1 or any(c is not None and c < 1 for c in counts):
+        parser.error("--episodes, --shots, --bench-iterations and the --*-episodes counts "
+                     "must be >= 1")
     if args.dataset != "synthetic-5i" and args.data_root is None:
         parser.error(f"--dataset {args.dataset} needs --data-root DIR")
     command = "crnet deploy " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -512,7 +568,10 @@ def main(argv: list[str] | None = None) -> int:
                         precisions=precisions, parity_episodes=args.parity_episodes,
                         threads=args.threads, progress=not args.no_progress,
                         command=command.strip(), dataset=args.dataset,
-                        data_root=args.data_root)
+                        data_root=args.data_root,
+                        calibration_episodes=args.calibration_episodes,
+                        sensitivity_episodes=args.sensitivity_episodes,
+                        check_episodes=args.check_episodes)
     except CrnetError:
         raise
     except (ValueError, RuntimeError) as error:  # a library's rejection, reported in one line
