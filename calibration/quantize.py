@@ -633,10 +633,12 @@ def run_sensitivity(bundle_dir: Path, fold: int, preprocessed: dict[str, Path],
             f"{confirm_layers} then measured end to end (mean |query foreground probability "
             f"- fp32's| on {sens.CONFIRM_EPISODES} episodes, that layer alone quantized) and "
             "tried first in that order")
+        record["local_seconds"] = round(time.perf_counter() - rank_started, 2)
         if confirm_layers > 0:
             ranking, record["confirmed"] = sens.confirm_top(
                 check, layers, quantize_alone, ranking, confirm_layers, progress=progress)
     record["rank_seconds"] = round(time.perf_counter() - rank_started, 2)
+    fallback_started = time.perf_counter()
     if max_fp32_layers is None and method == "local":
         max_fp32_layers = LOCAL_MAX_FP32_LAYERS
     models: dict[str, Any] = {}
@@ -651,6 +653,8 @@ def run_sensitivity(bundle_dir: Path, fold: int, preprocessed: dict[str, Path],
         "steps": steps,
         "target_met": met,
         "kept_fp32_layers": excluded,
+        "fallback_seconds": round(time.perf_counter() - fallback_started, 2),
+        "episodes_seconds": round(rank_started - started, 2),  # SensitivitySet.build
         "seconds": round(time.perf_counter() - started, 2),
         "models": models,
     })

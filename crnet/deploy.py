@@ -58,9 +58,30 @@ class DeployError(CrnetError, RuntimeError):
     """A deploy stage that a library rejected (the message is the library's)."""
 
 
-def _stage(log: Log, number: int, name: str) -> float:
+def _stage(log: Log, number: int, name: str) -> dict[str, float]:
     log(f"\n[{number}/6] {name}")
-    return time.perf_counter()
+    return {"wall": time.perf_counter(), "cpu": _cpu_seconds()}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def _finish(begin: dict[str, float]) -> dict[str, float]:
+    """A stage's wall and CPU seconds, the process's peak resident memory so far (a stage
+    that raised it set it), and the machine's 1-minute load average at its end."""
+    import os
+    import resource
+
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": time.perf_counter() - begin["wall"],
+            "cpu_seconds": round(_cpu_seconds() - begin["cpu"], 2),
+            "peak_rss_mb": round(peak_kb / 1024, 1),
+            "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def export_stage(bundle_dir: Path, checkpoint: Path | None, log: Log,
@@ -360,9 +381,13 @@ def render_report(report: dict[str, Any]) -> str:
               "Support (mask in yellow), ground truth (green), then each model's "
               "prediction (red).", ""]
     lines += [f"![episode {i}]({name})" for i, name in enumerate(report["pictures"])]
-    lines += ["", "## Stages", "", "| stage | seconds | reused |", "|---|---|---|"]
+    lines += ["", "## Stages", "",
+              "| stage | seconds | CPU seconds | peak resident MB (so far) | load (1 min) | "
+              "reused |", "|---|---|---|---|---|---|"]
     for stage, info in report["stages"].items():
-        lines.append(f"| {stage} | {info['seconds']:.1f} | {info.get('reused', '')} |")
+        lines.append(f"| {stage} | {info['seconds']:.1f} | {info.get('cpu_seconds', '-')} | "
+                     f"{info.get('peak_rss_mb', '-')} | {info.get('load_1min', '-')} | "
+                     f"{info.get('reused', '')} |")
     lines += ["", f"Total: {report['total_seconds']:.0f} s. Reproduce: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -393,7 +418,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
 
     begin = _stage(log, 1, "export")
     exported = export_stage(bundle_dir, checkpoint, log, parity_episodes, progress)
-    stages["export"] = {"seconds": time.perf_counter() - begin, "reused": exported["reused"]}
+    stages["export"] = {**_finish(begin), "reused": exported["reused"]}
 
     if fold is None:
         from calibration.quantize import default_fold
@@ -419,12 +444,12 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     begin = _stage(log, 2, "quantize (fp16, int8)")
     quantized = quantize_stage(bundle_dir, precisions, log, progress, fold=fold,
                                dataset=dataset, data_root=data_root, options=options)
-    stages["quantize"] = {"seconds": time.perf_counter() - begin,
+    stages["quantize"] = {**_finish(begin),
                           "reused": all(q.get("reused") for q in quantized.values())}
 
     begin = _stage(log, 3, "build")
     built = build_stage(bundle_dir, precisions, log)
-    stages["build"] = {"seconds": time.perf_counter() - begin}
+    stages["build"] = _finish(begin)
 
     begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} {dataset} test episodes "
                            f"of fold {fold})")
@@ -433,7 +458,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
         dataset=dataset, data_root=data_root,
     )
-    stages["evaluate"] = {"seconds": time.perf_counter() - begin}
+    stages["evaluate"] = _finish(begin)
     from data.evaluation import format_table
 
     log(format_table(accuracy))
@@ -442,7 +467,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     bench = bench_stage(bundle_dir, built["backend"], precisions, budget["bench_iterations"],
                         threads,
                         log, progress, fold=fold, dataset=dataset, data_root=data_root)
-    stages["bench"] = {"seconds": time.perf_counter() - begin}
+    stages["bench"] = _finish(begin)
 
     begin = _stage(log, 6, "report")
     pictures = save_pictures(out_dir, picture_rows, precisions) if picture_rows else [
@@ -463,7 +488,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         "manifest_sha256": sha256_file(bundle_dir / "manifest.json"),
         "command": command,
     }
-    stages["report"] = {"seconds": time.perf_counter() - begin}
+    stages["report"] = _finish(begin)
     report["stages"] = stages
     report["total_seconds"] = time.perf_counter() - started
     report["passed"] = all(r["passed"] is not False for r in accuracy)

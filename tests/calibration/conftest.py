@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.config import TrainConfig
+from models.config import CRNetConfig, TrainConfig
 from models.crnet import CRNet
 from models.training import training_record
 from tests.export.conftest import make_tiny_config
@@ -21,14 +21,20 @@ SENSITIVITY_EPISODES = 6
 
 
 def balanced_tiny_model(seed: int = 0, margin_std: float = 4.0) -> CRNet:
-    """A random tiny CRNet with decisive, input-dependent masks: the classifier is scaled
-    so the fg-bg logit margin spreads by about ``margin_std`` and its bias centred so about
-    half of the query pixels are foreground. (An untouched random model gives near-constant
-    probabilities; its mIoU would neither show nor hide any accuracy loss reliably.)"""
+    """A random tiny CRNet with decisive, input-dependent masks (see balanced_model)."""
+    return balanced_model(make_tiny_config(), seed, margin_std)
+
+
+def balanced_model(config: CRNetConfig, seed: int = 0, margin_std: float = 4.0) -> CRNet:
+    """A random CRNet of ``config`` with decisive, input-dependent masks: the classifier is
+    scaled so the fg-bg logit margin spreads by about ``margin_std`` and its bias centred
+    so about half of the query pixels are foreground. (An untouched random model gives
+    near-constant probabilities; its mIoU would neither show nor hide any accuracy loss
+    reliably.)"""
     from calibration.reader import base_episodes, episode_arrays
 
     torch.manual_seed(seed)
-    model = CRNet(make_tiny_config()).eval()
+    model = CRNet(config).eval()
     manifest = {"input_size": list(model.config.input_size),
                 "feature_size": list(model.config.feature_size),
                 "preprocessing": {"mean": list(model.config.mean), "std": list(model.config.std)}}
