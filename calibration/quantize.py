@@ -10,11 +10,15 @@ Precision lives in the ONNX (TensorRT 11 has no precision flags):
   (keep_io_types), the ops of ``FP16_KEEP_FP32_OPS`` kept in fp32.
 * int8: explicit QuantizeLinear/DequantizeLinear by ``onnxruntime.quantization``'s
   ``quantize_static`` with TensorRT's rules (symmetric int8, zero-points 0, per-channel
-  weights on the output-channel axis, float bias). Calibrated on synthetic-5i *base-class*
-  episodes only (calibration.reader); the activation ranges are saved in the bundle
-  (``calibration/ranges.int8.json``) and reused by later runs unless ``--recalibrate``.
+  weights on the output-channel axis, float bias). Calibrated on *base-class* train-split
+  episodes of the checkpoint's fold only (``--dataset synthetic-5i|pascal-5i|folder``,
+  ``--data-root DIR``; calibration.reader), never the test split; the activation ranges
+  are saved in the bundle (``calibration/ranges.int8.json``) with which dataset, split,
+  fold and classes produced them, and reused by later runs unless ``--recalibrate``.
   A per-layer sensitivity analysis (calibration.sensitivity) keeps the most harmful layers
   in fp32 until the int8 graphs meet ``--target-delta`` on held-out base-class episodes.
+  Layers are ranked end to end when there are few (crnet-lite), else by each layer's own
+  output error, the top few confirmed end to end (``--sensitivity-rank``).
 
 New files are written atomically; the variant is first removed from the manifest, then the
 files are written, then the manifest gets the variant with its files' sha256 and a ``how``
@@ -39,6 +43,9 @@ from typing import Any
 
 import numpy as np
 
+from calibration.reader import DEFAULT_DATASET, describe_data
+from calibration.sensitivity import RANK_METHODS
+from data.evaluation import DATASETS
 from models.provenance import training_fold
 from runtime.bundle import GRAPHS, Bundle, BundleError, graph_file, update_manifest
 from runtime.errors import CrnetError
@@ -56,6 +63,9 @@ from runtime.layout import RANGES_FILE, trt_calibration_cache
 # computes in fp16.)
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ("ReduceMean", "ReduceSum", "Div", "Softmax", "Sigmoid")
 INT8_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+DEFAULT_CONFIRM_LAYERS = 4  # local ranking: top layers re-measured end to end
+LOCAL_MAX_FP32_LAYERS = 4  # local ranking: default cap on layers kept in fp32 (each step
+# of the fp32 fallback is one int8 build and one scoring run: minutes on crnet-r50)
 CALIBRATION_METHODS: tuple[str, ...] = ("entropy", "percentile", "minmax")
 DEFAULT_CALIBRATION_METHOD = "entropy"  # lowest logit error of the three on crnet-lite
 DEFAULT_CALIBRATION_EPISODES = 64
@@ -203,11 +213,12 @@ def convert_fp16(fp32_model: Any, keep_fp32_ops: Sequence[str]) -> Any:
 
 def quantize_fp16(bundle_dir: str | Path, keep_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS,
                   check_episodes: int = 32, fold: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, dataset: str = DEFAULT_DATASET,
+                  data_root: Path | None = None) -> dict[str, Any]:
     """Add ``backbone.fp16.onnx``/``refine.fp16.onnx`` to a bundle; returns the manifest.
 
-    ``check_episodes`` base-class episodes measure the fp16 graphs against fp32 (recorded
-    in ``how``; 0 skips the measurement).
+    ``check_episodes`` base-class (train split) episodes of ``dataset`` measure the fp16
+    graphs against fp32 (recorded in ``how`` with the data; 0 skips the measurement).
     """
     import onnx
 
@@ -230,9 +241,10 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32_ops: Sequence[str] = FP16_KE
     }
     if check_episodes > 0:
         check = sensitivity.SensitivitySet.build(bundle.root, fold, check_episodes,
-                                                 progress=progress)
+                                                 progress=progress, dataset=dataset,
+                                                 data_root=data_root)
         score = check.score({g: m.SerializeToString() for g, m in models.items()})
-        how["check"] = {"data": f"synthetic-5i fold {fold} base classes (train split)",
+        how["check"] = {"data": describe_data(check.data), **check.data,
                         "episodes": check_episodes, **score.to_dict()}
     how["seconds"] = round(time.perf_counter() - started, 2)
     return install_variant(bundle.root, "fp16", models, how)
@@ -367,18 +379,50 @@ def trt10_calibration_cache(ranges: dict[str, tuple[float, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _saved_data(provenance: dict[str, Any]) -> dict[str, Any]:
+    """Dataset and data root of saved ranges (files older than the dataset option were
+    calibrated on synthetic-5i)."""
+    return {"dataset": provenance.get("dataset", DEFAULT_DATASET),
+            "data_root": provenance.get("data_root")}
+
+
+def _wanted_root(data_root: Path | None) -> str | None:
+    return None if data_root is None else str(Path(data_root).resolve())
+
+
+def ranges_fit(bundle_dir: str | Path, *, dataset: str, fold: int,
+               data_root: Path | None = None, episodes: int | None = None,
+               method: str | None = None) -> bool:
+    """Whether the bundle's saved int8 ranges (if any) came from this dataset, data root
+    and fold (and ``episodes``/``method`` when given), so a run with these settings may
+    reuse them."""
+    path = Path(bundle_dir) / RANGES_FILE
+    if not path.exists():
+        return True
+    _, provenance = load_ranges(path)
+    saved = _saved_data(provenance)
+    return (saved["dataset"] == dataset and provenance.get("fold") == fold
+            and saved["data_root"] == _wanted_root(data_root)
+            and episodes in (None, provenance.get("episodes"))
+            and method in (None, provenance.get("method")))
+
+
 def obtain_ranges(bundle: Bundle, preprocessed: dict[str, Path], *, method: str | None,
                   episodes: int | None, shots: int, seed: int, fold: int, recalibrate: bool,
-                  op_types: Sequence[str], progress: bool
+                  op_types: Sequence[str], progress: bool, dataset: str = DEFAULT_DATASET,
+                  data_root: Path | None = None
                   ) -> tuple[dict[str, dict[str, tuple[float, float]]], dict[str, Any]]:
     """Reuse the bundle's saved ranges when they fit, else calibrate and save them."""
     path = bundle.root / RANGES_FILE
     if path.exists() and not recalibrate:
         ranges, provenance = load_ranges(path)
-        conflicts = [f"{key} {wanted!r} (saved: {provenance.get(key)!r})"
+        saved = {**provenance, **_saved_data(provenance)}
+        conflicts = [f"{key} {wanted!r} (saved: {saved.get(key)!r})"
                      for key, wanted in (("method", method), ("episodes", episodes),
-                                         ("fold", fold))
-                     if wanted is not None and provenance.get(key) != wanted]
+                                         ("fold", fold), ("dataset", dataset),
+                                         ("data_root", _wanted_root(data_root)))
+                     if (wanted is not None or key == "data_root")
+                     and saved.get(key) != wanted]
         stale = provenance.get("source_sha256") != _fp32_sha256(bundle)
         missing_ops = sorted(set(op_types) - set(provenance.get("op_types", [])))
         if conflicts:
@@ -389,27 +433,38 @@ def obtain_ranges(bundle: Bundle, preprocessed: dict[str, Path], *, method: str 
             return ranges, {**provenance, "reused": True}
     return calibrate_ranges(bundle, preprocessed, method=method or DEFAULT_CALIBRATION_METHOD,
                             episodes=episodes or DEFAULT_CALIBRATION_EPISODES, shots=shots,
-                            seed=seed, fold=fold, op_types=op_types, progress=progress)
+                            seed=seed, fold=fold, op_types=op_types, progress=progress,
+                            dataset=dataset, data_root=data_root)
 
 
 def calibrate_ranges(bundle: Bundle, preprocessed: dict[str, Path], *, method: str,
                      episodes: int, shots: int, seed: int, fold: int,
-                     op_types: Sequence[str], progress: bool
+                     op_types: Sequence[str], progress: bool,
+                     dataset: str = DEFAULT_DATASET, data_root: Path | None = None
                      ) -> tuple[dict[str, dict[str, tuple[float, float]]], dict[str, Any]]:
-    """Calibrate both graphs on base-class episodes (the caller saves the ranges)."""
-    from calibration.reader import CALIBRATION_SPLIT, base_episodes, collect_feeds
+    """Calibrate both graphs on base-class train-split episodes of ``dataset`` (the caller
+    saves the ranges)."""
+    from calibration.reader import (
+        base_episodes,
+        calibration_source,
+        collect_feeds,
+        describe_source,
+    )
 
     _calibration_method(method)
     started = time.perf_counter()
-    feeds = collect_feeds(bundle.root, base_episodes(fold, episodes, shots, seed),
+    source = calibration_source(fold, seed, dataset, data_root)
+    data = describe_source(source, dataset, fold, data_root)
+    feeds = collect_feeds(bundle.root, base_episodes(fold, episodes, shots, seed,
+                                                     source=source),
                           total=episodes, progress=progress)
     ranges = {graph: calibrate_graph(preprocessed[graph], getattr(feeds, graph), method,
                                      op_types, progress=progress,
                                      description=f"calibrate {graph} ({method})")
               for graph in GRAPHS}
     provenance = {
-        "method": method, "episodes": episodes, "shots": shots, "seed": seed, "fold": fold,
-        "data": f"synthetic-5i fold {fold} {CALIBRATION_SPLIT} split (base classes only)",
+        "method": method, "episodes": episodes, "shots": shots, "seed": seed, **data,
+        "data": describe_data(data),
         "percentile": PERCENTILE if method == "percentile" else None,
         "op_types": list(op_types), "source_sha256": _fp32_sha256(bundle),
         "calibration_seconds": round(time.perf_counter() - started, 2),
@@ -433,16 +488,25 @@ def quantize_int8(
     exclude_layers: Sequence[str] = (),
     trt10_cache: bool = True,
     progress: bool = True,
+    dataset: str = DEFAULT_DATASET,
+    data_root: Path | None = None,
+    sensitivity_rank: str = "auto",
+    confirm_layers: int = DEFAULT_CONFIRM_LAYERS,
+    max_fp32_layers: int | None = None,
 ) -> dict[str, Any]:
     """Add ``backbone.int8.onnx``/``refine.int8.onnx`` (explicit Q/DQ) to a bundle.
 
     Ranges come from ``calibration/ranges.int8.json`` when it fits the bundle (same fp32
     graphs, no conflicting settings) unless ``recalibrate``; otherwise from
-    ``calibration_episodes`` base-class episodes. With ``sensitivity``, the layers whose
-    quantization damages the output most are kept in fp32 until |delta mIoU| against the
-    fp32 graphs on ``sensitivity_episodes`` held-out base-class episodes is at most
-    ``target_delta``. ``exclude_layers`` (``graph:weight`` names) are always kept in fp32.
-    Returns the manifest.
+    ``calibration_episodes`` base-class train-split episodes of ``dataset``. With
+    ``sensitivity``, the layers whose quantization damages the output most are kept in fp32
+    until |delta mIoU| against the fp32 graphs on ``sensitivity_episodes`` held-out
+    base-class episodes is at most ``target_delta`` (or ``max_fp32_layers`` are kept;
+    None: no cap for the full ranking, LOCAL_MAX_FP32_LAYERS for the local one).
+    ``sensitivity_rank``: "full" ranks every layer end to end, "local" by its own output
+    error with the top ``confirm_layers`` confirmed end to end, "auto" picks "full" up to
+    FULL_RANK_MAX_LAYERS layers. ``exclude_layers`` (``graph:weight`` names) are always
+    kept in fp32. Returns the manifest.
     """
     from calibration import sensitivity as sens
 
@@ -453,6 +517,9 @@ def quantize_int8(
         raise QuantizeError(f"--calibration-episodes must be >= 1, got {calibration_episodes}")
     if calibration_method is not None:
         _calibration_method(calibration_method)
+    if sensitivity_rank not in sens.RANK_METHODS:
+        raise QuantizeError(f"--sensitivity-rank must be one of {sens.RANK_METHODS}, got "
+                            f"{sensitivity_rank!r}")
     with scratch_directory("crnet-int8-") as scratch:
         preprocessed = {graph: preprocess_for_quantization(
             bundle.graph_path(graph, "fp32"), Path(scratch) / f"{graph}.pre.onnx")
@@ -460,7 +527,8 @@ def quantize_int8(
         ranges, calibration = obtain_ranges(
             bundle, preprocessed, method=calibration_method, episodes=calibration_episodes,
             shots=calibration_shots, seed=calibration_seed, fold=fold,
-            recalibrate=recalibrate, op_types=op_types, progress=progress)
+            recalibrate=recalibrate, op_types=op_types, progress=progress, dataset=dataset,
+            data_root=data_root)
         layers = sens.quantizable_layers(preprocessed, op_types)
         unknown = sorted(set(exclude_layers) - set(layers))
         if unknown:
@@ -477,27 +545,16 @@ def quantize_int8(
         report: dict[str, Any] = {"enabled": sensitivity}
         excluded = list(exclude_layers)
         if sensitivity:
-            check = sens.SensitivitySet.build(bundle.root, fold, sensitivity_episodes,
-                                              progress=progress)
-            def quantize_alone(layer: sens.Layer) -> Any:
-                return quantize_graph(preprocessed[layer.graph], ranges[layer.graph],
-                                      nodes_to_quantize=layer.nodes, op_types=op_types)
-
-            ranking = sens.rank_layers(check, layers, quantize_alone, progress=progress)
-            excluded, steps = sens.choose_exclusions(
-                check, build, ranking, target_delta, always=exclude_layers,
-                progress=progress)
-            report.update({
-                "data": f"synthetic-5i fold {fold} base classes (train split, seed "
-                        f"{sens.SENSITIVITY_SEED}), held out from calibration",
-                "episodes": sensitivity_episodes,
-                "damage": "mean |query foreground probability - fp32's| on the first "
-                          f"{sens.RANK_EPISODES} episodes with only that layer quantized",
-                "ranking": [{"layer": name, "damage": damage} for name, damage in ranking],
-                "target_abs_delta_miou": target_delta,
-                "steps": steps,
-            })
-        models = build(excluded)
+            report.update(run_sensitivity(
+                bundle.root, fold, preprocessed, ranges, layers, build, op_types=op_types,
+                episodes=sensitivity_episodes, target_delta=target_delta,
+                exclude_layers=exclude_layers, rank=sensitivity_rank,
+                confirm_layers=confirm_layers, max_fp32_layers=max_fp32_layers,
+                dataset=dataset, data_root=data_root, progress=progress))
+            excluded = list(report["kept_fp32_layers"])
+            models = report.pop("models")
+        else:
+            models = build(excluded)
     for graph, model in models.items():
         check_graph(model, graph_file(graph, "int8"))
     extra_files: dict[str, bytes] = {}
@@ -529,6 +586,80 @@ def quantize_int8(
                            existing_files=[RANGES_FILE] if calibration["reused"] else [])
 
 
+def run_sensitivity(bundle_dir: Path, fold: int, preprocessed: dict[str, Path],
+                    ranges: dict[str, dict[str, tuple[float, float]]],
+                    layers: dict[str, Any], build: Any, *, op_types: Sequence[str],
+                    episodes: int, target_delta: float, exclude_layers: Sequence[str],
+                    rank: str, confirm_layers: int, max_fp32_layers: int | None,
+                    dataset: str, data_root: Path | None, progress: bool) -> dict[str, Any]:
+    """Rank the layers, then keep the most harmful in fp32 until the target is met; the
+    manifest's ``sensitivity`` record (method, ranking, confirmation, steps, timings), with
+    ``kept_fp32_layers`` and the final int8 graphs (``models``) for the caller to take."""
+    from calibration import sensitivity as sens
+
+    started = time.perf_counter()
+    check = sens.SensitivitySet.build(bundle_dir, fold, episodes, progress=progress,
+                                      dataset=dataset, data_root=data_root)
+
+    def quantize_alone(layer: sens.Layer) -> Any:
+        return quantize_graph(preprocessed[layer.graph], ranges[layer.graph],
+                              nodes_to_quantize=layer.nodes, op_types=op_types)
+
+    method = rank
+    if method == "auto":
+        method = "full" if len(layers) <= sens.FULL_RANK_MAX_LAYERS else "local"
+    record: dict[str, Any] = {
+        "data": describe_data(check.data) + f", seed {sens.SENSITIVITY_SEED}, held out "
+                "from calibration",
+        **check.data,
+        "episodes": episodes,
+        "layers": len(layers),
+        "rank_method": method,
+        "target_abs_delta_miou": target_delta,
+    }
+    rank_started = time.perf_counter()
+    if method == "full":
+        ranking = sens.rank_layers(check, layers, quantize_alone, progress=progress)
+        record["damage"] = ("mean |query foreground probability - fp32's| on the first "
+                            f"{sens.RANK_EPISODES} episodes with only that layer quantized")
+    else:
+        ranking = sens.rank_layers_local(preprocessed, ranges, layers, check.feeds,
+                                         progress=progress)
+        record["damage"] = (
+            "local: normalised MSE of the layer's own output (its input activation "
+            "fake-quantized with the calibrated range, its weight per channel, symmetric "
+            f"int8) against fp32, on the first {sens.LOCAL_RANK_EPISODES} episodes; the top "
+            f"{confirm_layers} then measured end to end (mean |query foreground probability "
+            f"- fp32's| on {sens.CONFIRM_EPISODES} episodes, that layer alone quantized) and "
+            "tried first in that order")
+        record["local_seconds"] = round(time.perf_counter() - rank_started, 2)
+        if confirm_layers > 0:
+            ranking, record["confirmed"] = sens.confirm_top(
+                check, layers, quantize_alone, ranking, confirm_layers, progress=progress)
+    record["rank_seconds"] = round(time.perf_counter() - rank_started, 2)
+    fallback_started = time.perf_counter()
+    if max_fp32_layers is None and method == "local":
+        max_fp32_layers = LOCAL_MAX_FP32_LAYERS
+    models: dict[str, Any] = {}
+    excluded, steps = sens.choose_exclusions(check, build, ranking, target_delta,
+                                             always=exclude_layers, progress=progress,
+                                             max_exclusions=max_fp32_layers,
+                                             last_models=models)
+    met = abs(steps[-1]["delta_miou"]) <= target_delta
+    record.update({
+        "ranking": [{"layer": name, "damage": damage} for name, damage in ranking],
+        "max_fp32_layers": max_fp32_layers,
+        "steps": steps,
+        "target_met": met,
+        "kept_fp32_layers": excluded,
+        "fallback_seconds": round(time.perf_counter() - fallback_started, 2),
+        "episodes_seconds": round(rank_started - started, 2),  # SensitivitySet.build
+        "seconds": round(time.perf_counter() - started, 2),
+        "models": models,
+    })
+    return record
+
+
 def quantize_bundle(bundle_dir: str | Path, precision: str, **options: Any) -> dict[str, Any]:
     """Add one precision variant (fp16 or int8) to a bundle; returns the manifest."""
     if precision == "fp16":
@@ -557,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-shots", type=int, default=DEFAULT_CALIBRATION_SHOTS)
     parser.add_argument("--fold", type=int, default=None, choices=range(4),
                         help="whose base classes calibrate (default: the checkpoint's fold)")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS,
+                        help="episodes that calibrate and check the variant: its train split, "
+                             f"base classes of --fold (default {DEFAULT_DATASET})")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="dataset directory (pascal-5i: the VOC2012 root; folder)")
     parser.add_argument("--recalibrate", action="store_true",
                         help="int8: calibrate again even if the bundle has saved ranges")
     parser.add_argument("--no-sensitivity", action="store_true",
@@ -566,17 +702,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8: |delta mIoU| to reach on held-out base-class episodes")
     parser.add_argument("--exclude-layer", action="append", default=[], metavar="GRAPH:WEIGHT",
                         help="int8: keep this layer in fp32 (repeatable)")
+    parser.add_argument("--sensitivity-rank", default="auto", choices=RANK_METHODS,
+                        help="int8: rank layers end to end (full), by each layer's own output "
+                             "error with the top few confirmed end to end (local), or full up "
+                             "to 40 layers, else local (auto, the default)")
+    parser.add_argument("--sensitivity-confirm", type=int, default=DEFAULT_CONFIRM_LAYERS,
+                        metavar="N", help="int8, local ranking: top layers re-measured end to "
+                                          f"end (default {DEFAULT_CONFIRM_LAYERS})")
+    parser.add_argument("--max-fp32-layers", type=int, default=None, metavar="N",
+                        help="int8: keep at most N layers in fp32 (default: no cap with the "
+                             f"full ranking, {LOCAL_MAX_FP32_LAYERS} with the local one)")
     parser.add_argument("--check-episodes", type=int, default=32,
                         help="fp16: base-class episodes to measure the variant on (0: skip)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
+    if args.dataset != "synthetic-5i" and args.data_root is None:
+        parser.error(f"--dataset {args.dataset} needs --data-root DIR")
+    if args.sensitivity_confirm < 0 or (args.max_fp32_layers is not None
+                                        and args.max_fp32_layers < 0):
+        parser.error("--sensitivity-confirm and --max-fp32-layers must be >= 0")
     progress = not args.no_progress
     try:
         if args.precision == "fp16":
             keep = [op.strip() for op in args.keep_fp32_ops.split(",") if op.strip()]
             manifest = quantize_fp16(args.bundle, keep, check_episodes=args.check_episodes,
-                                     fold=args.fold, progress=progress)
+                                     fold=args.fold, progress=progress, dataset=args.dataset,
+                                     data_root=args.data_root)
         else:
             manifest = quantize_int8(
                 args.bundle, calibration_method=args.calibration_method,
@@ -585,7 +737,10 @@ def main(argv: list[str] | None = None) -> int:
                 recalibrate=args.recalibrate, sensitivity=not args.no_sensitivity,
                 sensitivity_episodes=args.sensitivity_episodes,
                 target_delta=args.target_delta, exclude_layers=args.exclude_layer,
-                progress=progress)
+                progress=progress, dataset=args.dataset, data_root=args.data_root,
+                sensitivity_rank=args.sensitivity_rank,
+                confirm_layers=args.sensitivity_confirm,
+                max_fp32_layers=args.max_fp32_layers)
     except BundleError:
         raise
     except ValueError as error:  # onnx / onnxruntime reject a graph with a ValueError
@@ -629,7 +784,12 @@ def summary(bundle_dir: Path, precision: str, how: dict[str, Any]) -> str:
         calibration = how["calibration"]
         verb = "reused" if calibration["reused"] else "calibrated"
         lines.append(f"ranges {verb}: {calibration['method']} on {calibration['episodes']} "
-                     f"base-class episodes -> {calibration['ranges_file']}")
+                     f"episodes of {calibration.get('data', 'synthetic-5i')} -> "
+                     f"{calibration['ranges_file']}")
+        if how["sensitivity"].get("rank_method"):
+            lines.append(f"sensitivity: {how['sensitivity']['rank_method']} ranking of "
+                         f"{how['sensitivity']['layers']} layers in "
+                         f"{how['sensitivity']['seconds']:.1f} s")
         lines.append(f"kept in fp32: {', '.join(how['kept_fp32_layers']) or 'no layer'}")
         for step in how["sensitivity"].get("steps", []):
             lines.append(f"  excluded {len(step['excluded'])}: delta mIoU "

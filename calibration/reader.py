@@ -1,4 +1,5 @@
-"""Calibration inputs for both graphs, built from base-class episodes (never the test split).
+"""Calibration inputs for both graphs, built from base-class episodes (never the test split)
+of any dataset data.evaluation.episode_source opens (synthetic-5i, pascal-5i, folder).
 
 Every array goes through runtime.preprocess, the one preprocessing of the runtime:
 
@@ -25,6 +26,7 @@ from runtime.bundle import Bundle
 from runtime.preprocess import preprocess_image, preprocess_mask
 
 CALIBRATION_SPLIT = "train"  # base classes only: the novel test classes are never seen
+DEFAULT_DATASET = "synthetic-5i"
 Feed = dict[str, np.ndarray]
 
 
@@ -79,14 +81,51 @@ class FeedReader:
             yield feed
 
 
-def base_episodes(fold: int, count: int, shots: int = 1, seed: int = 0,
-                  start: int = 0) -> Iterable[Episode]:
-    """Episodes ``start .. start+count-1`` of synthetic-5i's base-class (train) split."""
-    from data.synthetic import Synthetic5i
+def calibration_source(fold: int, seed: int = 0, dataset: str = DEFAULT_DATASET,
+                       data_root: Path | None = None) -> Any:
+    """The episode source calibration reads: ``dataset``'s base classes of ``fold``, train
+    split (data.evaluation.episode_source, the one place a dataset is opened).
 
+    A ``folder`` dataset has no split: its classes are the user's own, all of them read.
+    """
+    from data.evaluation import episode_source
+
+    return episode_source(dataset, fold, seed, data_root, split=CALIBRATION_SPLIT)
+
+
+def describe_source(source: Any, dataset: str, fold: int,
+                    data_root: Path | None = None) -> dict[str, Any]:
+    """What calibrated (or checked) a variant, for the manifest: dataset, split, fold,
+    class ids and, for data on disk, the root directory."""
+    split = getattr(source, "split", None)
+    record: dict[str, Any] = {
+        "dataset": dataset,
+        "split": split if split is not None else "all (a folder dataset has no split)",
+        "fold": fold,
+        "classes": [int(c) for c in getattr(source, "classes", [])],
+    }
+    if data_root is not None:
+        record["data_root"] = str(Path(data_root).resolve())
+    return record
+
+
+def describe_data(description: dict[str, Any]) -> str:
+    """One line: "pascal-5i fold 0 train split (base classes 6..20)"."""
+    if description.get("split") not in ("train", "test"):
+        return f"{description['dataset']} ({description['split']})"
+    return (f"{description['dataset']} fold {description['fold']} {description['split']} "
+            f"split (base classes only: {description['classes']})")
+
+
+def base_episodes(fold: int, count: int, shots: int = 1, seed: int = 0,
+                  start: int = 0, dataset: str = DEFAULT_DATASET,
+                  data_root: Path | None = None, source: Any = None) -> Iterable[Episode]:
+    """Episodes ``start .. start+count-1`` of ``dataset``'s base-class (train) split of
+    ``fold`` (``source``: an already opened calibration_source, to reuse its index)."""
     if count < 1:
         raise ValueError(f"need at least one calibration episode, got {count}")
-    source = Synthetic5i(fold, split=CALIBRATION_SPLIT, seed=seed)
+    if source is None:
+        source = calibration_source(fold, seed, dataset, data_root)
     return (source.episode(index, shots=shots) for index in range(start, start + count))
 
 

@@ -9,9 +9,17 @@ shares weights across the query/support branches and the unrolled refinement ste
   the calibration episodes, never the novel test classes) with the fp32 graphs' outputs;
   ``score`` runs candidate graphs on them and compares with fp32: mean |query foreground
   probability difference| (the cheap logit-error proxy) and delta mIoU.
-* ``rank_layers``: damage of quantizing each layer alone.
+* ``rank_layers``: damage of quantizing each layer alone, end to end (one int8 graph and
+  one scoring run per layer: fine for crnet-lite's ~30 layers, far too slow for crnet-r50's
+  ~70 on a CPU).
+* ``rank_layers_local``: the cheap signal that scales: each layer's own output error
+  (normalised MSE of the layer's output with its input activation and weight fake-quantized
+  by the calibrated ranges, against fp32) on a few episodes, each layer run alone as a
+  one-node graph on the activations the fp32 graph fed it.
+* ``confirm_top``: re-measure the top few of a cheap ranking end to end (the
+  ``rank_layers`` damage) and put them first, in measured order.
 * ``choose_exclusions``: keep the most harmful layers in fp32, one at a time, until
-  |delta mIoU| <= target.
+  |delta mIoU| <= target (or a cap on exclusions is reached).
 """
 
 from __future__ import annotations
@@ -23,13 +31,25 @@ from typing import Any
 
 import numpy as np
 
-from calibration.reader import EpisodeFeeds, base_episodes, collect_feeds, cpu_session
+from calibration.reader import (
+    DEFAULT_DATASET,
+    EpisodeFeeds,
+    base_episodes,
+    calibration_source,
+    collect_feeds,
+    cpu_session,
+    describe_source,
+)
 from runtime.bundle import GRAPHS, Bundle
 from runtime.metrics import FewShotMeter
 from runtime.preprocess import foreground_probability, probability_to_mask
 
 SENSITIVITY_SEED = 1  # calibration uses seed 0: the two episode sets are independent
 RANK_EPISODES = 16  # the per-layer ranking uses a logit-error proxy on few episodes
+LOCAL_RANK_EPISODES = 2  # the local (per-layer output error) ranking: episodes it runs
+CONFIRM_EPISODES = 4  # episodes of the end-to-end confirmation of a local ranking's top
+FULL_RANK_MAX_LAYERS = 40  # "auto": end-to-end ranking up to this many layers, else local
+RANK_METHODS = ("auto", "full", "local")
 GraphSource = str | Path | bytes
 
 
@@ -83,9 +103,11 @@ def quantizable_layers(graphs: dict[str, Path], op_types: Sequence[str]) -> dict
 class SensitivitySet:
     """Held-out base-class episodes with the fp32 graphs' query probabilities."""
 
-    def __init__(self, bundle_dir: str | Path, feeds: EpisodeFeeds) -> None:
+    def __init__(self, bundle_dir: str | Path, feeds: EpisodeFeeds,
+                 data: dict[str, Any] | None = None) -> None:
         bundle = Bundle.load(bundle_dir, verify=False)
         self.feeds = feeds
+        self.data = data or {}
         self.fp32 = {graph: bundle.graph_path(graph, "fp32") for graph in GRAPHS}
         self._sessions = {graph: cpu_session(path) for graph, path in self.fp32.items()}
         self.reference = self._probabilities(self._sessions["backbone"],
@@ -94,13 +116,18 @@ class SensitivitySet:
 
     @classmethod
     def build(cls, bundle_dir: str | Path, fold: int, episodes: int, shots: int = 1,
-              progress: bool = True) -> SensitivitySet:
-        """Preprocess ``episodes`` base-class episodes of ``fold`` (seed SENSITIVITY_SEED)."""
+              progress: bool = True, dataset: str = DEFAULT_DATASET,
+              data_root: Path | None = None) -> SensitivitySet:
+        """Preprocess ``episodes`` base-class (train split) episodes of ``fold`` of
+        ``dataset`` (seed SENSITIVITY_SEED); ``data`` records which."""
+        source = calibration_source(fold, SENSITIVITY_SEED, dataset, data_root)
         feeds = collect_feeds(bundle_dir, base_episodes(fold, episodes, shots,
-                                                        SENSITIVITY_SEED),
+                                                        SENSITIVITY_SEED, source=source),
                               total=episodes, progress=progress,
                               description="sensitivity episodes")
-        return cls(bundle_dir, feeds)
+        data = {**describe_source(source, dataset, fold, data_root),
+                "seed": SENSITIVITY_SEED, "episodes": episodes, "shots": shots}
+        return cls(bundle_dir, feeds, data)
 
     def _probabilities(self, backbone: Any, refine: Any, use_backbone: bool,
                        limit: int | None = None) -> list[np.ndarray]:
@@ -163,19 +190,155 @@ def rank_layers(check: SensitivitySet, layers: dict[str, Layer],
     return sorted(damages, key=lambda item: -item[1])
 
 
+def _fake_quantize(values: np.ndarray, amax: np.ndarray) -> np.ndarray:
+    """Symmetric int8 round trip (scale amax/127, zero-point 0), broadcast over amax."""
+    scale = np.maximum(amax, 1e-12) / 127.0
+    return (np.clip(np.rint(values / scale), -127, 127) * scale).astype(np.float32)
+
+
+def _weight_amax(weight: np.ndarray, op_type: str) -> np.ndarray:
+    """Per-output-channel |max| of a weight (Conv axis 0, ConvTranspose axis 1), else one."""
+    axis = {"Conv": 0, "ConvTranspose": 1}.get(op_type)
+    if axis is None or weight.ndim < 2:
+        return np.array(np.abs(weight).max(), np.float32)
+    reduce = tuple(i for i in range(weight.ndim) if i != axis)
+    return np.abs(weight).max(axis=reduce, keepdims=True)
+
+
+def _one_node_model(model: Any, node: Any, initializers: dict[str, np.ndarray]) -> bytes:
+    """A graph of ``node`` alone: its activation input is the graph input ``x``, its weight
+    the graph input ``w``, every other input (the bias) an initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, None)]
+    names = ["x", "w"]
+    tensors = []
+    for index, name in enumerate(node.input[2:], start=2):
+        if name:
+            tensors.append(numpy_helper.from_array(initializers[name], f"in{index}"))
+        names.append(f"in{index}" if name else "")
+    copy = helper.make_node(node.op_type, names, ["y"], domain=node.domain or None)
+    copy.attribute.extend(node.attribute)
+    graph = helper.make_graph([copy], "layer", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              tensors)
+    opsets = [helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
+    one = helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+    return one.SerializeToString()
+
+
+def rank_layers_local(graphs: dict[str, Path], ranges: dict[str, dict[str, tuple[float, float]]],
+                      layers: dict[str, Layer], feeds: EpisodeFeeds,
+                      episodes: int = LOCAL_RANK_EPISODES, progress: bool = True
+                      ) -> list[tuple[str, float]]:
+    """(layer, error) for every layer, most harmful first, from one fp32 pass per episode.
+
+    error = sum ||y_int8 - y||^2 / sum ||y||^2 over the layer's nodes and the first
+    ``episodes`` episodes, where y is the layer's fp32 output on the activation the fp32
+    graph fed it and y_int8 the same node with that activation fake-quantized by its
+    calibrated range and the weight per-channel (symmetric int8, TensorRT's rules).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tqdm import tqdm
+
+    totals = {name: [0.0, 0.0] for name in layers}
+    by_graph: dict[str, list[Layer]] = {}
+    for layer in layers.values():
+        by_graph.setdefault(layer.graph, []).append(layer)
+    steps = sum(len(v) for v in by_graph.values()) * min(episodes, len(feeds))
+    bar = tqdm(total=steps, desc="layer sensitivity (local)", disable=not progress,
+               leave=False)
+    for graph, graph_layers in by_graph.items():
+        model = onnx.load(str(graphs[graph]))
+        initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        nodes = {node.name: node for node in model.graph.node}
+        graph_inputs = {i.name for i in model.graph.input}
+        wanted = sorted({nodes[n].input[0] for layer in graph_layers for n in layer.nodes}
+                        - graph_inputs - {o.name for o in model.graph.output})
+        for name in wanted:
+            model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                                    None))
+        session = cpu_session(model.SerializeToString())
+        output_names = [o.name for o in session.get_outputs()]
+        single: dict[str, Any] = {}
+        graph_feeds = getattr(feeds, graph)[:episodes]
+        for feed in graph_feeds:
+            values = dict(zip(output_names, session.run(None, feed), strict=True))
+            values.update(feed)
+            for layer in graph_layers:
+                weight = initializers[layer.weight]
+                quantized_weight = _fake_quantize(weight, _weight_amax(weight, layer.op_type))
+                for node_name in layer.nodes:
+                    node = nodes[node_name]
+                    activation = values[node.input[0]]
+                    low, high = ranges.get(graph, {}).get(
+                        node.input[0], (float(activation.min()), float(activation.max())))
+                    amax = np.array(max(abs(low), abs(high)), np.float32)
+                    if node_name not in single:
+                        single[node_name] = cpu_session(
+                            _one_node_model(model, node, initializers))
+                    run = single[node_name]
+                    (reference,) = run.run(None, {"x": activation, "w": weight})
+                    (candidate,) = run.run(None, {"x": _fake_quantize(activation, amax),
+                                                  "w": quantized_weight})
+                    difference = candidate.astype(np.float64) - reference
+                    totals[layer.name][0] += float(np.sum(difference * difference))
+                    totals[layer.name][1] += float(np.sum(np.square(reference,
+                                                                    dtype=np.float64)))
+                bar.update(1)
+        del session, single
+    bar.close()
+    errors = [(name, round(error / max(power, 1e-30), 10))
+              for name, (error, power) in totals.items()]
+    return sorted(errors, key=lambda item: (-item[1], item[0]))
+
+
+def confirm_top(check: SensitivitySet, layers: dict[str, Layer],
+                quantize_alone: Callable[[Layer], Any], ranking: Sequence[tuple[str, float]],
+                count: int, episodes: int = CONFIRM_EPISODES, progress: bool = True
+                ) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+    """Measure the first ``count`` layers of a (cheap) ranking end to end, quantized alone
+    (mean |query probability - fp32's| and delta mIoU on the first ``episodes`` episodes),
+    and put them first in measured order; the rest keep their order. Returns the new
+    ranking and one record per confirmed layer."""
+    from tqdm import tqdm
+
+    top = [name for name, _ in ranking[:count]]
+    confirmed = []
+    for name in tqdm(top, desc="confirm top layers", disable=not progress, leave=False):
+        layer = layers[name]
+        score = check.score({layer.graph: quantize_alone(layer).SerializeToString()},
+                            limit=episodes)
+        confirmed.append({"layer": name, "damage": round(score.probability_mae, 8),
+                          "delta_miou": round(score.delta_miou, 6)})
+    confirmed.sort(key=lambda record: -record["damage"])
+    cheap = dict(ranking)
+    reordered = [(record["layer"], cheap[record["layer"]]) for record in confirmed]
+    reordered += [(name, value) for name, value in ranking if name not in top]
+    return reordered, confirmed
+
+
 def choose_exclusions(check: SensitivitySet, build: Callable[[Sequence[str]], dict[str, Any]],
                       ranking: Sequence[tuple[str, float]], target_delta: float,
-                      always: Sequence[str] = (), progress: bool = True
+                      always: Sequence[str] = (), progress: bool = True,
+                      max_exclusions: int | None = None,
+                      last_models: dict[str, Any] | None = None
                       ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Exclude the most harmful layers one by one until |delta mIoU| <= ``target_delta``.
+    """Exclude the most harmful layers one by one until |delta mIoU| <= ``target_delta``
+    (at most ``max_exclusions`` beyond ``always``; None: no cap).
 
     ``build(excluded)`` returns {graph: ModelProto}. Returns the excluded layers and one
-    record per tried step.
+    record per tried step; ``last_models`` (a dict) receives the last step's graphs, so
+    the caller need not build them again.
     """
     from tqdm import tqdm
 
     excluded = list(always)
     candidates = [name for name, _ in ranking if name not in excluded]
+    if max_exclusions is not None:
+        candidates = candidates[:max(0, max_exclusions)]
     steps: list[dict[str, Any]] = []
     bar = tqdm(total=len(candidates) + 1, desc="fp32 fallback", disable=not progress,
                leave=False)
@@ -185,6 +348,8 @@ def choose_exclusions(check: SensitivitySet, build: Callable[[Sequence[str]], di
         steps.append({"excluded": list(excluded), **score.to_dict()})
         bar.update(1)
         if abs(score.delta_miou) <= target_delta or not candidates:
+            if last_models is not None:
+                last_models.update(models)
             break
         excluded.append(candidates.pop(0))
     bar.close()

@@ -2,6 +2,7 @@
 
     crnet bench BUNDLE --backend onnxruntime --precision fp32 --json bench.json
         [--iterations 100 --warmup 10 --threads 2 --shots 1 --soak [5000]]
+        [--dataset synthetic-5i|pascal-5i|folder --data-root DIR --fold F]
 
 Measured in one process, in this order: support encoding (``set_support``), per-query
 latency of ``segment`` with the cached support (pre- and post-processing included) and
@@ -16,8 +17,9 @@ load, for the speed-up ratio. FLOPs come from the manifest's ``"flops"`` entry
 models.summary when torch imports; a query costs one encode plus the query branch of the
 refine (the whole refine where the backend runs both branches). The achieved GFLOP/s, of
 ``segment`` and of the torch forward, are set against a numpy float32 matmul peak
-measured in a subprocess with the same thread count. Queries are synthetic-5i test
-images. A benchmark prints numbers; nothing here asserts a time.
+measured in a subprocess with the same thread count. The support and queries come from
+the test episodes of ``--dataset`` (synthetic-5i, or pascal-5i/folder under
+``--data-root``). A benchmark prints numbers; nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from crnet.timing import (
     time_calls,
     torch_forward,
 )
+from data.evaluation import DATASETS
 from runtime.errors import UsageError
 from runtime.files import check_writable_file, write_json_atomic
 from runtime.layout import PRECISIONS
@@ -147,7 +150,9 @@ def _measure(segmenter: Any, support_images: list[np.ndarray],
 def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32", *,
               iterations: int = 100, warmup: int = 10, threads: int | None = None,
               shots: int = 1, compare_torch: bool | None = None, soak_calls: int = 0,
-              fold: int = 0, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+              fold: int = 0, seed: int = 0, progress: bool = True,
+              dataset: str = "synthetic-5i", data_root: Path | None = None
+              ) -> dict[str, Any]:
     """Run the benchmark and return its JSON-ready report (see the module docstring)."""
     from runtime import Segmenter
     from runtime.bundle import Bundle
@@ -164,11 +169,15 @@ def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32"
     bundle = Path(bundle)
     name = choose_backend(backend, Bundle.load(bundle, verify=False), precision)
     options = {"threads": threads} if name in ("onnxruntime", "openvino", "torch") else {}
-    support_images, support_masks, queries = load_queries(shots, 8, fold, seed)
+    support_images, support_masks, queries = load_queries(shots, 8, fold, seed, dataset,
+                                                          data_root)
     with Segmenter(bundle, backend=name, precision=precision, **options) as segmenter:
         report = _measure(segmenter, support_images, support_masks, queries, iterations,
                           warmup, progress)
-        report.update({"bundle": str(bundle), "threads": threads, "shots": shots})
+        report.update({"bundle": str(bundle), "threads": threads, "shots": shots,
+                       "episodes": {"dataset": dataset, "split": "test", "fold": fold,
+                                    "seed": seed, "data_root": None if data_root is None
+                                    else str(Path(data_root).resolve())}})
         if soak_calls:
             report["soak"] = soak(segmenter.segment, queries, soak_calls, progress)
         if compare_torch:
@@ -291,8 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes-per-round", type=int, default=5,
                         help="--under-load: episodes per quiet or loaded block")
     parser.add_argument("--rounds", type=int, default=8, help="--under-load: rounds")
+    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS,
+                        help="whose test episodes give the support and queries "
+                             "(default synthetic-5i)")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="dataset directory (pascal-5i: the VOC2012 root; folder)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.dataset != "synthetic-5i" and args.data_root is None:
+        parser.error(f"--dataset {args.dataset} needs --data-root DIR")
     if args.iterations < 1 or args.warmup < 0:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
     if args.json is not None:
@@ -314,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                            iterations=args.iterations, warmup=args.warmup,
                            threads=args.threads, shots=args.shots,
                            compare_torch=args.compare_torch, soak_calls=args.soak,
-                           fold=args.fold, seed=args.seed, progress=not args.no_progress)
+                           fold=args.fold, seed=args.seed, progress=not args.no_progress,
+                           dataset=args.dataset, data_root=args.data_root)
     except (BundleError, BackendError):
         raise
     except ValueError as error:  # a bad option value found while setting the bench up

@@ -3,10 +3,12 @@
 Stages, each reusing its artifacts when their inputs are unchanged (by sha256):
 
 1. export    the checkpoint -> bundle/ (backbone + refine fp32 ONNX, parity checked)
-2. quantize  fp16 and int8 variants (calibrated on base-class episodes)
+2. quantize  fp16 and int8 variants (calibrated and checked on base-class train-split
+             episodes of the fold, never its test split)
 3. build     TensorRT engines where TensorRT is installed, else the ONNX Runtime CPU build
-4. evaluate  every variant against the PyTorch fp32 model on the same synthetic-5i
-             test episodes (one pass; one predictor per variant), with the accuracy gates
+4. evaluate  every variant against the PyTorch fp32 model on the same test episodes of
+             the fold's novel classes (one pass; one predictor per variant), with the
+             accuracy gates
 5. bench     latency / throughput of each variant through runtime.Segmenter
 6. report    report.md, report.json and overlay pictures in the output directory
 """
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from crnet.evaluate import load_gates
+from data.evaluation import DATASETS
 from data.pictures import (
     PREDICTION_COLOR,
     SUPPORT_COLOR,
@@ -39,6 +42,15 @@ from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
 from runtime.layout import GRAPHS, PRECISIONS, graph_file
 
 PICTURE_EPISODES = 6
+# A model costing more than this per query (manifest "flops"."segment") gets the smaller
+# episode budgets below: crnet-lite costs ~1 GFLOP per query, crnet-r50 ~78.
+LARGE_MODEL_FLOPS = 10e9
+BUDGETS: dict[str, dict[str, int]] = {
+    "small": {"check_episodes": 32, "calibration_episodes": 64, "sensitivity_episodes": 64,
+              "bench_iterations": 50},
+    "large": {"check_episodes": 8, "calibration_episodes": 16, "sensitivity_episodes": 16,
+              "bench_iterations": 10},
+}
 Log = Callable[[str], None]
 
 
@@ -46,9 +58,30 @@ class DeployError(CrnetError, RuntimeError):
     """A deploy stage that a library rejected (the message is the library's)."""
 
 
-def _stage(log: Log, number: int, name: str) -> float:
+def _stage(log: Log, number: int, name: str) -> dict[str, float]:
     log(f"\n[{number}/6] {name}")
-    return time.perf_counter()
+    return {"wall": time.perf_counter(), "cpu": _cpu_seconds()}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def _finish(begin: dict[str, float]) -> dict[str, float]:
+    """A stage's wall and CPU seconds, the process's peak resident memory so far (a stage
+    that raised it set it), and the machine's 1-minute load average at its end."""
+    import os
+    import resource
+
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": time.perf_counter() - begin["wall"],
+            "cpu_seconds": round(_cpu_seconds() - begin["cpu"], 2),
+            "peak_rss_mb": round(peak_kb / 1024, 1),
+            "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def export_stage(bundle_dir: Path, checkpoint: Path | None, log: Log,
@@ -86,29 +119,55 @@ def _fp32_hashes(manifest: dict[str, Any]) -> dict[str, str]:
     return {name: files.get(name, "") for name in (graph_file(g, "fp32") for g in GRAPHS)}
 
 
+def _data_stamp(dataset: str, data_root: Path | None, fold: int) -> dict[str, Any]:
+    return {"dataset": dataset, "fold": fold,
+            "data_root": None if data_root is None else str(Path(data_root).resolve())}
+
+
 def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
-                   progress: bool = True) -> dict[str, Any]:
-    """Add fp16/int8 variants unless present and made from the current fp32 graphs."""
-    from calibration.quantize import quantize_bundle
+                   progress: bool = True, *, fold: int | None = None,
+                   dataset: str = "synthetic-5i", data_root: Path | None = None,
+                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Add fp16/int8 variants unless present and made from the current fp32 graphs with
+    the same data (calibrated and checked on ``dataset``'s base-class train episodes of
+    ``fold``, default: the checkpoint's). ``options``: extra quantize_bundle options per
+    precision."""
+    from calibration.quantize import default_fold, quantize_bundle, ranges_fit
     from runtime.bundle import Bundle, update_manifest
 
     results: dict[str, Any] = {}
     for precision in precisions:
         if precision == "fp32":
             continue
-        manifest = Bundle.load(bundle_dir).manifest
+        bundle = Bundle.load(bundle_dir)
+        manifest = bundle.manifest
+        fold = default_fold(bundle) if fold is None else fold
+        data = _data_stamp(dataset, data_root, fold)
         variant = manifest.get("variants", {}).get(precision)
         made_from = (variant or {}).get("how", {}).get("deploy_fp32_sha256")
-        if variant and made_from == _fp32_hashes(manifest):
-            log(f"  reuse {precision} variant (made from the current fp32 graphs)")
+        made_on = (variant or {}).get("how", {}).get(
+            "deploy_data", _data_stamp("synthetic-5i", None, default_fold(bundle)))
+        if variant and made_from == _fp32_hashes(manifest) and made_on == data:
+            log(f"  reuse {precision} variant (made from the current fp32 graphs, "
+                f"{dataset} fold {fold})")
             results[precision] = {"reused": True}
             continue
         started = time.perf_counter()
-        stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, progress=progress))
+        extra = dict((options or {}).get(precision, {}))
+        if precision == "int8" and not ranges_fit(
+                bundle_dir, dataset=dataset, fold=fold, data_root=data_root,
+                episodes=extra.get("calibration_episodes"),
+                method=extra.get("calibration_method")):
+            log("  saved int8 ranges came from other data or settings: recalibrating")
+            extra["recalibrate"] = True
+        stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, progress=progress,
+                                             fold=fold, dataset=dataset, data_root=data_root,
+                                             **extra))
 
         def record(manifest: dict[str, Any], precision: str = precision,
-                   stamp: dict[str, str] = stamp) -> None:
+                   stamp: dict[str, str] = stamp, data: dict[str, Any] = data) -> None:
             manifest["variants"][precision]["how"]["deploy_fp32_sha256"] = stamp
+            manifest["variants"][precision]["how"]["deploy_data"] = data
 
         update_manifest(bundle_dir, record)
         seconds = time.perf_counter() - started
@@ -176,7 +235,8 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
     from runtime import Segmenter
 
     settings = {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
-                "dataset": dataset}
+                "dataset": dataset, "split": "test",
+                "data_root": None if data_root is None else str(Path(data_root).resolve())}
     variants = {"reference": ("torch", "fp32"), **{p: (backend, p) for p in precisions},
                 **{f"{extra} {p}": (extra, p) for extra in extra_backends for p in precisions}}
     cached: dict[str, dict[str, Any]] = {}
@@ -201,7 +261,7 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
             picture_rows.append({"episode": episode, "predictions": predictions})
 
     if predictors:
-        source = episode_source(dataset, fold, seed, data_root)
+        source = episode_source(dataset, fold, seed, data_root, split="test")
         results = evaluate_many(predictors, source.episodes(episodes, shots=shots),
                                 total=episodes, progress=progress, description="evaluate",
                                 on_episode=keep_picture,
@@ -224,9 +284,12 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
 
 def bench_stage(bundle_dir: Path, backend: str, precisions: list[str], iterations: int,
                 threads: int | None, log: Log, progress: bool,
-                extra_backends: Sequence[str] = ()) -> dict[str, Any]:
-    """crnet bench per variant (keyed by precision; ``"<backend> <precision>"`` for the
-    extra backends); the torch comparison once, on the main backend's fp32."""
+                extra_backends: Sequence[str] = (), *, fold: int = 0,
+                dataset: str = "synthetic-5i", data_root: Path | None = None
+                ) -> dict[str, Any]:
+    """crnet bench per variant, on the fold's test episodes (keyed by precision;
+    ``"<backend> <precision>"`` for the extra backends); the torch comparison once, on the
+    main backend's fp32."""
     from crnet.bench import run_bench
 
     results = {}
@@ -235,8 +298,8 @@ def bench_stage(bundle_dir: Path, backend: str, precisions: list[str], iteration
     for run_backend, precision, key in runs:
         report = run_bench(bundle_dir, run_backend, precision, iterations=iterations,
                            warmup=max(3, iterations // 10), threads=threads, shots=1,
-                           compare_torch=key == "fp32", soak_calls=0, fold=0, seed=0,
-                           progress=progress)
+                           compare_torch=key == "fp32", soak_calls=0, fold=fold, seed=0,
+                           progress=progress, dataset=dataset, data_root=data_root)
         results[key] = report
         latency = report.get("latency_ms", {}).get("p50", float("nan"))
         log(f"  {run_backend} {precision}: p50 {latency:.2f} ms per query")
@@ -288,7 +351,8 @@ def render_report(report: dict[str, Any]) -> str:
         "# crnet deploy report", "",
         f"Checkpoint sha256 `{report['checkpoint_sha256']}`; bundle `{report['bundle']}`; "
         f"target **{report['build']['target']}**; machine {report['machine']}.", "",
-        f"## Accuracy (synthetic-5i fold {report['settings']['fold']}, "
+        f"## Accuracy ({report['settings'].get('dataset', 'synthetic-5i')} fold "
+        f"{report['settings']['fold']} test episodes, "
         f"{report['settings']['shots']}-shot, {report['settings']['episodes']} episodes, "
         f"seed {report['settings']['seed']}; reference: PyTorch fp32)", "",
         "| variant | backend | mIoU | FB-IoU | delta mIoU | gate | result |",
@@ -304,6 +368,15 @@ def render_report(report: dict[str, Any]) -> str:
             f"{record['fbiou']:.2f} | {record['delta_miou']:+.2f} | "
             f"{record['max_abs_delta_miou']} | {verdict} |"
         )
+    calibration = report.get("calibration", {})
+    if calibration:
+        lines += ["", "Data: gated on the test split (novel classes); reduced precision "
+                      "calibrated and checked on the train split (base classes) only:", ""]
+        names = {"int8_calibration": "int8 calibration", "int8_sensitivity":
+                 "int8 sensitivity", "fp16_check": "fp16 check"}
+        for key, record in calibration.items():
+            lines.append(f"* {names.get(key, key)}: {record.get('episodes', '?')} episodes of "
+                         f"{record.get('data', record.get('dataset'))}")
     lines += ["", "## Speed (runtime.Segmenter, cached 1-shot support)", "",
               "| variant | p50 ms | p90 ms | p99 ms | queries/s | support encode ms | "
               "p50 ms: preprocess / inference / postprocess |",
@@ -328,20 +401,39 @@ def render_report(report: dict[str, Any]) -> str:
               "Support (mask in yellow), ground truth (green), then each model's "
               "prediction (red).", ""]
     lines += [f"![episode {i}]({name})" for i, name in enumerate(report["pictures"])]
-    lines += ["", "## Stages", "", "| stage | seconds | reused |", "|---|---|---|"]
+    lines += ["", "## Stages", "",
+              "| stage | seconds | CPU seconds | peak resident MB (so far) | load (1 min) | "
+              "reused |", "|---|---|---|---|---|---|"]
     for stage, info in report["stages"].items():
-        lines.append(f"| {stage} | {info['seconds']:.1f} | {info.get('reused', '')} |")
+        lines.append(f"| {stage} | {info['seconds']:.1f} | {info.get('cpu_seconds', '-')} | "
+                     f"{info.get('peak_rss_mb', '-')} | {info.get('load_1min', '-')} | "
+                     f"{info.get('reused', '')} |")
     lines += ["", f"Total: {report['total_seconds']:.0f} s. Reproduce: `{report['command']}`", ""]
     return "\n".join(lines)
 
 
 def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 1000,
-           fold: int = 0, shots: int = 1, seed: int = 0, bench_iterations: int = 50,
+           fold: int | None = None, shots: int = 1, seed: int = 0,
+           bench_iterations: int | None = None,
            precisions: list[str] | None = None, parity_episodes: int = 64,
            threads: int | None = None, progress: bool = True, log: Log = print,
-           command: str = "crnet deploy") -> dict[str, Any]:
-    """Run every stage into ``out_dir``; return the report (also written to disk)."""
+           command: str = "crnet deploy", dataset: str = "synthetic-5i",
+           data_root: Path | None = None,
+           quantize_options: dict[str, dict[str, Any]] | None = None,
+           calibration_episodes: int | None = None, sensitivity_episodes: int | None = None,
+           check_episodes: int | None = None) -> dict[str, Any]:
+    """Run every stage into ``out_dir``; return the report (also written to disk).
+
+    ``fold`` (default: the checkpoint's training fold): the variants are calibrated on its
+    base classes (``dataset``'s train split) and gated on its novel classes (test split).
+    Episode counts and ``bench_iterations`` left None come from BUDGETS by the model's
+    FLOPs per query. ``quantize_options``: extra calibration.quantize options per
+    precision (they win over the budget).
+    """
     precisions = precisions or list(PRECISIONS)
+    from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
+
+    read_checkpoint_info(checkpoint or DEFAULT_CHECKPOINT)  # a bad checkpoint: nothing written
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle_dir = out_dir / "bundle"
     started = time.perf_counter()
@@ -349,33 +441,57 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
 
     begin = _stage(log, 1, "export")
     exported = export_stage(bundle_dir, checkpoint, log, parity_episodes, progress)
-    stages["export"] = {"seconds": time.perf_counter() - begin, "reused": exported["reused"]}
+    stages["export"] = {**_finish(begin), "reused": exported["reused"]}
+
+    if fold is None:
+        from calibration.quantize import default_fold
+        from runtime.bundle import Bundle
+
+        fold = default_fold(Bundle.load(bundle_dir, verify=False))
+        log(f"  fold {fold} (the checkpoint's training fold)")
+
+    budget = choose_budget(bundle_dir, {
+        "calibration_episodes": calibration_episodes,
+        "sensitivity_episodes": sensitivity_episodes, "check_episodes": check_episodes,
+        "bench_iterations": bench_iterations})
+    log(f"  budget ({budget['model']} model, {budget['gflops_per_query']} GFLOP per query): "
+        f"{budget['calibration_episodes']} calibration, {budget['sensitivity_episodes']} "
+        f"sensitivity, {budget['check_episodes']} fp16-check episodes, "
+        f"{budget['bench_iterations']} bench iterations")
+    options = {"fp16": {"check_episodes": budget["check_episodes"]},
+               "int8": {"calibration_episodes": budget["calibration_episodes"],
+                        "sensitivity_episodes": budget["sensitivity_episodes"]}}
+    for precision, extra in (quantize_options or {}).items():
+        options.setdefault(precision, {}).update(extra)
 
     begin = _stage(log, 2, "quantize (fp16, int8)")
-    quantized = quantize_stage(bundle_dir, precisions, log, progress)
-    stages["quantize"] = {"seconds": time.perf_counter() - begin,
+    quantized = quantize_stage(bundle_dir, precisions, log, progress, fold=fold,
+                               dataset=dataset, data_root=data_root, options=options)
+    stages["quantize"] = {**_finish(begin),
                           "reused": all(q.get("reused") for q in quantized.values())}
 
     begin = _stage(log, 3, "build")
     built = build_stage(bundle_dir, precisions, log)
-    stages["build"] = {"seconds": time.perf_counter() - begin}
+    stages["build"] = _finish(begin)
 
-    begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} episodes)")
+    begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} {dataset} test episodes "
+                           f"of fold {fold})")
     extras = extra_cpu_backends(built["backend"])
     accuracy, picture_rows = evaluate_stage(
         bundle_dir, built["backend"], precisions, fold=fold, shots=shots, episodes=episodes,
         seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
-        extra_backends=extras,
+        dataset=dataset, data_root=data_root, extra_backends=extras,
     )
-    stages["evaluate"] = {"seconds": time.perf_counter() - begin}
+    stages["evaluate"] = _finish(begin)
     from data.evaluation import format_table
 
     log(format_table(accuracy))
 
     begin = _stage(log, 5, "benchmark")
-    bench = bench_stage(bundle_dir, built["backend"], precisions, bench_iterations, threads,
-                        log, progress, extra_backends=extras)
-    stages["bench"] = {"seconds": time.perf_counter() - begin}
+    bench = bench_stage(bundle_dir, built["backend"], precisions, budget["bench_iterations"],
+                        threads, log, progress, extra_backends=extras, fold=fold,
+                        dataset=dataset, data_root=data_root)
+    stages["bench"] = _finish(begin)
 
     begin = _stage(log, 6, "report")
     pictures = save_pictures(out_dir, picture_rows, precisions) if picture_rows else [
@@ -386,14 +502,17 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         "bundle": str(bundle_dir),
         "build": built, "quantize": quantized, "export": exported,
         "settings": {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
-                     "dataset": "synthetic-5i"},
+                     "dataset": dataset, "split": "test",
+                     "data_root": None if data_root is None else str(data_root.resolve())},
+        "calibration": _calibration_records(bundle_dir),
+        "budget": budget,
         "accuracy": accuracy, "bench": bench, "pictures": pictures,
         "machine": f"{platform.machine()}, {platform.python_version()}, "
                    f"{_cpu_count()} cores",
         "manifest_sha256": sha256_file(bundle_dir / "manifest.json"),
         "command": command,
     }
-    stages["report"] = {"seconds": time.perf_counter() - begin}
+    stages["report"] = _finish(begin)
     report["stages"] = stages
     report["total_seconds"] = time.perf_counter() - started
     report["passed"] = all(r["passed"] is not False for r in accuracy)
@@ -402,6 +521,44 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
     log(f"\nwrote {out_dir / 'report.md'}, {out_dir / 'report.json'} and "
         f"{len(pictures)} pictures in {report['total_seconds']:.0f} s")
     return report
+
+
+def _calibration_records(bundle_dir: Path) -> dict[str, Any]:
+    """Which data calibrated (int8) and checked (fp16, int8 sensitivity) each variant."""
+    from runtime.bundle import Bundle
+
+    variants = Bundle.load(bundle_dir, verify=False).manifest.get("variants", {})
+    records: dict[str, Any] = {}
+    keys = ("data", "dataset", "split", "fold", "classes", "data_root", "episodes")
+    if "fp16" in variants and "check" in variants["fp16"]["how"]:
+        check = variants["fp16"]["how"]["check"]
+        records["fp16_check"] = {k: check[k] for k in keys if k in check}
+    if "int8" in variants:
+        how = variants["int8"]["how"]
+        records["int8_calibration"] = {k: how["calibration"][k] for k in keys
+                                       if k in how["calibration"]}
+        sensitivity = how.get("sensitivity", {})
+        if sensitivity.get("enabled"):
+            records["int8_sensitivity"] = {
+                **{k: sensitivity[k] for k in keys if k in sensitivity},
+                "rank_method": sensitivity.get("rank_method"),
+                "kept_fp32_layers": how.get("kept_fp32_layers", []),
+                "seconds": sensitivity.get("seconds")}
+    return records
+
+
+def choose_budget(bundle_dir: Path, overrides: dict[str, int | None]) -> dict[str, Any]:
+    """Episode counts and bench iterations for this model: BUDGETS by its FLOPs per query,
+    each replaced by an explicit (non-None) ``overrides`` value."""
+    from runtime.bundle import Bundle
+
+    flops = Bundle.load(bundle_dir, verify=False).manifest.get("flops") or {}
+    per_query = float(flops.get("segment") or 0.0)
+    size = "large" if per_query > LARGE_MODEL_FLOPS else "small"
+    chosen = dict(BUDGETS[size])
+    chosen.update({k: v for k, v in overrides.items() if v is not None})
+    return {"model": size, "gflops_per_query": round(per_query / 1e9, 2), **chosen,
+            "overridden": sorted(k for k, v in overrides.items() if v is not None)}
 
 
 def _cpu_count() -> int:
@@ -418,12 +575,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("deploy-out"),
                         help="output directory (default deploy-out/)")
     parser.add_argument("--episodes", type=int, default=1000,
-                        help="synthetic-5i test episodes for the accuracy check (default 1000)")
-    parser.add_argument("--fold", type=int, default=0, choices=range(4))
+                        help="test episodes for the accuracy check (default 1000)")
+    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS,
+                        help="calibrate on its train split (base classes of --fold), gate and "
+                             "bench on its test split (default synthetic-5i)")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="dataset directory (pascal-5i: the VOC2012 root; folder)")
+    parser.add_argument("--fold", type=int, default=None, choices=range(4),
+                        help="default: the checkpoint's training fold")
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precisions", default="fp32,fp16,int8")
-    parser.add_argument("--bench-iterations", type=int, default=50)
+    parser.add_argument("--bench-iterations", type=int, default=None,
+                        help="default: 50, or 10 for a model over 10 GFLOP per query")
+    parser.add_argument("--calibration-episodes", type=int, default=None,
+                        help="int8 calibration episodes (default: 64, or 16 for a model over "
+                             "10 GFLOP per query)")
+    parser.add_argument("--sensitivity-episodes", type=int, default=None,
+                        help="int8 sensitivity episodes (default: 64, or 16 likewise)")
+    parser.add_argument("--check-episodes", type=int, default=None,
+                        help="fp16 check episodes (default: 32, or 8 likewise)")
     parser.add_argument("--parity-episodes", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -432,15 +603,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(precisions) - set(PRECISIONS))
     if unknown or "fp32" not in precisions:
         parser.error(f"--precisions must list fp32 and any of {PRECISIONS}, got {precisions}")
-    if args.episodes < 1 or args.shots < 1 or args.bench_iterations < 1:
-        parser.error("--episodes, --shots and --bench-iterations must be >= 1")
+    counts = (args.bench_iterations, args.calibration_episodes, args.sensitivity_episodes,
+              args.check_episodes)
+    if args.episodes < 1 or args.shots < 1 or any(c is not None and c < 1 for c in counts):
+        parser.error("--episodes, --shots, --bench-iterations and the --*-episodes counts "
+                     "must be >= 1")
+    if args.dataset != "synthetic-5i" and args.data_root is None:
+        parser.error(f"--dataset {args.dataset} needs --data-root DIR")
     command = "crnet deploy " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         report = deploy(args.out, args.checkpoint, episodes=args.episodes, fold=args.fold,
                         shots=args.shots, seed=args.seed, bench_iterations=args.bench_iterations,
                         precisions=precisions, parity_episodes=args.parity_episodes,
                         threads=args.threads, progress=not args.no_progress,
-                        command=command.strip())
+                        command=command.strip(), dataset=args.dataset,
+                        data_root=args.data_root,
+                        calibration_episodes=args.calibration_episodes,
+                        sensitivity_episodes=args.sensitivity_episodes,
+                        check_episodes=args.check_episodes)
     except CrnetError:
         raise
     except (ValueError, RuntimeError) as error:  # a library's rejection, reported in one line

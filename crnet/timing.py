@@ -113,14 +113,16 @@ def model_flops(manifest: dict[str, Any]) -> dict[str, Any] | None:
             "source": "models.summary"}
 
 
-def load_queries(shots: int, count: int, fold: int, seed: int
+def load_queries(shots: int, count: int, fold: int, seed: int,
+                 dataset: str = "synthetic-5i", data_root: Path | None = None
                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Support images, support masks (episode 0) and ``count`` query images (episodes 0..)."""
-    from data.synthetic import Synthetic5i
+    """Support images, support masks (episode 0) and ``count`` query images (episodes 0..)
+    of ``dataset``'s test episodes of ``fold`` (data.evaluation.episode_source)."""
+    from data.evaluation import episode_source
 
-    dataset = Synthetic5i(fold, split="test", seed=seed)
-    first = dataset.episode(0, shots)
-    queries = [first.query_image] + [dataset.episode(i, 1).query_image
+    source = episode_source(dataset, fold, seed, data_root, split="test")
+    first = source.episode(0, shots)
+    queries = [first.query_image] + [source.episode(i, 1).query_image
                                      for i in range(1, count)]
     return list(first.support_images), list(first.support_masks), queries
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.config import TrainConfig
+from models.config import CRNetConfig, TrainConfig
 from models.crnet import CRNet
 from models.training import training_record
 from tests.export.conftest import make_tiny_config
@@ -21,14 +21,20 @@ SENSITIVITY_EPISODES = 6
 
 
 def balanced_tiny_model(seed: int = 0, margin_std: float = 4.0) -> CRNet:
-    """A random tiny CRNet with decisive, input-dependent masks: the classifier is scaled
-    so the fg-bg logit margin spreads by about ``margin_std`` and its bias centred so about
-    half of the query pixels are foreground. (An untouched random model gives near-constant
-    probabilities; its mIoU would neither show nor hide any accuracy loss reliably.)"""
+    """A random tiny CRNet with decisive, input-dependent masks (see balanced_model)."""
+    return balanced_model(make_tiny_config(), seed, margin_std)
+
+
+def balanced_model(config: CRNetConfig, seed: int = 0, margin_std: float = 4.0) -> CRNet:
+    """A random CRNet of ``config`` with decisive, input-dependent masks: the classifier is
+    scaled so the fg-bg logit margin spreads by about ``margin_std`` and its bias centred
+    so about half of the query pixels are foreground. (An untouched random model gives
+    near-constant probabilities; its mIoU would neither show nor hide any accuracy loss
+    reliably.)"""
     from calibration.reader import base_episodes, episode_arrays
 
     torch.manual_seed(seed)
-    model = CRNet(make_tiny_config()).eval()
+    model = CRNet(config).eval()
     manifest = {"input_size": list(model.config.input_size),
                 "feature_size": list(model.config.feature_size),
                 "preprocessing": {"mean": list(model.config.mean), "std": list(model.config.std)}}
@@ -82,3 +88,61 @@ def quantized_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_q: Pa
                   calibration_episodes=CALIBRATION_EPISODES,
                   sensitivity_episodes=SENSITIVITY_EPISODES, progress=False)
     return bundle
+
+
+VOC_TRAIN_IMAGES = 45  # 3 per base class of fold 0
+VOC_TEST_IMAGES = 15  # 3 per novel class
+
+
+@pytest.fixture(scope="session")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small VOC2012-layout tree of fold 0 (data.synthetic.write_voc_tree)."""
+    from data.synthetic import write_voc_tree
+
+    return write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", fold=0,
+                          train_images=VOC_TRAIN_IMAGES, test_images=VOC_TEST_IMAGES)
+
+
+def split_ids(root: Path, name: str) -> set[str]:
+    """Image ids of one of the tree's lists (train_aug.txt or val.txt)."""
+    text = (root / "ImageSets" / "Segmentation" / name).read_text()
+    return {line.split()[0] for line in text.splitlines() if line.strip()}
+
+
+class PascalReads:
+    """Every image, image header and label file data.pascal reads, tagged with the current
+    phase (set ``phase`` as the test moves on)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import data.pascal
+
+        self.phase = "setup"
+        self.reads: list[tuple[str, str]] = []
+        load_rgb, read_label = data.pascal.load_rgb, data.pascal.read_label
+        image_size = data.pascal.image_size
+
+        def tracked_rgb(path: Path) -> np.ndarray:
+            self.reads.append((self.phase, Path(path).stem))
+            return load_rgb(path)
+
+        def tracked_label(path: Path) -> np.ndarray:
+            self.reads.append((self.phase, Path(path).stem))
+            return read_label(path)
+
+        def tracked_size(path: Path) -> tuple[int, int]:
+            self.reads.append((self.phase, Path(path).stem))
+            return image_size(path)
+
+        monkeypatch.setattr(data.pascal, "image_size", tracked_size)
+        monkeypatch.setattr(data.pascal, "load_rgb", tracked_rgb)
+        monkeypatch.setattr(data.pascal, "read_label", tracked_label)
+
+    def ids(self, phase: str | None = None) -> set[str]:
+        """Ids read (in ``phase``, or in any)."""
+        return {stem for read_phase, stem in self.reads if phase in (None, read_phase)}
+
+
+@pytest.fixture
+def pascal_reads(monkeypatch: pytest.MonkeyPatch) -> PascalReads:
+    """Records the PASCAL-5i files read during a test."""
+    return PascalReads(monkeypatch)

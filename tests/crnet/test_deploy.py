@@ -62,3 +62,76 @@ def test_deploy_rejects_bad_arguments(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--precisions", "fp16"])
     assert "--precisions must list fp32" in capsys.readouterr().err
+
+
+def test_deploy_on_a_voc_tree_calibrates_on_train_and_gates_on_test(
+        tmp_path: Path, voc_root: Path, pascal_reads) -> None:
+    from tests.calibration.conftest import split_ids
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "out"
+
+    def log(line: str) -> None:  # the stage headers say which stage reads the files
+        for number, phase in ((2, "quantize"), (4, "evaluate"), (5, "bench")):
+            if line.startswith(f"\n[{number}/6]"):
+                pascal_reads.phase = phase
+
+    quantize_options = {"fp16": {"check_episodes": 2},
+                        "int8": {"calibration_method": "minmax", "calibration_episodes": 4,
+                                 "sensitivity_episodes": 3}}
+    report = deploy(out, checkpoint, episodes=3, bench_iterations=2, parity_episodes=2,
+                    threads=1, progress=False, log=log, dataset="pascal-5i",
+                    data_root=voc_root, quantize_options=quantize_options)
+
+    train, test = split_ids(voc_root, "train_aug.txt"), split_ids(voc_root, "val.txt")
+    calibration_reads = pascal_reads.ids("quantize")
+    assert calibration_reads and calibration_reads <= train
+    assert not calibration_reads & test  # calibration never reads a test-split image
+    assert pascal_reads.ids("evaluate") <= test and pascal_reads.ids("bench") <= test
+    assert pascal_reads.ids("evaluate") and pascal_reads.ids("bench")
+
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["settings"]["dataset"] == "pascal-5i" and on_disk["settings"]["fold"] == 0
+    assert {r["precision"] for r in on_disk["accuracy"]} == {"fp32", "fp16", "int8"}
+    for record in on_disk["accuracy"]:
+        assert record["dataset"] == "pascal-5i" and record["split"] == "test"
+        assert record["passed"] in (True, False) and record["max_abs_delta_miou"] > 0
+        assert set(record["per_class_iou"]) <= {"1", "2", "3", "4", "5"}  # novel classes
+    for key in ("int8_calibration", "int8_sensitivity", "fp16_check"):
+        assert on_disk["calibration"][key]["dataset"] == "pascal-5i"
+        assert on_disk["calibration"][key]["split"] == "train"
+    assert on_disk["bench"]["int8"]["episodes"]["dataset"] == "pascal-5i"
+    markdown = (out / "report.md").read_text()
+    assert "## Accuracy (pascal-5i fold 0 test episodes" in markdown
+    assert "* int8 calibration: 4 episodes of pascal-5i fold 0 train split" in markdown
+    assert report["passed"] == all(r["passed"] for r in on_disk["accuracy"])
+
+    pascal_reads.phase = "again"
+    lines: list[str] = []
+    again = deploy(out, checkpoint, episodes=3, bench_iterations=2, parity_episodes=2,
+                   threads=1, progress=False, log=lines.append, precisions=["fp32", "int8"],
+                   quantize_options=quantize_options)  # synthetic-5i now: recalibrate
+    assert any("saved int8 ranges came from other data or settings: recalibrating" in line
+               for line in lines)
+    calibration = again["calibration"]["int8_calibration"]
+    assert calibration["dataset"] == "synthetic-5i" and calibration["split"] == "train"
+
+
+def test_deploy_dataset_needs_a_data_root(capsys) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--dataset", "pascal-5i"])
+    assert "--dataset pascal-5i needs --data-root DIR" in capsys.readouterr().err
+
+
+def test_deploy_with_a_missing_checkpoint_writes_nothing(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    from crnet.cli import main as crnet_main
+
+    out = tmp_path / "out"
+    assert crnet_main(["deploy", "--checkpoint", str(tmp_path / "absent.safetensors"),
+                       "--out", str(out)]) == 1
+    assert "checkpoint weights not found" in capsys.readouterr().err
+    assert not out.exists()
