@@ -186,11 +186,12 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
                     ) -> Iterator[tuple[slice, slice, np.ndarray]]:
     """Yield (rows, columns, float32 block) of the bilinear resize, block by block.
 
-    Rows first (gathering only the input rows the output samples), then columns. A narrow
-    input (no wider than the output, a row of at most a chunk) is seen as H x (W*C) so each
-    step is one contiguous gather and an in-place lerp over whole output rows. Any other
-    input is gathered at the sampled (row, column) pairs only, in blocks of whole rows, or
-    of column ranges where one output row exceeds a chunk. Either way no temporary is
+    Rows first (gathering only the input rows the output samples), then columns. An input
+    whose row fits in a chunk is seen as H x (W*C), so each step is one contiguous gather
+    and an in-place lerp over whole rows, as many rows at a time as keep both the gathered
+    input rows and the output rows within a chunk. Any other (very wide) input is gathered
+    at the sampled (row, column) pairs only, in blocks of whole rows, or of column ranges
+    where one output row exceeds a chunk. Either way no temporary is
     larger than about a chunk (plus the coordinates of one block), whatever the input's
     shape. ``values`` maps gathered raw values before the float conversion (a mask's
     0/1/255 -> object or not).
@@ -205,12 +206,13 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
             gathered = values(gathered)
         return gathered.astype(np.float32, copy=False)
 
-    if in_width > width or in_width * per_pixel > _CHUNK_VALUES or \
+    if in_width * per_pixel > _CHUNK_VALUES or \
             width * per_pixel > _CHUNK_VALUES or height > _CACHED_SIZE:
         yield from _gathered_blocks(array, height, width, align_corners, as_float)
         return
     values_per_row = in_width * per_pixel
-    chunk_rows = max(1, _CHUNK_VALUES // max(width * per_pixel, 1))
+    # a chunk of rows holds at most a chunk of values, on the input side and the output side
+    chunk_rows = max(1, _CHUNK_VALUES // max(max(width, in_width) * per_pixel, 1))
     rows_low, rows_high, rows_weight = _source_coordinates(height, in_height, align_corners)
     cols_low, cols_high, cols_weight = _flat_columns(width, in_width, align_corners,
                                                      per_pixel)
@@ -218,7 +220,7 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
         stop = min(start + chunk_rows, height)
         # Gathering rows copies them (a view's too) into contiguous [n, W, *C] arrays,
         # which then reshape to [n, W*C] without a copy; the input itself is never copied.
-        # The input is no wider than the output here, so they are at most a chunk.
+        # chunk_rows keeps them at most a chunk of values.
         rows = as_float(array[rows_low[start:stop]]).reshape(-1, values_per_row)
         below = as_float(array[rows_high[start:stop]]).reshape(-1, values_per_row)
         below -= rows
