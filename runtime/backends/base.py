@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -164,6 +165,16 @@ class Backend:
         if not self._active:
             raise BackendError(f"{self.name} backend is not active; call activate() first "
                                "(or use it as a context manager)")
+
+
+def bundle_graph_paths(bundle: Bundle, precision: str) -> dict[str, Path]:
+    """The backbone and refine ONNX files of one precision, resolved now: a missing variant
+    or file is a clear error when the backend is constructed."""
+    paths = {graph: bundle.graph_path(graph, precision) for graph in ("backbone", "refine")}
+    for path in paths.values():
+        if not path.exists():
+            raise BackendError(f"{path} is named by the manifest but missing")
+    return paths
 
 
 # The runtime's own backends; others register through the entry-point group below (the

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError, ModelSpec
+from runtime.backends.base import Backend, BackendError, ModelSpec, bundle_graph_paths
 from runtime.bundle import Bundle
 from runtime.layout import ORT_TRT_CACHE_DIR
 from runtime.ort_build import ort_build_path
@@ -77,12 +77,7 @@ class OnnxRuntimeBackend(Backend):
         self.activations: dict[str, Any] = {}
         self.requested_providers = providers
         self.spec = ModelSpec.from_manifest(bundle.manifest)
-        # Resolve the files now: a missing precision is a clear error at construction.
-        self.paths = {graph: bundle.graph_path(graph, precision)
-                      for graph in ("backbone", "refine")}
-        for path in self.paths.values():
-            if not path.exists():
-                raise BackendError(f"{path} is named by the manifest but missing")
+        self.paths = bundle_graph_paths(bundle, precision)
         self.sessions: dict[str, Any] = {}
         self.use_ort_build = use_ort_build
         self.loaded_paths: dict[str, Path] = {}

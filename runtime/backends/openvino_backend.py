@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError, ModelSpec
+from runtime.backends.base import Backend, BackendError, ModelSpec, bundle_graph_paths
 from runtime.bundle import Bundle
 
 INFERENCE_PRECISIONS = ("f32", "bf16")
@@ -59,11 +59,7 @@ class OpenVinoBackend(Backend):
         self.device = device
         self.fuse_query = fuse_query
         self.spec = ModelSpec.from_manifest(bundle.manifest)
-        self.paths = {graph: bundle.graph_path(graph, precision)
-                      for graph in ("backbone", "refine")}
-        for path in self.paths.values():
-            if not path.exists():
-                raise BackendError(f"{path} is named by the manifest but missing")
+        self.paths = bundle_graph_paths(bundle, precision)
         self.requests: dict[str, Any] = {}
         self.query_graph: dict[str, Any] = {}
 
