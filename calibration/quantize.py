@@ -717,11 +717,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
-    if args.dataset != "synthetic-5i" and args.data_root is None:
-        parser.error(f"--dataset {args.dataset} needs --data-root DIR")
-    if args.sensitivity_confirm < 0 or (args.max_fp32_layers is not None
-                                        and args.max_fp32_layers < 0):
-        parser.error("--sensitivity-confirm and --max-fp32-layers must be >= 0")
     progress = not args.no_progress
     try:
         if args.precision == "fp16":
@@ -751,8 +746,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse values that would be accepted silently: unknown op types, negative counts."""
+    """Refuse values that would be accepted silently: unknown op types, negative counts,
+    a dataset without its directory."""
     import onnx
+
+    from data.evaluation import missing_data_root
 
     unknown = [op.strip() for op in args.keep_fp32_ops.split(",")
                if op.strip() and not onnx.defs.has(op.strip())]
@@ -767,6 +765,11 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"{flag} must be at least {low}, got {value}")
     if args.target_delta < 0:
         parser.error(f"--target-delta must be >= 0, got {args.target_delta}")
+    if args.sensitivity_confirm < 0 or (args.max_fp32_layers is not None
+                                        and args.max_fp32_layers < 0):
+        parser.error("--sensitivity-confirm and --max-fp32-layers must be >= 0")
+    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
+        parser.error(problem)
 
 
 def summary(bundle_dir: Path, precision: str, how: dict[str, Any]) -> str:

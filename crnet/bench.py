@@ -307,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="dataset directory (pascal-5i: the VOC2012 root; folder)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.dataset != "synthetic-5i" and args.data_root is None:
-        parser.error(f"--dataset {args.dataset} needs --data-root DIR")
+    from data.evaluation import missing_data_root
+
+    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
+        parser.error(problem)
     if args.iterations < 1 or args.warmup < 0:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
     if args.json is not None:

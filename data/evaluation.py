@@ -117,6 +117,13 @@ def segmenter_predictor(segmenter: Any) -> Predictor:
     return predict
 
 
+def missing_data_root(dataset: str, data_root: Path | str | None) -> str | None:
+    """What is wrong when ``dataset`` needs a directory and none was given, else None."""
+    if dataset != "synthetic-5i" and data_root is None:
+        return f"--dataset {dataset} needs --data-root DIR"
+    return None
+
+
 def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
                    split: str = "test", sampler: str = "uniform") -> Any:
     """The episodes of a dataset by name (synthetic-5i, pascal-5i, folder).
@@ -136,8 +143,8 @@ def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
         return Synthetic5i(fold, split=split, seed=seed)
     if dataset not in DATASETS:
         raise DatasetError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if data_root is None:
-        raise DatasetError(f"--dataset {dataset} needs --data-root DIR")
+    if (problem := missing_data_root(dataset, data_root)) is not None:
+        raise DatasetError(problem)
     if dataset == "pascal-5i":
         from data.pascal import Pascal5i
 

@@ -302,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.swap_episodes < 1:
         raise UsageError("--episodes and --swap-episodes must be >= 1")
-    if args.dataset != "synthetic-5i" and args.data_root is None:
-        raise UsageError(f"--dataset {args.dataset} needs --data-root DIR")
+    from data.evaluation import missing_data_root
+
+    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
+        raise UsageError(problem)
     figures = build_card(args.checkpoint, args.episodes, args.swap_episodes, note=args.note,
                          dataset=args.dataset, data_root=args.data_root, fold=args.fold)
     print(json.dumps(figures, indent=2, default=str))

@@ -87,8 +87,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("--save-every", args.save_every)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    if args.dataset != "synthetic-5i" and args.data_root is None:
-        raise UsageError(f"--dataset {args.dataset} needs --data-root DIR")
+    from data.evaluation import missing_data_root
+
+    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
+        raise UsageError(problem)
     recipe = args.recipe or ("canet" if args.init_trunk is not None else "scratch")
     try:
         config = TrainConfig.for_recipe(
