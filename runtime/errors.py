@@ -8,9 +8,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from types import ModuleType
 
 # import name -> the extra of crnet-deploy that installs it
 EXTRA_OF_MODULE: dict[str, str] = {
@@ -48,14 +46,6 @@ class MissingExtraError(CrnetError, ImportError):
             f"{feature} needs the Python package {module!r}, which is not installed; "
             f"install it with: pip install 'crnet-deploy[{self.extra}]'"
         )
-
-
-def require_module(module: str, feature: str, extra: str | None = None) -> ModuleType:
-    """Import ``module`` or raise MissingExtraError naming the extra that brings it."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as error:
-        raise MissingExtraError(module, feature, extra) from error
 
 
 def missing_extra_from(error: ModuleNotFoundError, feature: str) -> MissingExtraError | None:
