@@ -27,6 +27,7 @@ import numpy as np
 
 from runtime.backends.base import BackendError
 from runtime.preprocess import InputError, as_rgb_uint8
+from runtime.support_store import UnknownSupportError
 
 SUPPORT_MODEL = "crnet_support"
 SEGMENT_MODEL = "crnet_segment"
@@ -39,10 +40,6 @@ _TRANSIENT = ("unavailable", "connection", "not ready", "unknown model", "is not
 
 class RemoteError(BackendError):
     """The server failed a request for a reason other than the client's input."""
-
-
-class UnknownSupportError(InputError):
-    """The server does not hold the support id (raised only if re-registering fails)."""
 
 
 class RemoteSegmenter:
