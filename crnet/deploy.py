@@ -75,12 +75,12 @@ def _finish(begin: dict[str, float]) -> dict[str, float]:
     """A stage's wall and CPU seconds, the process's peak resident memory so far (a stage
     that raised it set it), and the machine's 1-minute load average at its end."""
     import os
-    import resource
 
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from crnet.timing import memory_mb
+
     return {"seconds": time.perf_counter() - begin["wall"],
             "cpu_seconds": round(_cpu_seconds() - begin["cpu"], 2),
-            "peak_rss_mb": round(peak_kb / 1024, 1),
+            "peak_rss_mb": round(memory_mb("VmHWM"), 1),
             "load_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -608,8 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1 or args.shots < 1 or any(c is not None and c < 1 for c in counts):
         parser.error("--episodes, --shots, --bench-iterations and the --*-episodes counts "
                      "must be >= 1")
-    if args.dataset != "synthetic-5i" and args.data_root is None:
-        parser.error(f"--dataset {args.dataset} needs --data-root DIR")
+    from data.evaluation import missing_data_root
+
+    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
+        parser.error(problem)
     command = "crnet deploy " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         report = deploy(args.out, args.checkpoint, episodes=args.episodes, fold=args.fold,
