@@ -19,13 +19,17 @@ IGNORED = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache
            ".ruff_cache", "deploy-out", "runs", "bundle", "notes")
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without PYTHONPATH/PYTHONHOME, so a venv's interpreter
+    runs its own installed copy of crnet-deploy, not this checkout."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def run(command: list[str], cwd: Path, timeout: float = 1200,
         **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """Run without this interpreter's PYTHONPATH/PYTHONHOME, capturing text output."""
-    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",
-                                                                    "PYTHONHOME")}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment,
-                          timeout=timeout, **kwargs)
+    """Run in ``clean_environment()``, capturing text output."""
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                          env=clean_environment(), timeout=timeout, **kwargs)
 
 
 def build_wheel(work: Path) -> Path:

@@ -22,17 +22,12 @@ import pytest
 
 from crnet.serve import python_backend_env, serve_problem
 from tests.runtime.bundles import export_tiny_bundle
+from tests.venvs import clean_environment
 
 REPO = Path(__file__).resolve().parents[2]
 STORE_MAX_ENTRIES = 12
 STORE_MAX_MB = 0.05  # ~9 one-shot supports of the tiny model: the bytes bound binds first
 START_TIMEOUT_S = 120.0
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment without PYTHONPATH/PYTHONHOME (the server runs its own
-    installed copy of crnet-deploy)."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
 
 def free_port() -> int:

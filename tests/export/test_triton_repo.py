@@ -259,7 +259,8 @@ def test_python_backend_repo_runs_under_pytritons_tritonserver(
     from data.synthetic import Synthetic5i
     from runtime import RemoteSegmenter, Segmenter
     from runtime.remote import RemoteError
-    from tests.crnet.test_serve import clean_environment, free_port
+    from tests.crnet.test_serve import free_port
+    from tests.venvs import clean_environment
 
     repo = tmp_path / "models"
     write_repo(repo_bundle, repo, backend="python", store_dir=str(tmp_path / "store"),
