@@ -39,7 +39,7 @@ from data.pictures import (
 )
 from runtime.errors import CrnetError
 from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
-from runtime.layout import GRAPHS, PRECISIONS, graph_file
+from runtime.layout import GRAPHS, MANIFEST, PRECISIONS, graph_file
 
 PICTURE_EPISODES = 6
 # A model costing more than this per query (manifest "flops"."segment") gets the smaller
@@ -509,7 +509,7 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         "accuracy": accuracy, "bench": bench, "pictures": pictures,
         "machine": f"{platform.machine()}, {platform.python_version()}, "
                    f"{_cpu_count()} cores",
-        "manifest_sha256": sha256_file(bundle_dir / "manifest.json"),
+        "manifest_sha256": sha256_file(bundle_dir / MANIFEST),
         "command": command,
     }
     stages["report"] = _finish(begin)

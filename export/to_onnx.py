@@ -41,12 +41,11 @@ from runtime.files import (
     sha256_file,
     write_json_atomic,
 )
-from runtime.layout import LINT_REPORT, PARITY_REPORT
+from runtime.layout import CHECKPOINT_STEM, LINT_REPORT, PARITY_REPORT
 
 DEFAULT_OUT = Path("bundle")
 DEFAULT_OPSET = 18  # export.graphs has the same default; kept here so --help needs no torch
 MIN_OPSET = 18  # torch's dynamo exporter writes 18 at least (lower requests came out as 18)
-BUNDLE_CHECKPOINT = "checkpoint"  # -> checkpoint.safetensors + checkpoint.json in the bundle
 PARITY_EPISODES = 64
 BATCH_AXIS, SHOTS_AXIS = "batch", "shots"  # as export.graphs names the dynamic axes
 
@@ -319,7 +318,7 @@ def export_bundle(
     clean_leftovers(out_dir)
     temporary = make_owned_directory(out_dir.parent, _temporary_prefix(out_dir), ".export-tmp")
     try:
-        bundle_weights, bundle_meta = checkpoint_paths(temporary / BUNDLE_CHECKPOINT)
+        bundle_weights, bundle_meta = checkpoint_paths(temporary / CHECKPOINT_STEM)
         if weights is None:
             save_checkpoint(model, bundle_weights, training={"random_weights": True})
             source["sha256"] = sha256_file(bundle_weights)

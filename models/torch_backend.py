@@ -22,8 +22,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, BackendError, ModelSpec
 from runtime.bundle import Bundle, relative_member
-
-BUNDLE_CHECKPOINT = "checkpoint.safetensors"
+from runtime.layout import CHECKPOINT_WEIGHTS
 
 
 class TorchBackend(Backend):
@@ -45,8 +44,8 @@ class TorchBackend(Backend):
             raise BackendError("pass either a checkpoint or an in-memory model, not both")
         if bundle is not None and checkpoint is None and model is None:
             entry = bundle.manifest.get("checkpoint", {})
-            name = entry.get("weights", BUNDLE_CHECKPOINT) if isinstance(entry, dict) \
-                else BUNDLE_CHECKPOINT
+            name = entry.get("weights", CHECKPOINT_WEIGHTS) if isinstance(entry, dict) \
+                else CHECKPOINT_WEIGHTS
             checkpoint = relative_member(bundle.root, name, "bundled checkpoint")
             if not Path(checkpoint).exists():
                 raise BackendError(

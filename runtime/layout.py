@@ -33,6 +33,8 @@ MANIFEST_LOCK = "manifest.lock"  # held while a stage rewrites the manifest (upd
 GRAPHS = ("backbone", "refine")
 PRECISIONS = ("fp32", "fp16", "int8")
 
+CHECKPOINT_STEM = "checkpoint"  # the export's copy: checkpoint.safetensors + checkpoint.json
+CHECKPOINT_WEIGHTS = f"{CHECKPOINT_STEM}.safetensors"
 PARITY_REPORT = "parity_report.json"
 LINT_REPORT = "lint_report.json"
 
