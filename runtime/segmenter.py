@@ -95,10 +95,11 @@ class Segmenter:
         bundle = Bundle.load(bundle_dir, verify=verify)
         name, why = auto_choice(backend, bundle, precision)
         spec = ModelSpec.from_manifest(bundle.manifest)
-        self.fallback_reason: str | None = None
         try:
             cls = require_available(name)
-            self._setup(cls(bundle, precision, **backend_options), spec, threshold)
+            self._setup(cls(bundle, precision, **backend_options), spec, threshold,
+                        choice={"requested": backend, "picked": name, "why": why},
+                        bundle=bundle)
         except (BackendError, BundleError) as error:
             if backend != "auto" or name != "tensorrt":
                 raise
@@ -107,13 +108,11 @@ class Segmenter:
             fallback, fallback_why = auto_choice("auto", bundle, precision, skip_tensorrt=True)
             _LOG.warning("tensorrt engines of %s cannot run here (%s); using %s instead",
                          bundle.root, error, fallback)
-            self.fallback_reason = f"tensorrt: {error}"
             cls = require_available(fallback)
             self._setup(cls(bundle, precision, **_accepted(cls, backend_options)), spec,
-                        threshold)
-            name, why = fallback, f"tensorrt engines cannot run here; {fallback_why}"
-        self.bundle: Bundle | None = bundle
-        self.choice = {"requested": backend, "picked": name, "why": why}
+                        threshold, bundle=bundle, fallback_reason=f"tensorrt: {error}",
+                        choice={"requested": backend, "picked": fallback,
+                                "why": f"tensorrt engines cannot run here; {fallback_why}"})
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str | None = None,
@@ -124,10 +123,9 @@ class Segmenter:
         backend_cls = require_available("torch")
         backend = backend_cls(None, "fp32", checkpoint=path, device=device, threads=threads)
         segmenter = cls.__new__(cls)
-        segmenter._setup(backend, backend.load_spec(), threshold)
-        segmenter.bundle = None
-        segmenter.fallback_reason = None
-        segmenter.choice = {"requested": "torch", "picked": "torch", "why": "from_checkpoint"}
+        segmenter._setup(backend, backend.load_spec(), threshold,
+                         choice={"requested": "torch", "picked": "torch",
+                                 "why": "from_checkpoint"})
         return segmenter
 
     @classmethod
@@ -135,16 +133,19 @@ class Segmenter:
                      ) -> Segmenter:
         """A Segmenter over a backend built elsewhere (e.g. runtime.bls for Triton)."""
         segmenter = cls.__new__(cls)
-        segmenter._setup(backend, spec, threshold)
-        segmenter.bundle = None
-        segmenter.fallback_reason = None
-        segmenter.choice = {"requested": backend.name, "picked": backend.name,
-                            "why": "from_backend"}
+        segmenter._setup(backend, spec, threshold,
+                         choice={"requested": backend.name, "picked": backend.name,
+                                 "why": "from_backend"})
         return segmenter
 
-    def _setup(self, backend: Backend, spec: ModelSpec, threshold: float) -> None:
+    def _setup(self, backend: Backend, spec: ModelSpec, threshold: float, *,
+               choice: dict[str, str], bundle: Bundle | None = None,
+               fallback_reason: str | None = None) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.bundle = bundle
+        self.choice = choice
+        self.fallback_reason = fallback_reason
         self.backend = backend
         self.spec = spec
         self.threshold = float(threshold)
