@@ -118,6 +118,7 @@ def run_compare(bundle: str | Path, *, threads: int | None = None, iterations: i
             row["fraction_of_peak"] = row["gflops"] / peak
         rows.append(row)
     report = {"bundle": str(bundle), "threads": threads, "shots": shots,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "iterations": iterations, "matmul_peak_gflops": peak,
               "matmul_peak_runs_gflops": peaks, "flops": flops,
               "rows": rows, "backends": described, "cpu_flags": cpu_flags()}
@@ -189,6 +190,12 @@ def format_compare(report: dict[str, Any]) -> str:
         lines.append(f"| {row['path']} | {row['timed']} | {latency['p50']:.2f} | "
                      f"{latency['p90']:.2f} | {row['queries_per_s']:.0f} | {gflops} | "
                      f"{fraction} | {versus} |")
+    if torch_ms and report["threads"] > 1 and report.get("omp_wait_policy") != "ACTIVE":
+        lines += ["", f"torch ran with OMP_WAIT_POLICY={report.get('omp_wait_policy')} (crnet "
+                  "sets PASSIVE so that torch's idle OpenMP threads leave the cores to the "
+                  "other engines); that slows its multi-threaded forward, so the 'vs torch' "
+                  "column flatters the others: compare at --threads 1, or run with "
+                  "OMP_WAIT_POLICY=ACTIVE"]
     lines.append("")
     lines.append("segment (Segmenter.segment, pre/post included) over raw (the engine alone):")
     for path, entry in report["summary"].items():

@@ -482,6 +482,10 @@ def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 100
         seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
         dataset=dataset, data_root=data_root, extra_backends=extras,
     )
+    from runtime.bundle import record_gates
+
+    # the runtime's backend="auto" takes only a backend whose run of the variant passed
+    record_gates(bundle_dir, accuracy)
     stages["evaluate"] = _finish(begin)
     from data.evaluation import format_table
 

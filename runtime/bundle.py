@@ -49,6 +49,9 @@ FORMAT_VERSION = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+GATES_KEY = "gates"
+
+
 class BundleError(CrnetError, ValueError):
     """A bundle that is missing, incomplete, or whose files do not match the manifest."""
 
@@ -226,6 +229,24 @@ class Bundle:
         """Input and output specs of a graph."""
         return self.manifest["graphs"][graph]
 
+    def variant_hashes(self, precision: str) -> dict[str, str]:
+        """The manifest's sha256 of each graph file of a variant ({} without the variant)."""
+        variant = self.manifest.get("variants", {}).get(precision, {})
+        files = self.manifest.get("files", {})
+        return {graph: files.get(variant.get(graph, graph_file(graph, precision)), "")
+                for graph in GRAPHS} if variant else {}
+
+    def gate_results(self, precision: str) -> dict[str, dict[str, Any]]:
+        """The accuracy gates ``crnet deploy`` recorded for ``precision``, by backend, that
+        still describe the variant's current graphs (a re-quantized variant's old records
+        are left out)."""
+        recorded = self.manifest.get(GATES_KEY, {}).get(precision, {})
+        current = self.variant_hashes(precision)
+        if not isinstance(recorded, dict) or not current:
+            return {}
+        return {backend: record for backend, record in recorded.items()
+                if isinstance(record, dict) and record.get("graphs") == current}
+
 
 @contextmanager
 def manifest_lock(root: str | Path, what: str = "update the manifest") -> Iterator[None]:
@@ -237,6 +258,29 @@ def manifest_lock(root: str | Path, what: str = "update the manifest") -> Iterat
             yield
     except TimeoutError as error:
         raise BundleError(f"cannot {what} in {root}: {error}") from None
+
+
+def record_gates(root: str | Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write gate results into the manifest under ``"gates"``: per precision and backend,
+    whether the variant passed, its delta mIoU, the gate, the episodes it was judged on and
+    the sha256 of the graphs it was judged with (``Bundle.gate_results`` keeps only
+    records whose graphs are still the variant's). ``records``: data.evaluation.gate_record
+    results carrying ``backend`` and ``precision``; ungated ones (passed None) are skipped."""
+    def change(manifest: dict[str, Any]) -> None:
+        bundle = Bundle(Path(root), manifest)
+        gates = manifest.setdefault(GATES_KEY, {})
+        for record in records:
+            if record.get("passed") is None or not bundle.variant_hashes(record["precision"]):
+                continue  # no gate, or a variant this bundle does not have
+            precision, backend = record["precision"], record["backend"]
+            gates.setdefault(precision, {})[backend] = {
+                "passed": bool(record["passed"]), "delta_miou": record["delta_miou"],
+                "max_abs_delta_miou": record["max_abs_delta_miou"],
+                "episodes": record["episodes"],
+                **{key: record.get(key) for key in ("dataset", "split", "fold", "shots")},
+                "graphs": bundle.variant_hashes(precision)}
+
+    return update_manifest(root, change)
 
 
 def update_manifest(root: str | Path, change: Callable[[dict[str, Any]], None],

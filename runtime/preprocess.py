@@ -27,6 +27,14 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from runtime.errors import CrnetError
+from runtime.resize_plans import (
+    coordinates,
+    image_plan,
+    probability_plan,
+    resize_normalize,
+    upsample,
+    upsample_threshold,
+)
 
 THRESHOLD = 0.5
 MAX_PIXELS = 100_000_000  # 10k x 10k; larger images are refused rather than risk memory
@@ -128,32 +136,15 @@ def _mask_values(values: np.ndarray) -> np.ndarray:
     return values if values.dtype == np.bool_ else values == 1
 
 
-def _coordinates(out_size: int, in_size: int, align_corners: bool, start: int, stop: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and weight of the upper one, for output positions
-    ``start..stop`` (the same arithmetic per position whatever the range)."""
-    if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        position = np.arange(start, stop, dtype=np.float64) * scale
-    else:
-        scale = in_size / out_size
-        position = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
-        position = np.clip(position, 0.0, None)
-    lower = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
-    upper = np.minimum(lower + 1, in_size - 1)
-    weight = (position - lower).astype(np.float32)
-    return lower, upper, weight
-
-
 @functools.lru_cache(maxsize=64)
 def _source_coordinates(out_size: int, in_size: int, align_corners: bool
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_coordinates`` of every output position, cached (a video's frames all share one
+    """``coordinates`` of every output position, cached (a video's frames all share one
     geometry; the arrays are read-only). Only for sizes up to _CACHED_SIZE."""
-    coordinates = _coordinates(out_size, in_size, align_corners, 0, out_size)
-    for array in coordinates:
+    cached = coordinates(out_size, in_size, align_corners, 0, out_size)
+    for array in cached:
         array.flags.writeable = False
-    return coordinates
+    return cached
 
 
 def _coordinates_of(out_size: int, in_size: int, align_corners: bool, start: int, stop: int
@@ -163,7 +154,7 @@ def _coordinates_of(out_size: int, in_size: int, align_corners: bool, start: int
     if out_size <= _CACHED_SIZE:
         lower, upper, weight = _source_coordinates(out_size, in_size, align_corners)
         return lower[start:stop], upper[start:stop], weight[start:stop]
-    return _coordinates(out_size, in_size, align_corners, start, stop)
+    return coordinates(out_size, in_size, align_corners, start, stop)
 
 
 @functools.lru_cache(maxsize=64)
@@ -285,20 +276,43 @@ def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool 
 
 
 def preprocess_image(image: np.ndarray, input_size: Sequence[int], mean: Sequence[float],
-                     std: Sequence[float], what: str = "image") -> np.ndarray:
+                     std: Sequence[float], what: str = "image", *,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """HxWx3 uint8 RGB -> normalised [1,3,H,W] float32 at ``input_size``.
 
-    ``(resized / 255 - mean) / std``, computed as one multiply-add per value.
+    ``(resized / 255 - mean) / std``, computed as one multiply-add per value. Ordinary
+    images go through a cached plan in blocks of scratch rows (runtime.resize_plans; the
+    same values). ``out``: a C-contiguous [1,3,H,W] float32 array to write into.
     """
     rgb = as_rgb_uint8(image, what)
+    height, width = int(input_size[0]), int(input_size[1])
+    shape = (1, 3, height, width)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got "
+                         f"{out.dtype} {out.shape}")
+    scale, shift = _normalisation(tuple(map(float, mean)), tuple(map(float, std)))
+    plan = image_plan(rgb.shape[0], rgb.shape[1], height, width)
+    if plan is not None:
+        return resize_normalize(rgb, plan, scale, shift, out)
     resized = resize_bilinear(rgb, input_size)
-    std_array = np.asarray(std, np.float64)
-    scale = (1.0 / (255.0 * std_array)).astype(np.float32)[:, None, None]
-    shift = (-np.asarray(mean, np.float64) / std_array).astype(np.float32)[:, None, None]
-    out = np.empty((1, 3, resized.shape[0], resized.shape[1]), dtype=np.float32)
     np.multiply(resized.transpose(2, 0, 1), scale, out=out[0])
     out[0] += shift
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, shift) [3,1,1] float32 with ``x * scale + shift ==
+    (x / 255 - mean) / std``."""
+    std_array = np.asarray(std, np.float64)
+    scale = (1.0 / (255.0 * std_array)).astype(np.float32)[:, None, None]
+    shift = (-np.asarray(mean, np.float64) / std_array).astype(np.float32)[:, None, None]
+    scale.flags.writeable = False
+    shift.flags.writeable = False
+    return scale, shift
 
 
 def preprocess_mask(mask: np.ndarray, input_size: Sequence[int], feature_size: Sequence[int],
@@ -329,18 +343,27 @@ def foreground_probability(logits: np.ndarray) -> np.ndarray:
 
 def probability_to_image(probability: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
     """Foreground probability at feature size -> float32 at the image's own size."""
-    return resize_bilinear(probability, image_shape[:2])
+    height, width = int(image_shape[0]), int(image_shape[1])
+    plan = probability_plan(*probability.shape[:2], height, width)
+    if plan is None:
+        return resize_bilinear(probability, image_shape[:2])
+    return upsample(np.asarray(probability, np.float32), plan,
+                    np.empty((height, width), np.float32))
 
 
 def probability_to_mask(probability: np.ndarray, image_shape: Sequence[int],
                         threshold: float = THRESHOLD) -> np.ndarray:
     """Foreground probability at feature size -> HxW bool mask at the image's size.
 
-    Resizes and thresholds in row chunks, so the only full-size array is the bool result
+    Resizes and thresholds in row blocks, so the only full-size array is the bool result
     (an 8000x8000 mask needs 64 MB, not a 256 MB float copy). Equal to
     ``probability_to_image(probability, image_shape) > threshold``.
     """
-    out = np.empty((int(image_shape[0]), int(image_shape[1])), dtype=np.bool_)
+    height, width = int(image_shape[0]), int(image_shape[1])
+    out = np.empty((height, width), dtype=np.bool_)
+    plan = probability_plan(*probability.shape[:2], height, width)
+    if plan is not None:
+        return upsample_threshold(np.asarray(probability, np.float32), plan, threshold, out)
     for rows, columns, block in _resized_chunks(probability, image_shape[:2]):
         np.greater(block, threshold, out=out[rows, columns])
     return out

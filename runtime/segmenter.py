@@ -7,8 +7,9 @@
     for mask in seg.segment_stream(frames): ...         # pipelined over a worker thread
 
 Pre/post-processing is runtime.preprocess for every backend. ``backend="auto"`` picks
-tensorrt when it is available and the bundle has engines for the precision, else
-onnxruntime, else torch. Bad input raises runtime.preprocess.InputError (a ValueError)
+tensorrt when it is available and the bundle has engines for the precision, else the
+fastest installed CPU backend whose run of the variant passed the gate recorded in the
+bundle (``auto_choice``), else torch. Bad input raises runtime.preprocess.InputError (a ValueError)
 naming what was wrong; see ``set_support`` and ``segment`` for the documented conversions.
 
 Thread safety: ``segment`` may be called from several threads at once. The support state
@@ -50,6 +51,7 @@ from runtime.preprocess import (
     probability_to_image,
     probability_to_mask,
 )
+from runtime.resize_plans import scratch
 
 BACKENDS = ("auto", *REGISTRY)
 _LOG = logging.getLogger(__name__)
@@ -79,9 +81,10 @@ class Segmenter:
     "openvino", "tensorrt" or "torch"; ``precision``: "fp32", "fp16" or "int8" (a variant of the
     bundle). ``threshold``: the foreground probability above which a pixel is in the mask.
     Further keyword arguments go to the backend (onnxruntime: ``threads``, ``providers``,
-    ``spinning``, ``query_spinning``, ``dynamic_block_base``, ``uint8_activations``,
-    ``use_ort_build``; openvino: ``threads``, ``inference_precision``, ``device``;
-    tensorrt: ``cuda_graphs``, ``device``, ``stream``; torch: ``device``, ``threads``).
+    ``spinning``, ``query_spinning``, ``spin_between_runs``, ``dynamic_block_base``,
+    ``uint8_activations``, ``use_ort_build``; openvino: ``threads``,
+    ``inference_precision``, ``device``; tensorrt: ``cuda_graphs``, ``device``, ``stream``;
+    torch: ``device``, ``threads``).
     With "auto", TensorRT plans that cannot run here (stale, built for another GPU,
     TensorRT or platform) fall back to the next backend; the reason is logged and kept in
     ``fallback_reason``; ``choice`` says what was picked and why.
@@ -290,8 +293,14 @@ class Segmenter:
         ``support``: an encode_support() result to use instead of the cached support.
         """
         support = support if support is not None else self._current_support()
-        tensor, shape = self.preprocess(image)
-        return self.postprocess(self.infer(tensor, support), shape, return_prob)
+        rgb = as_rgb_uint8(image, "query image")
+        # the network input is a per-thread scratch array: the backend has finished with
+        # it when infer() returns (every backend's run_query is synchronous)
+        tensor = preprocess_image(rgb, self.spec.input_size, self.spec.mean, self.spec.std,
+                                  "query image", out=scratch(
+                                      "segment-query", (1, 3, *self.spec.input_size),
+                                      np.float32))
+        return self.postprocess(self.infer(tensor, support), rgb.shape, return_prob)
 
     def segment_stream(self, frames: Iterable[np.ndarray], return_prob: bool = False,
                        pipeline: bool = True
@@ -361,25 +370,34 @@ def choose_backend(backend: str, bundle: Bundle, precision: str, *,
     return auto_choice(backend, bundle, precision, skip_tensorrt=skip_tensorrt)[0]
 
 
+# The CPU backends "auto" tries, fastest first, as measured by ``crnet bench BUNDLE
+# --compare`` on crnet-lite (AVX-512 VNNI/BF16 EPYC, one process, interleaved, p50 of the
+# raw engine call; README.md, "auto on a CPU"): OpenVINO ran fp32 in 5.45 ms vs ONNX Runtime's
+# 5.77 at 1 thread and 2.87 vs 3.78 at 2; int8 2.22 vs 2.54 and 1.27 vs 2.11; fp16 (which
+# OpenVINO runs at f32) 5.42 vs 6.17 and 2.82 vs 4.07.
+CPU_ORDER = ("openvino", "onnxruntime")
+
+
 def auto_choice(backend: str, bundle: Bundle, precision: str, *,
                 skip_tensorrt: bool = False) -> tuple[str, str]:
     """(backend name, why) for ``backend`` ("auto" or a registered name).
 
-    The rule for "auto", measured with ``crnet bench BUNDLE --compare`` (one process,
-    interleaved; notes/README-speed.md):
+    The rule for "auto":
 
     1. tensorrt, when it is available and the bundle has engines for the precision;
-    2. onnxruntime: on the CPU its fp32 runs the fused query graph as fast as OpenVINO's
-       f32 and its Segmenter overhead is smaller; its int8 with uint8 activations
-       (runtime/qdq_u8.py) is as fast as OpenVINO's int8 and keeps closer to fp32 by mIoU;
-       fp16 within noise of OpenVINO's. Except int8 when the ``onnx`` package is missing
-       (no uint8 rewrite: ONNX Runtime's S8S8 kernels ran 1.8x slower than OpenVINO's
-       int8), where openvino is taken if installed;
-    3. openvino, where onnxruntime does not import;
-    4. torch, for fp32.
+    2. the fastest installed CPU backend (``CPU_ORDER``: openvino, then onnxruntime) whose
+       run of this variant passed the accuracy gate ``crnet deploy`` recorded in the
+       bundle (``Bundle.gate_results``; a backend whose record failed, or that has none
+       while another has one, is passed over and the reason says so). A bundle with no
+       gate record for the precision (a bare ``crnet export``) takes the fastest installed
+       one and says that it is ungated. int8 on onnxruntime without the ``onnx`` package
+       runs the bundle's S8S8 graph (no uint8 rewrite, 1.8x slower), which the order
+       already puts behind openvino;
+    3. torch, for fp32, where neither CPU backend imports.
 
-    OpenVINO's bf16 hint (1.7x faster than f32 on a CPU with avx512_bf16) is never taken
-    by "auto": it changes the fp32 variant's numbers, so it is asked for by name
+    OpenVINO runs with the f32 inference hint. Its bf16 hint (1.7x faster than f32 on a
+    CPU with avx512_bf16) is never taken by "auto": it changes the fp32 variant's numbers
+    and is not what the gates judged, so it is asked for by name
     (``backend="openvino", inference_precision="bf16"``).
     """
     if backend != "auto":
@@ -389,28 +407,34 @@ def auto_choice(backend: str, bundle: Bundle, precision: str, *,
     if (not skip_tensorrt and tensorrt.has_engines(bundle, precision)
             and tensorrt.is_available()[0]):
         return "tensorrt", f"TensorRT is available and the bundle has {precision} engines"
-    onnxruntime = backend_class("onnxruntime").is_available()[0]
-    openvino = backend_class("openvino").is_available()[0]
-    if precision == "int8" and openvino and not _imports("onnx"):
-        return "openvino", ("int8 without the onnx package: ONNX Runtime would run the "
-                            "bundle's S8S8 graph (measured 1.8x slower than OpenVINO int8)")
-    if onnxruntime:
-        return "onnxruntime", (f"no TensorRT engine for {precision}; on the CPU ONNX Runtime "
-                               "matched or beat OpenVINO on this variant (crnet bench "
-                               "--compare)")
-    if openvino:
-        return "openvino", "onnxruntime does not import; OpenVINO is installed"
-    if precision == "fp32" and "torch" in REGISTRY and backend_class("torch").is_available()[0]:
-        return "torch", "neither onnxruntime nor openvino imports"
-    raise BackendError(
-        f"no backend can run {precision} here: install onnxruntime (`pip install onnxruntime`)"
-        + (" or torch" if precision == "fp32" else ""))
-
-
-def _imports(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+    installed = [name for name in CPU_ORDER if backend_class(name).is_available()[0]]
+    if not installed:
+        if precision == "fp32" and "torch" in REGISTRY and \
+                backend_class("torch").is_available()[0]:
+            return "torch", "neither onnxruntime nor openvino imports"
+        raise BackendError(
+            f"no backend can run {precision} here: install onnxruntime (`pip install "
+            "onnxruntime`)" + (" or torch" if precision == "fp32" else ""))
+    speed = (f"the fastest CPU backend for {precision} measured with crnet bench --compare "
+             f"(order {', '.join(CPU_ORDER)})")
+    gates = bundle.gate_results(precision)
+    if not gates:
+        return installed[0], (f"{speed}; the bundle records no accuracy gate for "
+                              f"{precision} (crnet deploy writes them), so it is ungated")
+    passed_over = []
+    for name in installed:
+        record = gates.get(name)
+        if record is not None and record["passed"]:
+            why = (f"{speed}; its {precision} passed the bundle's gate "
+                   f"({record['delta_miou']:+.2f} mIoU vs PyTorch, gate "
+                   f"{record['max_abs_delta_miou']:.2f}, {record['episodes']} episodes)")
+            return name, why + (f"; passed over: {', '.join(passed_over)}"
+                                if passed_over else "")
+        passed_over.append(f"{name} ({'failed its gate' if record else 'not gated'})")
+    _LOG.warning("no installed backend passed the %s gate of %s: %s", precision,
+                 bundle.root, ", ".join(passed_over))
+    return installed[0], (f"{speed}; no installed backend passed the bundle's {precision} "
+                          f"gate ({', '.join(passed_over)}): running it ungated")
 
 
 def _as_list(items: Sequence[np.ndarray], what: str) -> list[np.ndarray]:

@@ -49,6 +49,20 @@ def _seed_torch() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _auto_keeps_openvino_out(request: pytest.FixtureRequest,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the openvino-marked tests (their own process: tests/test_openvino_isolated.py)
+    backend="auto" chooses among the other CPU backends, so that no unmarked test loads
+    OpenVINO into the main pytest process, where a later fork() can crash it."""
+    if request.node.get_closest_marker("openvino") is None:
+        import runtime.segmenter
+
+        monkeypatch.setattr(runtime.segmenter, "CPU_ORDER",
+                            tuple(name for name in runtime.segmenter.CPU_ORDER
+                                  if name != "openvino"))
+
+
 @pytest.fixture(scope="session", params=TENSORRT_VERSIONS)
 def real_tensorrt(request: pytest.FixtureRequest) -> Environment:
     """The real TensorRT Python bindings of one version over stub libraries (cached; see

@@ -22,13 +22,17 @@ ONNX Runtime's x86 kernels run U8S8 instead of S8S8 (runtime/qdq_u8.py; 1.8x fas
 query on an AVX-512 VNNI EPYC, identical logits). ``uint8_activations=False`` keeps the
 graphs as they are; ``describe()["int8_activations"]`` says which ran.
 
-Spinning: idle intra-op workers of an ORT session busy-wait for its next run. No session
-spins by default: spinning workers took the cores from torch, OpenVINO or another ORT
-session running next in the same process (``crnet deploy``'s evaluation ran 2x slower
-per episode) and from other processes on a shared machine, and on a loaded 2-core
-machine the query ran 2x slower with them (notes/README-speed.md). ``query_spinning=True``
-lets the fused query session spin (for a machine the application has to itself);
-``spinning=True`` the other sessions. ``dynamic_block_base`` sets ORT's
+Spinning: ORT's intra-op workers busy-wait for work instead of sleeping. Inside a run that
+keeps the hand-offs between operators fast; between runs it burns the cores other work
+needs (torch, OpenVINO or another ORT session in the same process, other processes on a
+shared machine; ``crnet deploy``'s evaluation ran 2x slower per episode with it). So every
+session spins only while a run is active: ``session.force_spinning_stop`` stops the
+workers spinning the moment the run returns (README, "Sharing a machine"). Measured on
+the 2-core EPYC, crnet-lite at 2 threads, segment p50 interleaved: fp32 3.48 ms vs 4.74
+without spinning and 3.41 spinning between runs too; int8 2.16 vs 2.73 and 2.01.
+``spinning=False`` turns spinning off (``query_spinning`` for the fused query session
+alone); ``spin_between_runs=True`` keeps ORT's default of spinning after a run as well,
+for a machine the application has to itself. ``dynamic_block_base`` sets ORT's
 ``session.dynamic_block_base`` (0: ORT's default static split).
 """
 
@@ -58,9 +62,9 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
                  threads: int | None = None, providers: list[Any] | None = None,
-                 use_ort_build: bool = True, spinning: bool = False,
-                 query_spinning: bool = False, dynamic_block_base: int = 0,
-                 uint8_activations: bool = True) -> None:
+                 use_ort_build: bool = True, spinning: bool = True,
+                 query_spinning: bool | None = None, spin_between_runs: bool = False,
+                 dynamic_block_base: int = 0, uint8_activations: bool = True) -> None:
         if bundle is None:
             raise BackendError("the onnxruntime backend needs a bundle directory "
                                "(write one with `crnet export`)")
@@ -69,7 +73,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self.spinning = spinning
-        self.query_spinning = query_spinning
+        self.query_spinning = spinning if query_spinning is None else query_spinning
+        self.spin_between_runs = spin_between_runs
         if dynamic_block_base < 0:
             raise BackendError(f"dynamic_block_base must be >= 0, got {dynamic_block_base}")
         self.dynamic_block_base = dynamic_block_base
@@ -154,8 +159,10 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if spinning else "0")
+        if spinning and not self.spin_between_runs:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         if self.dynamic_block_base:
             options.add_session_config_entry("session.dynamic_block_base",
                                              str(self.dynamic_block_base))
@@ -321,8 +328,10 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["threads"] = self.threads
-        info["spinning"] = {"query": "query" in self.sessions and self.query_spinning,
-                            "other sessions": self.spinning}
+        when = "between runs too" if self.spin_between_runs else "during runs"
+        info["spinning"] = {
+            "query": when if "query" in self.sessions and self.query_spinning else "no",
+            "other sessions": when if self.spinning else "no"}
         info["dynamic_block_base"] = self.dynamic_block_base
         if self.sessions:
             info["providers"] = self.sessions["backbone"].get_providers()

@@ -15,7 +15,7 @@ precision of the layers between them.
 
 Threads: ``threads`` sets ``INFERENCE_NUM_THREADS`` (default: all cores); one stream,
 the latency hint, and no CPU pinning, so that a busy core slows one worker instead of
-stalling a pinned one (see notes/README-speed.md, "Under load").
+stalling a pinned one (README.md, "Sharing a machine").
 """
 
 from __future__ import annotations
@@ -154,8 +154,10 @@ class OpenVinoBackend(Backend):
              ) -> list[np.ndarray]:
         self._require_active()
         compiled, request = self.requests[graph]
+        # share_inputs: OpenVINO reads the (contiguous float32) arrays in place instead of
+        # copying them; infer() is synchronous, so they outlive the call
         result = request.infer({name: np.ascontiguousarray(array, dtype=np.float32)
-                                for name, array in feeds.items()})
+                                for name, array in feeds.items()}, share_inputs=True)
         # compiled.output(name) finds a port by any of its tensor names (a cast graph's
         # output port may carry several).
         return [np.array(result[compiled.output(name)], dtype=np.float32) for name in outputs]

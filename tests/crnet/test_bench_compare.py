@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crnet.bench_compare import cpu_paths, summarize
+from crnet.bench_compare import cpu_paths, format_compare, summarize
 from runtime.backends.base import backend_class
 from tests.runtime.bundles import export_tiny_bundle
 
@@ -31,7 +31,7 @@ def test_cpu_paths_follow_what_is_installed_and_the_bundle() -> None:
 def test_compare_times_every_path_twice_and_torch(compare_bundle: Path, tmp_path: Path
                                                   ) -> None:
     # In its own process: OpenVINO (bf16 paths) and torch training later in the same
-    # pytest process segfaulted (notes/README-speed.md, "Notes for merging").
+    # pytest process segfaulted (tests/test_openvino_isolated.py).
     out = tmp_path / "compare.json"
     result = subprocess.run(
         [sys.executable, "-m", "crnet.cli", "bench", str(compare_bundle), "--compare",
@@ -62,3 +62,13 @@ def test_summary_ratios() -> None:
                          row("torch full forward", "raw", 20.0)])
     assert summary["a"]["segment_over_raw"] == pytest.approx(1.25)
     assert summary["a"]["speedup_vs_torch"] == pytest.approx(8.0)
+
+
+def test_the_table_warns_when_torch_ran_with_passive_openmp_threads() -> None:
+    report = {"threads": 2, "shots": 1, "iterations": 3, "cpu_flags": {"avx2": True},
+              "matmul_peak_gflops": 100.0, "omp_wait_policy": "PASSIVE", "summary": {},
+              "rows": [{"path": "torch full forward", "timed": "raw", "queries_per_s": 50.0,
+                        "latency_ms": {"p50": 20.0, "p90": 21.0}}]}
+    assert "OMP_WAIT_POLICY=PASSIVE" in format_compare(report)
+    assert "OMP_WAIT_POLICY" not in format_compare({**report, "threads": 1})
+    assert "OMP_WAIT_POLICY" not in format_compare({**report, "omp_wait_policy": "ACTIVE"})

@@ -36,6 +36,18 @@ def test_deploy_writes_the_report_and_reuses_artifacts(tmp_path: Path) -> None:
         assert record["max_abs_delta_miou"] in (0.05, 0.3)
         assert abs(record["delta_miou"]) == abs(record["miou"] - record["reference_miou"])
         assert record["passed"] == (abs(record["delta_miou"]) <= record["max_abs_delta_miou"])
+    # the gates are in the bundle, where backend="auto" reads them
+    from runtime.bundle import Bundle
+
+    bundle = Bundle.load(out / "bundle")
+    for precision in ("fp32", "fp16"):
+        recorded = bundle.gate_results(precision)
+        assert set(recorded) == {"onnxruntime"} | ({"openvino"} if openvino else set())
+        for backend, gate in recorded.items():
+            record = next(r for r in on_disk["accuracy"]
+                          if (r["backend"], r["precision"]) == (backend, precision))
+            assert gate["passed"] == record["passed"] and gate["episodes"] == 3
+            assert gate["graphs"] == bundle.variant_hashes(precision)
     assert on_disk["build"]["target"] in ("onnxruntime-cpu", "tensorrt")
     assert set(on_disk["bench"]) == {"fp32", "fp16"} | (
         {"openvino fp32", "openvino fp16"} if openvino else set())

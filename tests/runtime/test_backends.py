@@ -81,3 +81,27 @@ def test_model_spec_from_manifest(runtime_bundle: Path) -> None:
     spec = ModelSpec.from_manifest(Bundle.load(runtime_bundle).manifest)
     assert spec.input_size == (65, 65) and spec.feature_size == (9, 9)
     assert (spec.min_shots, spec.max_shots) == (1, 8) and len(spec.mean) == 3
+
+
+@pytest.mark.parametrize(("options", "allow", "stop"), [
+    ({}, "1", "1"),  # the default: workers spin while a run is active, never after it
+    ({"spin_between_runs": True}, "1", None),  # ORT's own default, for a dedicated machine
+    ({"spinning": False}, "0", None),
+])
+def test_onnxruntime_spinning_policy(runtime_bundle: Path, options: dict, allow: str,
+                                     stop: str | None) -> None:
+    backend = backend_class("onnxruntime")(Bundle.load(runtime_bundle), "fp32", threads=2,
+                                           **options)
+    with backend:
+        for graph, session in backend.sessions.items():
+            entries = session.get_session_options()
+            assert entries.get_session_config_entry(
+                "session.intra_op.allow_spinning") == allow, graph
+            if stop is None:
+                with pytest.raises(RuntimeError, match="does not have configuration"):
+                    entries.get_session_config_entry("session.force_spinning_stop")
+            else:
+                assert entries.get_session_config_entry("session.force_spinning_stop") == stop
+        spinning = backend.describe()["spinning"]
+    expected = {"1": "between runs too" if stop is None else "during runs", "0": "no"}[allow]
+    assert spinning == {"query": expected, "other sessions": expected}

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import runtime.resize_plans as plans
+from runtime.preprocess import (
+    _normalisation,
+    preprocess_image,
+    probability_to_image,
+    probability_to_mask,
+    resize_bilinear,
+)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def general_path(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """preprocess_image's arithmetic through the general chunked resize (no plan)."""
+    scale, shift = _normalisation(MEAN, STD)
+    resized = resize_bilinear(image, size)
+    out = np.empty((1, 3, *size), np.float32)
+    np.multiply(resized.transpose(2, 0, 1), scale, out=out[0])
+    out[0] += shift
+    return out
+
+
+@pytest.fixture(params=[1 << 16, 1 << 11], ids=["one-block", "many-blocks"])
+def block_values(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(plans, "BLOCK_VALUES", request.param)
+    plans.image_plan.cache_clear()
+    plans.probability_plan.cache_clear()
+    yield request.param
+    plans.image_plan.cache_clear()
+    plans.probability_plan.cache_clear()
+
+
+@pytest.mark.parametrize(("source", "target"), [((321, 321), (193, 193)),
+                                                ((87, 131), (65, 49)),
+                                                ((40, 30), (193, 97)),  # upsampling
+                                                ((480, 640), (321, 321))])
+def test_image_plan_is_bit_identical_to_the_general_path(block_values: int, source, target
+                                                          ) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (*source, 3), dtype=np.uint8)
+    assert plans.image_plan(*source, *target) is not None
+    np.testing.assert_array_equal(preprocess_image(image, target, MEAN, STD),
+                                  general_path(image, target))
+
+
+def test_image_plan_reads_views_like_copies(block_values: int) -> None:
+    frame = np.random.default_rng(1).integers(0, 256, (120, 160, 4), dtype=np.uint8)
+    gray = frame[:, :, 0]
+    for view in (frame, frame[10:90, 20:150], frame[::2, ::3], gray):
+        rgb = np.ascontiguousarray(np.broadcast_to(view[:, :, None], (*view.shape, 3))
+                                   if view.ndim == 2 else view[:, :, :3])
+        np.testing.assert_array_equal(preprocess_image(view, (33, 47), MEAN, STD),
+                                      general_path(rgb, (33, 47)))
+
+
+def test_too_wide_an_image_takes_the_general_path() -> None:
+    wide = np.random.default_rng(2).integers(0, 256, (9, 30_000, 3), dtype=np.uint8)
+    assert plans.image_plan(9, 30_000, 193, 193) is None
+    np.testing.assert_array_equal(preprocess_image(wide, (193, 193), MEAN, STD),
+                                  general_path(wide, (193, 193)))
+
+
+def test_preprocess_writes_into_out_and_refuses_a_wrong_one() -> None:
+    image = np.random.default_rng(3).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    out = np.full((1, 3, 32, 32), np.nan, np.float32)
+    assert preprocess_image(image, (32, 32), MEAN, STD, out=out) is out
+    np.testing.assert_array_equal(out, general_path(image, (32, 32)))
+    with pytest.raises(ValueError, match=r"shape \(1, 3, 32, 32\)"):
+        preprocess_image(image, (32, 32), MEAN, STD, out=np.empty((1, 3, 32, 33), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        preprocess_image(image, (32, 32), MEAN, STD,
+                         out=np.empty((1, 3, 32, 32), np.float64))
+
+
+@pytest.mark.parametrize(("source", "target"), [((25, 25), (321, 321)), ((25, 25), (7, 9)),
+                                                ((41, 41), (480, 640)), ((13, 17), (300, 1))])
+def test_probability_plan_is_the_bilinear_resize(block_values: int, source, target) -> None:
+    probability = np.random.default_rng(4).random(source, dtype=np.float32)
+    assert plans.probability_plan(*source, *target) is not None
+    ours = probability_to_image(probability, target)
+    np.testing.assert_allclose(ours, resize_bilinear(probability, target), atol=3e-7)
+    theirs = F.interpolate(torch.from_numpy(probability)[None, None], size=target,
+                           mode="bilinear", align_corners=False)[0, 0].numpy()
+    # torch computes source positions in float32, so it differs from both by ~1e-6
+    np.testing.assert_allclose(ours, theirs, atol=5e-6)
+    # the mask is the same computation thresholded: equal, not merely close
+    for threshold in (0.2, 0.5, 0.9):
+        np.testing.assert_array_equal(probability_to_mask(probability, target, threshold),
+                                      ours > threshold)
+
+
+def test_huge_outputs_take_the_general_path() -> None:
+    probability = np.random.default_rng(5).random((25, 25), dtype=np.float32)
+    assert plans.probability_plan(25, 25, 8, plans.MAX_PLAN_SIDE + 1) is None
+    target = (8, plans.MAX_PLAN_SIDE + 1)
+    np.testing.assert_array_equal(probability_to_mask(probability, target),
+                                  resize_bilinear(probability, target) > 0.5)
+
+
+def test_scratch_is_reused_per_thread_and_not_shared_between_threads() -> None:
+    first = plans.scratch("test-buffer", (4, 5), np.float32)
+    again = plans.scratch("test-buffer", (2, 3), np.float32)
+    assert np.shares_memory(first, again)
+    bigger = plans.scratch("test-buffer", (40, 50), np.float32)
+    assert bigger.shape == (40, 50) and bigger.dtype == np.float32
+    other: list[np.ndarray] = []
+    thread = threading.Thread(
+        target=lambda: other.append(plans.scratch("test-buffer", (40, 50), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(bigger, other[0])
