@@ -17,10 +17,13 @@ manifest.json is the contract between the stages (export, quantize, build, runti
   "files": {"backbone.fp32.onnx": "<sha256>", ...},
   "source_checkpoint": {"name": ..., "sha256": ...},
   "versions": {"torch": ..., "onnx": ..., "onnxruntime": ..., "crnet-deploy": ...},
+  "gates": {"int8": {"openvino": {"passed": true, "delta_miou": -0.66, "graphs": {...}, ...}}},
   ...stage reports (parity, lint, calibration, engines)...
 }
 ```
-where an io entry is ``{"name", "shape" (ints or axis names), "dtype"}``.
+where an io entry is ``{"name", "shape" (ints or axis names), "dtype"}``, and ``gates``
+(written by ``crnet deploy``, read by ``backend="auto"``) says which backend's run of which
+variant passed its accuracy gate, for the graph hashes it names.
 
 Loading is verified by default: the manifest must list every file a backend loads under
 ``files``; a listed name must be a plain relative path that stays inside the bundle after
