@@ -12,10 +12,12 @@ fresh one (glibc handing each temporary back to the kernel and faulting it in ag
 the upsampling and threshold of the mask 0.07 ms instead of 0.14.
 
 The image plan computes exactly what ``resize_bilinear`` + normalisation compute, in the
-same order per value (bit-identical). The probability plan interpolates the columns of the
-small feature-size map first and then the rows, so that the large output is made from
-contiguous row copies; it is the same bilinear (half-pixel) resize, with float32 rounding
-in a different order (values agree to ~1e-7). Inputs a plan does not cover (an image row
+same order per value (bit-identical), as one compiled loop where numba is installed
+(runtime.resize_kernels, the ``[fast]`` extra) and in numpy blocks otherwise. The
+probability plan interpolates the columns of the small feature-size map first and then
+the rows, so that the large output is made from contiguous row copies; it is the same
+bilinear (half-pixel) resize, with float32 rounding in a different order (values agree
+to ~1e-7). Inputs a plan does not cover (an image row
 or an output row wider than a block, an output taller than ``MAX_PLAN_SIDE``) go through
 runtime.preprocess's general chunked path.
 """
@@ -28,6 +30,8 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from runtime.resize_kernels import kernels
 
 BLOCK_VALUES = 1 << 16  # float32 values per scratch block (256 KB: several fit in an L2)
 MAX_PLAN_SIDE = 1 << 14  # output sides up to this keep a cached plan
@@ -85,6 +89,7 @@ class ImagePlan:
     cols_low: np.ndarray  # [3*w]: channel c, output column x -> flat index lower[x]*3 + c
     cols_high: np.ndarray
     col_weights: np.ndarray  # [3*w]
+    pixel_cols: tuple[np.ndarray, np.ndarray, np.ndarray]  # lower, upper, weight per column
     block_rows: int
 
 
@@ -101,16 +106,26 @@ def image_plan(in_height: int, in_width: int, out_height: int, out_width: int
     channels = np.arange(3)[:, None]
     arrays = (rows_low, rows_high, row_weights[:, None],
               (low[None, :] * 3 + channels).ravel(), (high[None, :] * 3 + channels).ravel(),
-              np.tile(weights, 3))
+              np.tile(weights, 3), low, high, weights)
     for array in arrays:
         array.flags.writeable = False
-    return ImagePlan(*arrays, block_rows=max(1, BLOCK_VALUES // row_values))
+    return ImagePlan(*arrays[:6], pixel_cols=arrays[6:],
+                     block_rows=max(1, BLOCK_VALUES // row_values))
 
 
 def resize_normalize(rgb: np.ndarray, plan: ImagePlan, scale: np.ndarray, shift: np.ndarray,
                      out: np.ndarray) -> np.ndarray:
     """Write ``resize(rgb) * scale + shift`` ([3,h,w]) into ``out`` ([1,3,h,w] float32),
-    block by block, with the arithmetic of runtime.preprocess.resize_bilinear."""
+    with the arithmetic of runtime.preprocess.resize_bilinear: one compiled loop where
+    numba is installed and ``rgb`` is C-contiguous (runtime.resize_kernels), else numpy
+    block by block."""
+    compiled = kernels()
+    if compiled is not None and rgb.flags.c_contiguous:
+        rows = rgb.reshape(rgb.shape[0], -1)
+        compiled.resize_normalize(rows, plan.rows_low, plan.rows_high, plan.row_weights[:, 0],
+                                  *plan.pixel_cols, scale.reshape(3), shift.reshape(3), out,
+                                  scratch("image-line", (rows.shape[1],), np.float32))
+        return out
     in_width = rgb.shape[1]
     out_height, out_width = out.shape[2], out.shape[3]
     for start in range(0, out_height, plan.block_rows):

@@ -51,6 +51,7 @@ from runtime.preprocess import (
     probability_to_image,
     probability_to_mask,
 )
+from runtime.resize_kernels import available as resize_kernels_available
 from runtime.resize_plans import scratch
 
 BACKENDS = ("auto", *REGISTRY)
@@ -179,6 +180,8 @@ class Segmenter:
         """A JSON-ready description of the backend and model."""
         info = self.backend.describe()
         info["choice"] = self.choice
+        compiled, why = resize_kernels_available()
+        info["pre_post_processing"] = "compiled (numba)" if compiled else f"numpy ({why})"
         info.update({"model": self.spec.name, "input_size": list(self.spec.input_size),
                      "feature_size": list(self.spec.feature_size),
                      "shots": [self.spec.min_shots, self.spec.max_shots]})

@@ -15,6 +15,7 @@ from runtime.preprocess import (
     probability_to_mask,
     resize_bilinear,
 )
+from runtime.resize_kernels import kernels
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -27,6 +28,16 @@ def general_path(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     np.multiply(resized.transpose(2, 0, 1), scale, out=out[0])
     out[0] += shift
     return out
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the numba loops (runtime.resize_kernels) and on the numpy blocks."""
+    if request.param == "numpy":
+        monkeypatch.setattr(plans, "kernels", lambda: None)
+    elif kernels() is None:
+        pytest.skip("numba is not installed (the [fast] extra)")
+    return request.param
 
 
 @pytest.fixture(params=[1 << 16, 1 << 11], ids=["one-block", "many-blocks"])
@@ -43,15 +54,15 @@ def block_values(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
                                                 ((87, 131), (65, 49)),
                                                 ((40, 30), (193, 97)),  # upsampling
                                                 ((480, 640), (321, 321))])
-def test_image_plan_is_bit_identical_to_the_general_path(block_values: int, source, target
-                                                          ) -> None:
+def test_image_plan_is_bit_identical_to_the_general_path(loops: str, block_values: int,
+                                                          source, target) -> None:
     image = np.random.default_rng(0).integers(0, 256, (*source, 3), dtype=np.uint8)
     assert plans.image_plan(*source, *target) is not None
     np.testing.assert_array_equal(preprocess_image(image, target, MEAN, STD),
                                   general_path(image, target))
 
 
-def test_image_plan_reads_views_like_copies(block_values: int) -> None:
+def test_image_plan_reads_views_like_copies(loops: str, block_values: int) -> None:
     frame = np.random.default_rng(1).integers(0, 256, (120, 160, 4), dtype=np.uint8)
     gray = frame[:, :, 0]
     for view in (frame, frame[10:90, 20:150], frame[::2, ::3], gray):
@@ -117,3 +128,28 @@ def test_scratch_is_reused_per_thread_and_not_shared_between_threads() -> None:
     thread.start()
     thread.join()
     assert not np.shares_memory(bigger, other[0])
+
+
+def test_compiled_and_numpy_loops_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    if kernels() is None:
+        pytest.skip("numba is not installed (the [fast] extra)")
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    compiled = [preprocess_image(image, size, MEAN, STD) for size in ((193, 193), (97, 321))]
+    monkeypatch.setattr(plans, "kernels", lambda: None)
+    numpy_path = [preprocess_image(image, size, MEAN, STD) for size in ((193, 193), (97, 321))]
+    for ours, theirs in zip(compiled, numpy_path, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_crnet_numba_0_keeps_the_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import resize_kernels
+
+    monkeypatch.setenv("CRNET_NUMBA", "0")
+    resize_kernels.kernels.cache_clear()
+    try:
+        assert resize_kernels.kernels() is None
+        assert resize_kernels.available() == (False, "CRNET_NUMBA=0")
+    finally:
+        monkeypatch.delenv("CRNET_NUMBA")
+        resize_kernels.kernels.cache_clear()
