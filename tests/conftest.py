@@ -53,8 +53,8 @@ def _seed_torch() -> None:
 def _auto_keeps_openvino_out(request: pytest.FixtureRequest,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside the openvino-marked tests (their own process: tests/test_openvino_isolated.py)
-    backend="auto" chooses among the other CPU backends, so that no unmarked test loads
-    OpenVINO into the main pytest process, where a later fork() can crash it."""
+    backend="auto" chooses among the other CPU backends, so that unmarked tests do not load
+    OpenVINO into the main pytest process (see that module for why it is kept apart)."""
     if request.node.get_closest_marker("openvino") is None:
         import runtime.segmenter
 

@@ -1,11 +1,14 @@
 """The tests marked ``openvino`` run together in a pytest process of their own.
 
-OpenVINO's CPU plugin starts thread pools that do not survive a later fork() of the same
-process: after OpenVINO-using tests, a subprocess or DataLoader worker started by an
-unrelated test crashed the whole pytest run (SIGSEGV). So the default run deselects them
-(pyproject's addopts) and this test runs them in a fresh interpreter, where nothing forks
-after them but what they start themselves. Without OpenVINO installed, the marked tests
-still run there (crnet deploy without its openvino rows) or skip with their reason.
+The pytest process used to die with SIGSEGV at a later subprocess or DataLoader worker
+after OpenVINO-using tests. The cause, found later: OpenVINO's CPU plugin swaps the
+compiling thread's alternate signal stack and, when models are released out of order,
+leaves it pointing at unmapped memory, so the next signal handled there (SIGCHLD for
+torch's DataLoader handler) crashed the process. runtime/backends/openvino_backend.py now
+restores the stack (tests/runtime/test_openvino_backend.py checks it). The separate
+process stays as a guard against whatever else a native library loaded here may leave
+behind. Without OpenVINO installed, the marked tests still run there (crnet deploy without
+its openvino rows) or skip with their reason.
 """
 
 from __future__ import annotations

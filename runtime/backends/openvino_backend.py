@@ -13,6 +13,15 @@ and bf16 is refused (BackendError) on a device that does not list BF16 among its
 capabilities. The int8 variant keeps its int8 layers either way; the hint sets the
 precision of the layers between them.
 
+Signal stack: OpenVINO's CPU plugin installs its own alternate signal stack on the thread
+that compiles a model, and restores the one it found when that model is released,
+unmapping its own. Models released in another order than the reverse of their creation
+(two Segmenters closed first-created-first) leave the thread's registered signal stack
+pointing at unmapped memory, and the next signal delivered there with ``SA_ONSTACK``
+(every Python-level handler: Ctrl-C, torch's SIGCHLD handler) kills the process with
+SIGSEGV. This backend therefore puts the thread's signal stack back after compiling and
+after releasing (``keep_signal_stack``).
+
 Threads: ``threads`` sets ``INFERENCE_NUM_THREADS`` (default: all cores); one stream,
 the latency hint, and no CPU pinning, so that a busy core slows one worker instead of
 stalling a pinned one (README.md, "Sharing a machine").
@@ -20,6 +29,10 @@ stalling a pinned one (README.md, "Sharing a machine").
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +43,44 @@ from runtime.bundle import Bundle
 
 INFERENCE_PRECISIONS = ("f32", "bf16")
 _QUERY_INPUTS = {"image", "support_feat", "support_mask"}
+
+
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of sigaltstack(2)."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]
+
+
+def signal_stack() -> tuple[int, int, int] | None:
+    """The calling thread's alternate signal stack as (address, flags, size), or None where
+    sigaltstack is not available (Windows)."""
+    sigaltstack = _sigaltstack()
+    current = _SignalStack()
+    if sigaltstack is None or sigaltstack(None, ctypes.byref(current)) != 0:
+        return None
+    return int(current.ss_sp or 0), int(current.ss_flags), int(current.ss_size)
+
+
+@contextlib.contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Give the calling thread back the alternate signal stack it had before the block
+    (module docstring: OpenVINO replaces it while compiling and releasing models)."""
+    sigaltstack = _sigaltstack()
+    saved = _SignalStack()
+    if sigaltstack is None or sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        sigaltstack(ctypes.byref(saved), None)
+
+
+def _sigaltstack() -> Any:
+    if sys.platform == "win32":
+        return None
+    return getattr(ctypes.CDLL(None), "sigaltstack", None)
 
 
 class OpenVinoBackend(Backend):
@@ -78,7 +129,8 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         try:
-            capabilities = ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+            with keep_signal_stack():
+                capabilities = ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
         except Exception:  # noqa: BLE001 - an unknown device has no capabilities
             return False
         return "BF16" in capabilities
@@ -103,6 +155,10 @@ class OpenVinoBackend(Backend):
         return compiled, compiled.create_infer_request()
 
     def _activate(self) -> None:
+        with keep_signal_stack():
+            self._compile_all()
+
+    def _compile_all(self) -> None:
         import openvino as ov
 
         if self.inference_precision == "bf16" and not self.supports_bf16(self.device):
@@ -147,7 +203,8 @@ class OpenVinoBackend(Backend):
         self.query_graph = {"fused": True, "nodes": len(query.graph.node)}
 
     def _deactivate(self) -> None:
-        self.requests = {}
+        with keep_signal_stack():  # releasing a model makes OpenVINO reset the stack too
+            self.requests = {}
         self.query_graph = {}
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]

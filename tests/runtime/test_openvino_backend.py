@@ -151,3 +151,41 @@ def test_a_graph_openvino_cannot_compile_is_named(runtime_bundle: Path, tmp_path
     backend = backend_class("openvino")(Bundle.load(bundle_dir, verify=False), "fp32")
     with pytest.raises(BackendError, match=r"(?s)refine\.fp32\.onnx.*NoSuchOp"):
         backend.activate()
+
+
+def test_compiling_and_releasing_leave_the_threads_signal_stack(runtime_bundle: Path) -> None:
+    if not backend_class("openvino").is_available()[0]:
+        pytest.skip("openvino is not installed")
+    from runtime.backends.openvino_backend import signal_stack
+
+    before = signal_stack()
+    first = backend_class("openvino")(Bundle.load(runtime_bundle), "fp32", threads=1)
+    second = backend_class("openvino")(Bundle.load(runtime_bundle), "fp32", threads=1)
+    first.activate()
+    second.activate()
+    assert signal_stack() == before
+    first.deactivate()  # released in creation order: what used to leave it dangling
+    second.deactivate()
+    assert signal_stack() == before
+
+
+def test_signals_still_work_after_openvino_segmenters_are_closed(runtime_bundle: Path) -> None:
+    # Before the fix this child died with SIGSEGV when its signal handler ran: OpenVINO
+    # left the thread's alternate signal stack pointing at memory it had unmapped.
+    if not backend_class("openvino").is_available()[0]:
+        pytest.skip("openvino is not installed")
+    code = (
+        "import gc, os, signal, sys\n"
+        "from runtime import Segmenter\n"
+        "first = Segmenter(sys.argv[1], backend='openvino', threads=1)\n"
+        "second = Segmenter(sys.argv[1], backend='openvino', threads=1)\n"
+        "first.close(); del first; gc.collect()\n"
+        "second.close(); del second; gc.collect()\n"
+        "signal.signal(signal.SIGUSR1, lambda *args: print('handled', flush=True))\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "print('survived')\n"
+    )
+    result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code,
+                             str(runtime_bundle)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.split() == ["handled", "survived"]
