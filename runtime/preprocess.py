@@ -32,6 +32,7 @@ from runtime.resize_plans import (
     image_plan,
     probability_plan,
     resize_normalize,
+    source_coordinates,
     upsample,
     upsample_threshold,
 )
@@ -136,23 +137,12 @@ def _mask_values(values: np.ndarray) -> np.ndarray:
     return values if values.dtype == np.bool_ else values == 1
 
 
-@functools.lru_cache(maxsize=64)
-def _source_coordinates(out_size: int, in_size: int, align_corners: bool
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``coordinates`` of every output position, cached (a video's frames all share one
-    geometry; the arrays are read-only). Only for sizes up to _CACHED_SIZE."""
-    cached = coordinates(out_size, in_size, align_corners, 0, out_size)
-    for array in cached:
-        array.flags.writeable = False
-    return cached
-
-
 def _coordinates_of(out_size: int, in_size: int, align_corners: bool, start: int, stop: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coordinates of ``start..stop``: sliced from the cache for ordinary sizes, computed
     for the range alone for huge ones (so they cost a chunk, not the whole axis)."""
     if out_size <= _CACHED_SIZE:
-        lower, upper, weight = _source_coordinates(out_size, in_size, align_corners)
+        lower, upper, weight = source_coordinates(out_size, in_size, align_corners)
         return lower[start:stop], upper[start:stop], weight[start:stop]
     return coordinates(out_size, in_size, align_corners, start, stop)
 
@@ -160,9 +150,9 @@ def _coordinates_of(out_size: int, in_size: int, align_corners: bool, start: int
 @functools.lru_cache(maxsize=64)
 def _flat_columns(out_size: int, in_size: int, align_corners: bool, values_per_pixel: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_source_coordinates`` along a row of ``values_per_pixel`` interleaved values
+    """``source_coordinates`` along a row of ``values_per_pixel`` interleaved values
     (HxWxC seen as H x (W*C)): one flat gather per row instead of a strided one."""
-    lower, upper, weight = _source_coordinates(out_size, in_size, align_corners)
+    lower, upper, weight = source_coordinates(out_size, in_size, align_corners)
     offsets = np.arange(values_per_pixel)
     flat = ((lower[:, None] * values_per_pixel + offsets).ravel(),
             (upper[:, None] * values_per_pixel + offsets).ravel(),
@@ -204,7 +194,7 @@ def _resized_chunks(array: np.ndarray, size: Sequence[int], align_corners: bool 
     values_per_row = in_width * per_pixel
     # a chunk of rows holds at most a chunk of values, on the input side and the output side
     chunk_rows = max(1, _CHUNK_VALUES // max(max(width, in_width) * per_pixel, 1))
-    rows_low, rows_high, rows_weight = _source_coordinates(height, in_height, align_corners)
+    rows_low, rows_high, rows_weight = source_coordinates(height, in_height, align_corners)
     cols_low, cols_high, cols_weight = _flat_columns(width, in_width, align_corners,
                                                      per_pixel)
     for start in range(0, height, chunk_rows):

@@ -30,25 +30,29 @@ class Kernels(NamedTuple):
     resize_normalize: Any
 
 
-@functools.lru_cache(maxsize=1)
 def kernels() -> Kernels | None:
     """The compiled loop, or None (numba missing, or ``CRNET_NUMBA=0``)."""
-    if os.environ.get("CRNET_NUMBA", "1") == "0":
-        return None
-    try:
-        import numba
-    except ImportError:
-        return None
-    compile_loop = numba.njit(cache=True, nogil=True, boundscheck=False)
-    return Kernels(compile_loop(_resize_normalize))
+    return _loaded()[0]
 
 
 def available() -> tuple[bool, str]:
     """(whether the compiled loop runs, why not): for describe()."""
+    loaded, why = _loaded()
+    return loaded is not None, why
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded() -> tuple[Kernels | None, str]:
+    """The loop and what decided it, settled once per process (``kernels`` and
+    ``available`` must agree)."""
     if os.environ.get("CRNET_NUMBA", "1") == "0":
-        return False, "CRNET_NUMBA=0"
-    return (True, "numba") if kernels() is not None else (
-        False, "numba is not installed (pip install 'crnet-deploy[fast]')")
+        return None, "CRNET_NUMBA=0"
+    try:
+        import numba
+    except ImportError:
+        return None, "numba is not installed (pip install 'crnet-deploy[fast]')"
+    compile_loop = numba.njit(cache=True, nogil=True, boundscheck=False)
+    return Kernels(compile_loop(_resize_normalize)), "numba"
 
 
 def _resize_normalize(rows: Any, rows_low: Any, rows_high: Any, row_weights: Any,

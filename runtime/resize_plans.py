@@ -17,9 +17,9 @@ same order per value (bit-identical), as one compiled loop where numba is instal
 probability plan interpolates the columns of the small feature-size map first and then
 the rows, so that the large output is made from contiguous row copies; it is the same
 bilinear (half-pixel) resize, with float32 rounding in a different order (values agree
-to ~1e-7). Inputs a plan does not cover (an image row
-or an output row wider than a block, an output taller than ``MAX_PLAN_SIDE``) go through
-runtime.preprocess's general chunked path.
+to ~1e-7). Inputs a plan does not cover (an image row or an output row wider than a
+block, an output side longer than ``MAX_PLAN_SIDE``) go through runtime.preprocess's
+general chunked path.
 """
 
 from __future__ import annotations
@@ -73,9 +73,21 @@ def coordinates(out_size: int, in_size: int, align_corners: bool, start: int, st
     return lower, upper, weight
 
 
+@functools.lru_cache(maxsize=64)
+def source_coordinates(out_size: int, in_size: int, align_corners: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``coordinates`` of every output position, cached (a video's frames all share one
+    geometry; the arrays are read-only). For axes up to runtime.preprocess's _CACHED_SIZE
+    and the plans here."""
+    cached = coordinates(out_size, in_size, align_corners, 0, out_size)
+    for array in cached:
+        array.flags.writeable = False
+    return cached
+
+
 def _axis(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``coordinates`` of every output position of a half-pixel resize."""
-    return coordinates(out_size, in_size, False, 0, out_size)
+    """``source_coordinates`` of a half-pixel (align_corners=False) resize."""
+    return source_coordinates(out_size, in_size, False)
 
 
 @dataclass(frozen=True)

@@ -146,10 +146,10 @@ def test_crnet_numba_0_keeps_the_numpy_path(monkeypatch: pytest.MonkeyPatch) -> 
     from runtime import resize_kernels
 
     monkeypatch.setenv("CRNET_NUMBA", "0")
-    resize_kernels.kernels.cache_clear()
+    resize_kernels._loaded.cache_clear()
     try:
         assert resize_kernels.kernels() is None
         assert resize_kernels.available() == (False, "CRNET_NUMBA=0")
     finally:
         monkeypatch.delenv("CRNET_NUMBA")
-        resize_kernels.kernels.cache_clear()
+        resize_kernels._loaded.cache_clear()
