@@ -43,14 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from calibration.reader import DEFAULT_DATASET, describe_data
-from calibration.sensitivity import RANK_METHODS
-from data.evaluation import DATASETS
-from models.provenance import training_fold
-from runtime.bundle import GRAPHS, Bundle, BundleError, graph_file, update_manifest
-from runtime.errors import CrnetError
-from runtime.files import scratch_directory, write_bytes_atomic
-from runtime.layout import RANGES_FILE, trt_calibration_cache
+from crnet.calibration.reader import DEFAULT_DATASET, describe_data
+from crnet.calibration.sensitivity import RANK_METHODS
+from crnet.data.evaluation import DATASETS
+from crnet.models.provenance import training_fold
+from crnet.runtime.bundle import GRAPHS, Bundle, BundleError, graph_file, update_manifest
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.files import scratch_directory, write_bytes_atomic
+from crnet.runtime.layout import RANGES_FILE, trt_calibration_cache
 
 # fp16: ops kept in fp32. Measured by casting one op type at a time on crnet-lite fold 0
 # (64 base-class episodes): casting any single one of them to fp16 moved the mean |query
@@ -156,7 +156,7 @@ def check_graph(model: Any, label: str) -> None:
     """ONNX checker (full) and the TensorRT lint; raise QuantizeError on any error."""
     import onnx
 
-    from export.lint import format_table, lint_model
+    from crnet.export.lint import format_table, lint_model
 
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -222,7 +222,7 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32_ops: Sequence[str] = FP16_KE
     """
     import onnx
 
-    from calibration import sensitivity
+    from crnet.calibration import sensitivity
 
     started = time.perf_counter()
     bundle = load_fp32_bundle(bundle_dir)
@@ -280,7 +280,7 @@ def calibrate_graph(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], me
     from onnxruntime.quantization.calibrate import create_calibrator
     from tqdm import tqdm
 
-    from calibration.reader import FeedReader
+    from crnet.calibration.reader import FeedReader
 
     options: dict[str, Any] = {"symmetric": True}
     if method == "percentile":
@@ -444,7 +444,7 @@ def calibrate_ranges(bundle: Bundle, preprocessed: dict[str, Path], *, method: s
                      ) -> tuple[dict[str, dict[str, tuple[float, float]]], dict[str, Any]]:
     """Calibrate both graphs on base-class train-split episodes of ``dataset`` (the caller
     saves the ranges)."""
-    from calibration.reader import (
+    from crnet.calibration.reader import (
         base_episodes,
         calibration_source,
         collect_feeds,
@@ -508,7 +508,7 @@ def quantize_int8(
     FULL_RANK_MAX_LAYERS layers. ``exclude_layers`` (``graph:weight`` names) are always
     kept in fp32. Returns the manifest.
     """
-    from calibration import sensitivity as sens
+    from crnet.calibration import sensitivity as sens
 
     started = time.perf_counter()
     bundle = load_fp32_bundle(bundle_dir)
@@ -595,7 +595,7 @@ def run_sensitivity(bundle_dir: Path, fold: int, preprocessed: dict[str, Path],
     """Rank the layers, then keep the most harmful in fp32 until the target is met; the
     manifest's ``sensitivity`` record (method, ranking, confirmation, steps, timings), with
     ``kept_fp32_layers`` and the final int8 graphs (``models``) for the caller to take."""
-    from calibration import sensitivity as sens
+    from crnet.calibration import sensitivity as sens
 
     started = time.perf_counter()
     check = sens.SensitivitySet.build(bundle_dir, fold, episodes, progress=progress,
@@ -750,7 +750,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     a dataset without its directory."""
     import onnx
 
-    from data.evaluation import missing_data_root
+    from crnet.data.evaluation import missing_data_root
 
     unknown = [op.strip() for op in args.keep_fp32_ops.split(",")
                if op.strip() and not onnx.defs.has(op.strip())]
@@ -802,6 +802,6 @@ def summary(bundle_dir: Path, precision: str, how: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_command
+    from crnet.cli.exit_codes import run_command
 
     sys.exit(run_command("crnet quantize", main))

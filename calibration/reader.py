@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from data.episodes import Episode
-from runtime.bundle import Bundle
-from runtime.preprocess import preprocess_image, preprocess_mask
+from crnet.data.episodes import Episode
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.preprocess import preprocess_image, preprocess_mask
 
 CALIBRATION_SPLIT = "train"  # base classes only: the novel test classes are never seen
 DEFAULT_DATASET = "synthetic-5i"
@@ -88,7 +88,7 @@ def calibration_source(fold: int, seed: int = 0, dataset: str = DEFAULT_DATASET,
 
     A ``folder`` dataset has no split: its classes are the user's own, all of them read.
     """
-    from data.evaluation import episode_source
+    from crnet.data.evaluation import episode_source
 
     return episode_source(dataset, fold, seed, data_root, split=CALIBRATION_SPLIT)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.reader import (
+from crnet.calibration.reader import (
     DEFAULT_DATASET,
     EpisodeFeeds,
     base_episodes,
@@ -40,9 +40,9 @@ from calibration.reader import (
     cpu_session,
     describe_source,
 )
-from runtime.bundle import GRAPHS, Bundle
-from runtime.metrics import FewShotMeter
-from runtime.preprocess import foreground_probability, probability_to_mask
+from crnet.runtime.bundle import GRAPHS, Bundle
+from crnet.runtime.metrics import FewShotMeter
+from crnet.runtime.preprocess import foreground_probability, probability_to_mask
 
 SENSITIVITY_SEED = 1  # calibration uses seed 0: the two episode sets are independent
 RANK_EPISODES = 16  # the per-layer ranking uses a logit-error proxy on few episodes

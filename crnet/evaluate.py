@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import UsageError
-from runtime.layout import PRECISIONS
+from crnet.runtime.errors import UsageError
+from crnet.runtime.layout import PRECISIONS
 
 GATES_FILE = Path(__file__).resolve().parent / "gates.json"
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
@@ -40,7 +40,7 @@ def parse_precisions(text: str, available: list[str] | None = None) -> list[str]
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of `crnet eval`."""
-    from data.evaluation import DATASETS, SAMPLERS
+    from crnet.data.evaluation import DATASETS, SAMPLERS
 
     parser = argparse.ArgumentParser(prog="crnet eval", description=main.__doc__)
     parser.add_argument("--bundle", type=Path, default=None,
@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`crnet eval`: score a deployed variant against the PyTorch fp32 model."""
-    from data.evaluation import episode_source
-    from runtime.files import check_writable_file, write_json_atomic
+    from crnet.data.evaluation import episode_source
+    from crnet.runtime.files import check_writable_file, write_json_atomic
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     source = episode_source(args.dataset, args.fold, args.seed, args.data_root,
                             sampler=args.sampler)
     records = evaluate_variants(args, source)
-    from data.evaluation import format_table
+    from crnet.data.evaluation import format_table
 
     print(format_table(records))
     if records[0].get("absent_classes"):
@@ -109,7 +109,7 @@ def print_gate_hints(records: list[dict[str, Any]], bundle_dir: str | Path,
                      log: Any = print) -> list[str]:
     """For each fp16/int8 record that missed its gate, print the Polygraphy commands that
     localise the layer (export/polygraphy_debug.py); returns the precisions hinted."""
-    from export.polygraphy_debug import gate_failure_hint
+    from crnet.engines.polygraphy_debug import gate_failure_hint
 
     hinted = []
     for record in records:
@@ -121,15 +121,15 @@ def print_gate_hints(records: list[dict[str, Any]], bundle_dir: str | Path,
 
 def evaluate_variants(args: argparse.Namespace, source: Any) -> list[dict[str, Any]]:
     """Score the reference and each requested precision in one pass; one record each."""
-    from data.evaluation import evaluate_many, gate_record, segmenter_predictor
-    from runtime import Segmenter
+    from crnet.data.evaluation import evaluate_many, gate_record, segmenter_predictor
+    from crnet.runtime import Segmenter
 
     gates = load_gates()
     if args.bundle is None:
         precisions = ["fp32"]
         reference_segmenter = Segmenter.from_checkpoint(args.checkpoint)
     else:
-        from runtime.bundle import Bundle
+        from crnet.runtime.bundle import Bundle
 
         bundle = Bundle.load(args.bundle)
         precisions = parse_precisions(args.precision, bundle.precisions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from models.config import PRESETS, preset
+from crnet.models.config import PRESETS, preset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = [preset(name) for name in (args.presets or sorted(PRESETS))]
     except ValueError as error:
         parser.error(str(error))
-    from models.summary import format_summary, summarize
+    from crnet.models.summary import format_summary, summarize
 
     summaries = [summarize(config) for config in configs]
     if args.json:

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from runtime.errors import CrnetError
-from runtime.metrics import IGNORE
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.metrics import IGNORE
 
 __all__ = ["CLASSES_PER_FOLD", "IGNORE", "NUM_CLASSES", "NUM_FOLDS", "SPLITS", "DataNotFoundError",
            "DatasetError",

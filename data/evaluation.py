@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from data.episodes import DatasetError, Episode
-from runtime.metrics import FewShotMeter
+from crnet.data.episodes import DatasetError, Episode
+from crnet.runtime.metrics import FewShotMeter
 
 DATASETS = ("synthetic-5i", "pascal-5i", "folder")
 SAMPLERS = ("uniform", "hsnet", "pfenet")
@@ -138,7 +138,7 @@ def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
         raise DatasetError(f"sampler {sampler!r} applies to pascal-5i only; {dataset} cycles "
                            "through its classes (use the uniform sampler)")
     if dataset == "synthetic-5i":
-        from data.synthetic import Synthetic5i
+        from crnet.data.synthetic import Synthetic5i
 
         return Synthetic5i(fold, split=split, seed=seed)
     if dataset not in DATASETS:
@@ -146,10 +146,10 @@ def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
     if (problem := missing_data_root(dataset, data_root)) is not None:
         raise DatasetError(problem)
     if dataset == "pascal-5i":
-        from data.pascal import Pascal5i
+        from crnet.data.pascal import Pascal5i
 
         return Pascal5i(data_root, fold, split=split, seed=seed, sampler=sampler)
-    from data.folder import FolderDataset
+    from crnet.data.folder import FolderDataset
 
     return FolderDataset(data_root, seed=seed)
 

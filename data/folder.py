@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.episodes import (
+from crnet.data.episodes import (
     IGNORE,
     DataNotFoundError,
     DatasetError,

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.episodes import (
+from crnet.data.episodes import (
     DataNotFoundError,
     DatasetError,
     Episode,

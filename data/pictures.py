@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.files import write_bytes_atomic
+from crnet.runtime.files import write_bytes_atomic
 
 PREDICTION_COLOR = (255, 60, 60)
 TRUTH_COLOR = (40, 220, 90)

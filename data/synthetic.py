@@ -25,8 +25,8 @@ Episode ``index`` uses class ``classes[index % 5]`` (test) or ``classes[index % 
 (train), so classes are balanced; supports are drawn per (index, j), so the K-shot
 episode extends the 1-shot one (same class, query and first support).
 
-``python -m data.synthetic --bench`` prints images/s;
-``python -m data.synthetic --preview out.png`` writes a grid to look at.
+``python -m crnet.data.synthetic --bench`` prints images/s;
+``python -m crnet.data.synthetic --preview out.png`` writes a grid to look at.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.episodes import (
+from crnet.data.episodes import (
     IGNORE,
     NUM_CLASSES,
     DatasetError,
@@ -600,7 +600,7 @@ def _bench(count: int, shots: int) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: --bench prints images/s; --preview PATH writes an episode grid."""
-    parser = argparse.ArgumentParser(prog="python -m data.synthetic",
+    parser = argparse.ArgumentParser(prog="python -m crnet.data.synthetic",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="store_true", help="print generation images/s")
     parser.add_argument("--preview", type=Path, help="write a PNG grid of episodes")
@@ -629,6 +629,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_command
+    from crnet.cli.exit_codes import run_command
 
-    sys.exit(run_command("python -m data.synthetic", main))
+    sys.exit(run_command("python -m crnet.data.synthetic", main))

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.crnet import CRNet
-from runtime.layout import graph_file
+from crnet.models.crnet import CRNet
+from crnet.runtime.layout import graph_file
 
 DEFAULT_OPSET = 18
 BATCH_AXIS, SHOTS_AXIS = "batch", "shots"

@@ -1,6 +1,6 @@
 """`crnet lint BUNDLE`: check ONNX graphs against what TensorRT's ONNX parser accepts.
 
-No TensorRT needed: the rules are data (``export.trt_ops``, transcribed from the
+No TensorRT needed: the rules are data (``crnet.export.trt_ops``, transcribed from the
 onnx-tensorrt operator matrix) plus this project's contract (no Loop/If/Scan, static
 spatial sizes) and TensorRT's Q/DQ rules (symmetric int8, per-channel weight scales on
 the output-channel axis, no int32 bias). Every ``*.onnx`` a bundle's manifest lists
@@ -21,8 +21,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from export import trt_ops
-from runtime.errors import CrnetError
+from crnet.export import trt_ops
+from crnet.runtime.errors import CrnetError
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 _SHAPE_SOURCES = frozenset({"Shape", "Size"})
@@ -386,7 +386,7 @@ def lint_files(paths: dict[str, Path]) -> LintReport:
 
 def bundle_graph_files(bundle_dir: str | Path) -> dict[str, Path]:
     """Every ONNX file a bundle's manifest lists under ``variants``, by file name."""
-    from runtime.bundle import Bundle
+    from crnet.runtime.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir, verify=False)
     files: dict[str, Path] = {}
@@ -402,7 +402,7 @@ def lint_bundle(bundle_dir: str | Path) -> LintReport:
     files = bundle_graph_files(bundle_dir)
     missing = [str(path) for path in files.values() if not path.exists()]
     if missing:
-        from runtime.bundle import BundleError
+        from crnet.runtime.bundle import BundleError
 
         raise BundleError(f"graphs listed in the manifest are missing: {missing}")
     return lint_files(files)
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-info", action="store_true", help="hide info-level findings")
     args = parser.parse_args(argv)
     if args.json:
-        from runtime.files import check_writable_file
+        from crnet.runtime.files import check_writable_file
 
         check_writable_file(args.json, "--json")
     findings: list[Finding] = []
@@ -442,13 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(graphs)} graph(s): {len(total.errors)} error(s), "
           f"{len(total.warnings)} warning(s) — {'FAIL' if total.errors else 'OK'}")
     if args.json:
-        from runtime.files import write_json_atomic
+        from crnet.runtime.files import write_json_atomic
 
         write_json_atomic(args.json, total.to_dict())
     return 1 if total.errors else 0
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_command
+    from crnet.cli.exit_codes import run_command
 
     sys.exit(run_command("crnet lint", main))

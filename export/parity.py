@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bundle import Bundle
-from runtime.errors import CrnetError
-from runtime.preprocess import mask_from_logits, preprocess_image, preprocess_mask
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.preprocess import mask_from_logits, preprocess_image, preprocess_mask
 
 MIN_AGREEMENT = 0.999  # fraction of query pixels whose foreground decision must agree
 MAX_DELTA_MIOU = 0.05  # in the units of runtime.metrics.FewShotMeter.miou() (percent)
@@ -140,10 +140,10 @@ def check_parity(
 
     from tqdm import tqdm
 
-    from data.synthetic import Synthetic5i
-    from models.torch_backend import TorchBackend
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from runtime.metrics import FewShotMeter
+    from crnet.data.synthetic import Synthetic5i
+    from crnet.models.torch_backend import TorchBackend
+    from crnet.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from crnet.runtime.metrics import FewShotMeter
 
     if episodes < 1:
         raise ParityInputError(f"parity needs at least one episode, got {episodes}")

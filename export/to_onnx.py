@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from models.config import preset
-from models.provenance import training_fold
-from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, is_bundle
-from runtime.errors import CrnetError
-from runtime.files import (
+from crnet.models.config import preset
+from crnet.models.provenance import training_fold
+from crnet.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, is_bundle
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.files import (
     clean_stale_directories,
     current_umask,
     exchange_paths,
@@ -41,7 +41,7 @@ from runtime.files import (
     sha256_file,
     write_json_atomic,
 )
-from runtime.layout import CHECKPOINT_STEM, LINT_REPORT, PARITY_REPORT
+from crnet.runtime.layout import CHECKPOINT_STEM, LINT_REPORT, PARITY_REPORT
 
 DEFAULT_OUT = Path("bundle")
 DEFAULT_OPSET = 18  # export.graphs has the same default; kept here so --help needs no torch
@@ -180,7 +180,7 @@ def _check_destination(out_dir: Path, force: bool) -> None:
 def _load_source(checkpoint: str | Path | None, allow_unverified: bool = False
                  ) -> tuple[Any, dict[str, Any], Path, Path]:
     """Model, checkpoint info, and the weights/metadata files to copy into the bundle."""
-    from models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_paths, load_checkpoint
+    from crnet.models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_paths, load_checkpoint
 
     weights, meta = checkpoint_paths(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint)
     if checkpoint is None and not weights.exists():
@@ -293,11 +293,11 @@ def export_bundle(
     ``allow_unverified_checkpoint``; the manifest's ``source_checkpoint.verified`` says so.
     Raises ExportError (ParityError for a parity failure) or CheckpointError.
     """
-    from export.graphs import export_graphs
-    from export.lint import format_table, lint_files
-    from export.parity import ParityError, check_parity
-    from models.checkpoint import checkpoint_paths, preprocessing_of, save_checkpoint
-    from models.summary import flops_entry
+    from crnet.export.graphs import export_graphs
+    from crnet.export.lint import format_table, lint_files
+    from crnet.export.parity import ParityError, check_parity
+    from crnet.models.checkpoint import checkpoint_paths, preprocessing_of, save_checkpoint
+    from crnet.models.summary import flops_entry
 
     if model is not None and checkpoint is not None:
         raise ExportError("pass either a checkpoint or a model, not both")
@@ -434,14 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as error:
         parser.error(str(error))
 
-    from export.parity import ParityError
+    from crnet.export.parity import ParityError
 
     try:
         model = None
         if args.random_weights:
             import torch
 
-            from models.crnet import CRNet
+            from crnet.models.crnet import CRNet
 
             torch.manual_seed(args.seed)
             model = CRNet(preset(args.preset)).eval()
@@ -465,6 +465,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_command
+    from crnet.cli.exit_codes import run_command
 
     sys.exit(run_command("crnet export", main))

@@ -1,4 +1,4 @@
-"""What TensorRT's ONNX parser accepts, as data for ``export.lint``.
+"""What TensorRT's ONNX parser accepts, as data for ``crnet.export.lint``.
 
 Source: onnx/onnx-tensorrt ``docs/operators.md`` ("Supported ONNX Operators"), branch
 ``10.1-GA`` (commit 96e7811, "TensorRT 10.0 supports operators in the inclusive range of
@@ -9,7 +9,7 @@ operator and 5D GridSample", 11.5 "Added support for ONNX opset 25"; NVIDIA's ON
 guide for 11.x lists maximum opset 25, minimum 9.
 
 Only the restrictions that a CRNet-like graph can plausibly hit are encoded as rules in
-``export.lint``; the rest is kept here as text for the report.
+``crnet.export.lint``; the rest is kept here as text for the report.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.config import ConfigError, CRNetConfig
-from models.crnet import CRNet
-from runtime.errors import CrnetError
-from runtime.files import (
+from crnet.models.config import ConfigError, CRNetConfig
+from crnet.models.crnet import CRNet
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.files import (
     atomic_path,
     read_json_file,
     sha256_file,

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import CrnetError
+from crnet.runtime.errors import CrnetError
 
 
 class ConfigError(CrnetError, ValueError):

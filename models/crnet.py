@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import CRNetConfig
-from models.trunk import ResNetTrunk
+from crnet.models.config import CRNetConfig
+from crnet.models.trunk import ResNetTrunk
 
 MASK_EPSILON = 5e-4  # CaNet's masked-average-pooling denominator guard
 

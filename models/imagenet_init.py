@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from runtime.errors import CrnetError
-from runtime.files import sha256_file
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.files import sha256_file
 
 UNUSED_PREFIXES = ("fc.", "layer4.")
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")

@@ -1,6 +1,6 @@
 """Model card of any trained checkpoint: accuracy, support-swap evidence, example picture.
 
-`python -m models.model_card --checkpoint PATH [--dataset synthetic-5i|pascal-5i|folder
+`python -m crnet.models.model_card --checkpoint PATH [--dataset synthetic-5i|pascal-5i|folder
 --data-root DIR] [--fold F] [--episodes N]` evaluates the checkpoint with the same
 predictor as `crnet eval --backend torch` on the fold's test episodes (seed 0; 1- and
 5-shot; the fold defaults to the one the checkpoint was trained on) and writes
@@ -22,13 +22,26 @@ from typing import Any
 
 import numpy as np
 
-from data.episodes import Episode, episode_rng
-from data.evaluation import DATASETS, EvalResult, episode_source, evaluate, segmenter_predictor
-from data.pictures import PREDICTION_COLOR, SUPPORT_COLOR, TRUTH_COLOR, grid, overlay, save_png
-from data.synthetic import CLASS_NAMES, SUPPORT_DISTRACTOR_PROB, Synthetic5i
-from models.provenance import training_config, training_dataset, training_fold
-from runtime.errors import UsageError
-from runtime.files import write_bytes_atomic
+from crnet.data.episodes import Episode, episode_rng
+from crnet.data.evaluation import (
+    DATASETS,
+    EvalResult,
+    episode_source,
+    evaluate,
+    segmenter_predictor,
+)
+from crnet.data.pictures import (
+    PREDICTION_COLOR,
+    SUPPORT_COLOR,
+    TRUTH_COLOR,
+    grid,
+    overlay,
+    save_png,
+)
+from crnet.data.synthetic import CLASS_NAMES, SUPPORT_DISTRACTOR_PROB, Synthetic5i
+from crnet.models.provenance import training_config, training_dataset, training_fold
+from crnet.runtime.errors import UsageError
+from crnet.runtime.files import write_bytes_atomic
 
 SWAP_SALT = 7919  # keys the swapped supports' random stream apart from the episodes'
 
@@ -68,7 +81,7 @@ def example_grid(episodes: list[Episode], predictions: list[np.ndarray]) -> np.n
 
 def class_names(source: Any) -> dict[int, str]:
     """Class id -> name for the card's per-class table."""
-    from data.pascal import VOC_CLASS_NAMES
+    from crnet.data.pascal import VOC_CLASS_NAMES
 
     if isinstance(source, Synthetic5i):
         return {c: CLASS_NAMES[c - 1] for c in source.classes}
@@ -91,8 +104,8 @@ def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
                progress: bool = True, note: str = "", dataset: str = "synthetic-5i",
                data_root: Path | None = None, fold: int | None = None) -> dict[str, Any]:
     """Evaluate and write the card and picture beside the checkpoint; return the figures."""
-    from models.checkpoint import read_checkpoint_info
-    from runtime import Segmenter
+    from crnet.models.checkpoint import read_checkpoint_info
+    from crnet.runtime import Segmenter
 
     info = read_checkpoint_info(checkpoint)
     if fold is None:
@@ -203,7 +216,7 @@ def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Pa
         f"| {h['step']} | {h['loss']:.3f} | {h['miou_1shot']:.1f} | {h['elapsed_s'] / 60:.0f} |"
         for h in history
     )
-    card_command = f"python -m models.model_card --checkpoint {rel}"
+    card_command = f"python -m crnet.models.model_card --checkpoint {rel}"
     if dataset != "synthetic-5i" or figures["episodes"] != 1000:
         card_command += f" {data_flags} --fold {fold} --episodes {figures['episodes']}"
     if figures.get("swap_requested", 300) != 300:
@@ -289,7 +302,7 @@ Wall time of the last run segment: {training.get('wall_s_this_run', 0) / 60:.0f}
 
 def main(argv: list[str] | None = None) -> int:
     """Write the model card of a checkpoint."""
-    parser = argparse.ArgumentParser(prog="python -m models.model_card", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m crnet.models.model_card", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS)
@@ -302,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.swap_episodes < 1:
         raise UsageError("--episodes and --swap-episodes must be >= 1")
-    from data.evaluation import missing_data_root
+    from crnet.data.evaluation import missing_data_root
 
     if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
         raise UsageError(problem)
@@ -313,6 +326,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_command
+    from crnet.cli.exit_codes import run_command
 
-    raise SystemExit(run_command("python -m models.model_card", main))
+    raise SystemExit(run_command("python -m crnet.models.model_card", main))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.errors import CrnetError
+from crnet.runtime.errors import CrnetError
 
 NUM_FOLDS = 4
 

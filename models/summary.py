@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.config import CRNetConfig
-from models.crnet import CRNet
+from crnet.models.config import CRNetConfig
+from crnet.models.crnet import CRNet
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError, ModelSpec
-from runtime.bundle import Bundle, relative_member
-from runtime.layout import CHECKPOINT_WEIGHTS
+from crnet.runtime.backends.base import Backend, BackendError, ModelSpec
+from crnet.runtime.bundle import Bundle, relative_member
+from crnet.runtime.layout import CHECKPOINT_WEIGHTS
 
 
 class TorchBackend(Backend):
@@ -79,7 +79,7 @@ class TorchBackend(Backend):
         if self.spec is None and self.in_memory_model is not None:
             self.spec = ModelSpec.from_config(self.in_memory_model.config)
         if self.spec is None:
-            from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
+            from crnet.models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
 
             info = read_checkpoint_info(self.checkpoint or DEFAULT_CHECKPOINT,
                                         allow_unverified=True)  # the config only
@@ -89,7 +89,7 @@ class TorchBackend(Backend):
     def _activate(self) -> None:
         import torch
 
-        from models.checkpoint import load_checkpoint
+        from crnet.models.checkpoint import load_checkpoint
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)

@@ -16,13 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-from models.config import RECIPES, TrainConfig, preset
-from runtime.errors import UsageError
+from crnet.models.config import RECIPES, TrainConfig, preset
+from crnet.runtime.errors import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of `crnet train`, with TrainConfig's defaults."""
-    from data.evaluation import DATASETS
+    from crnet.data.evaluation import DATASETS
 
     parser = argparse.ArgumentParser(
         prog="crnet train",
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed options: the recipe's values, overridden by given flags."""
-    from models.config import ConfigError
+    from crnet.models.config import ConfigError
 
     try:
         preset(args.preset)
@@ -87,7 +87,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("--save-every", args.save_every)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    from data.evaluation import missing_data_root
+    from crnet.data.evaluation import missing_data_root
 
     if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
         raise UsageError(problem)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--run-dir {run_dir} is a file; expected a directory")
     if args.init_trunk is not None and not args.init_trunk.is_file():
         raise UsageError(f"--init-trunk {args.init_trunk} does not exist or is not a file")
-    from models.training import train
+    from crnet.models.training import train
 
     final = train(train_config, run_dir, resume=args.resume)
     print(json.dumps(final, indent=2))
@@ -133,6 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_command
+    from crnet.cli.exit_codes import run_command
 
     sys.exit(run_command("crnet train", main))

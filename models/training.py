@@ -53,15 +53,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from data.episodes import Episode
-from data.evaluation import episode_source, evaluate
-from models.checkpoint import load_state, save_checkpoint
-from models.config import CRNetConfig, TrainConfig, preset
-from models.crnet import CRNet
-from runtime.errors import CrnetError
-from runtime.files import atomic_path, write_json_atomic
-from runtime.metrics import IGNORE
-from runtime.preprocess import (
+from crnet.data.episodes import Episode
+from crnet.data.evaluation import episode_source, evaluate
+from crnet.models.checkpoint import load_state, save_checkpoint
+from crnet.models.config import CRNetConfig, TrainConfig, preset
+from crnet.models.crnet import CRNet
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.files import atomic_path, write_json_atomic
+from crnet.runtime.metrics import IGNORE
+from crnet.runtime.preprocess import (
     mask_at_input_size,
     mask_from_logits,
     preprocess_image,
@@ -262,13 +262,13 @@ def build_model(train_config: TrainConfig, model_config: CRNetConfig | None = No
     model = CRNet(model_config)
     record = None
     if train_config.init_trunk:
-        from models.imagenet_init import init_trunk
+        from crnet.models.imagenet_init import init_trunk
 
         report = init_trunk(model, train_config.init_trunk)
         record = report.to_dict()
         print(report.summary())
     if train_config.freeze_trunk:
-        from models.imagenet_init import freeze_trunk
+        from crnet.models.imagenet_init import freeze_trunk
 
         freeze_trunk(model)
     return model, record

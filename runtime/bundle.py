@@ -40,9 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.errors import CrnetError
-from runtime.files import exclusive_lock, read_json_file, sha256_regular_file, write_json_atomic
-from runtime.layout import GRAPHS, MANIFEST, MANIFEST_LOCK, PRECISIONS, graph_file
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.files import (
+    exclusive_lock,
+    read_json_file,
+    sha256_regular_file,
+    write_json_atomic,
+)
+from crnet.runtime.layout import GRAPHS, MANIFEST, MANIFEST_LOCK, PRECISIONS, graph_file
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "GRAPHS", "MANIFEST", "PRECISIONS", "Bundle",
            "BundleError", "graph_file", "is_bundle", "manifest_lock", "update_manifest"]

@@ -146,7 +146,7 @@ def current_umask() -> int:
 def check_writable_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
     """Raise UsageError early when ``path`` cannot become a file (it is a directory, or its
     parent is a file), so a long run does not fail at its very end."""
-    from runtime.errors import UsageError
+    from crnet.runtime.errors import UsageError
 
     target = Path(path)
     if target.is_dir():

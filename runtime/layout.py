@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import CrnetError
+from crnet.runtime.errors import CrnetError
 
 MANIFEST = "manifest.json"
 MANIFEST_LOCK = "manifest.lock"  # held while a stage rewrites the manifest (update_manifest)

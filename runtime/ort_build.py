@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import relative_member
-from runtime.layout import ORT_BUILD_DIR, ort_build_relpath
+from crnet.runtime.bundle import relative_member
+from crnet.runtime.layout import ORT_BUILD_DIR, ort_build_relpath
 
 __all__ = ["ORT_BUILD_DIR", "ort_build_path", "ort_build_relpath"]
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from runtime.errors import CrnetError
-from runtime.resize_plans import (
+from crnet.runtime.errors import CrnetError
+from crnet.runtime.resize_plans import (
     coordinates,
     image_plan,
     probability_plan,

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import BackendError
-from runtime.preprocess import InputError, as_rgb_uint8
-from runtime.support_store import UnknownSupportError
+from crnet.runtime.backends.base import BackendError
+from crnet.runtime.preprocess import InputError, as_rgb_uint8
 
 SUPPORT_MODEL = "crnet_support"
 SEGMENT_MODEL = "crnet_segment"
@@ -36,6 +35,10 @@ _TAG = re.compile(r"\[crnet:(\w+)\] (.*?)(?:\n|\\n|$)", re.S)
 _TRANSIENT = ("unavailable", "connection", "not ready", "unknown model", "is not found",
               "failed to connect", "socket closed", "broken pipe", "reset by peer",
               "deadline exceeded", "stub process is not healthy")
+
+
+class UnknownSupportError(InputError):
+    """A support id the store does not hold (never registered, evicted, expired, restart)."""
 
 
 class RemoteError(BackendError):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.resize_kernels import kernels
+from crnet.runtime.resize_kernels import kernels
 
 BLOCK_VALUES = 1 << 16  # float32 values per scratch block (256 KB: several fit in an L2)
 MAX_PLAN_SIDE = 1 << 14  # output sides up to this keep a cached plan

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import (
+from crnet.runtime.backends.base import (
     REGISTRY,
     Backend,
     BackendError,
@@ -40,8 +40,8 @@ from runtime.backends.base import (
     backend_class,
     require_available,
 )
-from runtime.bundle import PRECISIONS, Bundle, BundleError
-from runtime.preprocess import (
+from crnet.runtime.bundle import PRECISIONS, Bundle, BundleError
+from crnet.runtime.preprocess import (
     THRESHOLD,
     InputError,
     as_rgb_uint8,
@@ -51,8 +51,8 @@ from runtime.preprocess import (
     probability_to_image,
     probability_to_mask,
 )
-from runtime.resize_kernels import available as resize_kernels_available
-from runtime.resize_plans import scratch
+from crnet.runtime.resize_kernels import available as resize_kernels_available
+from crnet.runtime.resize_plans import scratch
 
 BACKENDS = ("auto", *REGISTRY)
 _LOG = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Segmenter:
     @classmethod
     def from_backend(cls, backend: Backend, spec: ModelSpec, threshold: float = THRESHOLD
                      ) -> Segmenter:
-        """A Segmenter over a backend built elsewhere (e.g. runtime.bls for Triton)."""
+        """A Segmenter over a backend built elsewhere (e.g. crnet.serve.bls for Triton)."""
         segmenter = cls.__new__(cls)
         segmenter._setup(backend, spec, threshold,
                          choice={"requested": backend.name, "picked": backend.name,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.config import CRNetConfig
+from crnet.models.config import CRNetConfig
 from tests.trt_bindings import (
     CUDA_ENVIRONMENTS,
     TENSORRT_VERSIONS,
@@ -56,10 +56,10 @@ def _auto_keeps_openvino_out(request: pytest.FixtureRequest,
     backend="auto" chooses among the other CPU backends, so that unmarked tests do not load
     OpenVINO into the main pytest process (see that module for why it is kept apart)."""
     if request.node.get_closest_marker("openvino") is None:
-        import runtime.segmenter
+        from crnet.runtime import segmenter
 
-        monkeypatch.setattr(runtime.segmenter, "CPU_ORDER",
-                            tuple(name for name in runtime.segmenter.CPU_ORDER
+        monkeypatch.setattr(segmenter, "CPU_ORDER",
+                            tuple(name for name in segmenter.CPU_ORDER
                                   if name != "openvino"))
 
 
@@ -86,7 +86,7 @@ def real_cuda(request: pytest.FixtureRequest) -> Environment:
 def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small VOC2012-layout tree (data.synthetic.write_voc_tree), fold 0: 30 base-class
     train_aug images, 30 novel-class val images (at least 6 per novel class: 5-shot works)."""
-    from data.synthetic import write_voc_tree
+    from crnet.data.synthetic import write_voc_tree
 
     return write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", fold=0,
                           train_images=30, test_images=30)

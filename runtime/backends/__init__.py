@@ -4,7 +4,7 @@
 backend's module on demand; no backend library is imported by this package.
 """
 
-from runtime.backends.base import (
+from crnet.runtime.backends.base import (
     REGISTRY,
     Backend,
     BackendError,

@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.bundle import Bundle
-from runtime.errors import CrnetError
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.errors import CrnetError
 
 
 class BackendError(CrnetError, RuntimeError):
@@ -181,9 +181,9 @@ def bundle_graph_paths(bundle: Bundle, precision: str) -> dict[str, Path]:
 # torch reference backend lives beside the model, in models/torch_backend.py, and is
 # registered by crnet-deploy's own pyproject), so `runtime` imports no other package.
 BUILTIN_BACKENDS: dict[str, str] = {
-    "tensorrt": "runtime.backends.tensorrt_backend:TensorRTBackend",
-    "onnxruntime": "runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
-    "openvino": "runtime.backends.openvino_backend:OpenVinoBackend",
+    "tensorrt": "crnet.runtime.backends.tensorrt_backend:TensorRTBackend",
+    "onnxruntime": "crnet.runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "crnet.runtime.backends.openvino_backend:OpenVinoBackend",
 }
 ENTRY_POINT_GROUP = "crnet_deploy.backends"
 

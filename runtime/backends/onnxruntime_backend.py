@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError, ModelSpec, bundle_graph_paths
-from runtime.bundle import Bundle
-from runtime.layout import ORT_TRT_CACHE_DIR
-from runtime.ort_build import ort_build_path
+from crnet.runtime.backends.base import Backend, BackendError, ModelSpec, bundle_graph_paths
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.layout import ORT_TRT_CACHE_DIR
+from crnet.runtime.ort_build import ort_build_path
 
 ORT_TRT_CACHE = Path(ORT_TRT_CACHE_DIR)
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -206,7 +206,7 @@ class OnnxRuntimeBackend(Backend):
             self.query_refine = {"pruned": False, "reason": "TensorRT EP: full refine graph"}
             return
         try:
-            from runtime.graph_prune import chain_backbone, prune_to_outputs
+            from crnet.runtime.graph_prune import chain_backbone, prune_to_outputs
 
             refine = self._load_onnx(self.loaded_paths["refine"])
             refine_query = prune_to_outputs(refine, ["query_logits"])
@@ -266,7 +266,7 @@ class OnnxRuntimeBackend(Backend):
         model = onnx.load(str(path))
         if self.activations.get("type") != "uint8":
             return model
-        from runtime.qdq_u8 import activations_to_uint8
+        from crnet.runtime.qdq_u8 import activations_to_uint8
 
         model, count = activations_to_uint8(model)
         self.activations["rewritten"][path.name] = count

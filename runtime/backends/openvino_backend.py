@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError, ModelSpec, bundle_graph_paths
-from runtime.bundle import Bundle
+from crnet.runtime.backends.base import Backend, BackendError, ModelSpec, bundle_graph_paths
+from crnet.runtime.bundle import Bundle
 
 INFERENCE_PRECISIONS = ("f32", "bf16")
 _QUERY_INPUTS = {"image", "support_feat", "support_mask"}
@@ -184,7 +184,7 @@ class OpenVinoBackend(Backend):
         try:
             import onnx
 
-            from runtime.graph_prune import chain_backbone, prune_to_outputs
+            from crnet.runtime.graph_prune import chain_backbone, prune_to_outputs
 
             refine_query = prune_to_outputs(onnx.load(str(self.paths["refine"])),
                                             ["query_logits"])

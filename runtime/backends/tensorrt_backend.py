@@ -1,6 +1,6 @@
 """TensorRT backend (TensorRT 10 and 11): serialized plans, cuda-python host code, no torch.
 
-Engine files, written by `crnet build`, read here (paths from runtime.layout)::
+Engine files, written by `crnet build`, read here (paths from crnet.runtime.layout)::
 
     bundle/engines/<graph>.<precision>.plan     the serialized engine (trtexec can read it)
     bundle/engines/<graph>.<precision>.json     its description, beside (not inside) it
@@ -53,11 +53,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError
-from runtime.bundle import Bundle
-from runtime.files import sha256_file
-from runtime.layout import GRAPHS, engine_paths
-from runtime.preprocess import InputError
+from crnet.runtime.backends.base import Backend, BackendError
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.files import sha256_file
+from crnet.runtime.layout import GRAPHS, engine_paths
+from crnet.runtime.preprocess import InputError
 
 MAX_CACHED_SHAPES = 8
 

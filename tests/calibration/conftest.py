@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.config import CRNetConfig, TrainConfig
-from models.crnet import CRNet
-from models.training import training_record
+from crnet.models.checkpoint import save_checkpoint
+from crnet.models.config import CRNetConfig, TrainConfig
+from crnet.models.crnet import CRNet
+from crnet.models.training import training_record
 from tests.export.conftest import make_tiny_config
 
 CALIBRATION_EPISODES = 6
@@ -31,7 +31,7 @@ def balanced_model(config: CRNetConfig, seed: int = 0, margin_std: float = 4.0) 
     so about half of the query pixels are foreground. (An untouched random model gives
     near-constant probabilities; its mIoU would neither show nor hide any accuracy loss
     reliably.)"""
-    from calibration.reader import base_episodes, episode_arrays
+    from crnet.calibration.reader import base_episodes, episode_arrays
 
     torch.manual_seed(seed)
     model = CRNet(config).eval()
@@ -61,7 +61,7 @@ def balanced_model(config: CRNetConfig, seed: int = 0, margin_std: float = 4.0) 
 @pytest.fixture(scope="session")
 def tiny_bundle_q(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fp32 bundle of the balanced tiny model (exported once per session)."""
-    from export.to_onnx import export_bundle
+    from crnet.export.to_onnx import export_bundle
 
     checkpoint = save_checkpoint(balanced_tiny_model(),
                                  tmp_path_factory.mktemp("checkpoint") / "tiny",
@@ -80,7 +80,7 @@ def copy_bundle(source: Path, destination: Path) -> Path:
 @pytest.fixture(scope="session")
 def quantized_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_q: Path) -> Path:
     """The tiny bundle with fp16 and int8 variants (int8: min-max on a few episodes)."""
-    from calibration.quantize import quantize_fp16, quantize_int8
+    from crnet.calibration.quantize import quantize_fp16, quantize_int8
 
     bundle = copy_bundle(tiny_bundle_q, tmp_path_factory.mktemp("variants") / "bundle")
     quantize_fp16(bundle, check_episodes=2, progress=False)
@@ -97,7 +97,7 @@ VOC_TEST_IMAGES = 15  # 3 per novel class
 @pytest.fixture(scope="session")
 def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small VOC2012-layout tree of fold 0 (data.synthetic.write_voc_tree)."""
-    from data.synthetic import write_voc_tree
+    from crnet.data.synthetic import write_voc_tree
 
     return write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", fold=0,
                           train_images=VOC_TRAIN_IMAGES, test_images=VOC_TEST_IMAGES)
@@ -114,12 +114,12 @@ class PascalReads:
     phase (set ``phase`` as the test moves on)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import data.pascal
+        from crnet.data import pascal
 
         self.phase = "setup"
         self.reads: list[tuple[str, str]] = []
-        load_rgb, read_label = data.pascal.load_rgb, data.pascal.read_label
-        image_size = data.pascal.image_size
+        load_rgb, read_label = pascal.load_rgb, pascal.read_label
+        image_size = pascal.image_size
 
         def tracked_rgb(path: Path) -> np.ndarray:
             self.reads.append((self.phase, Path(path).stem))
@@ -133,9 +133,9 @@ class PascalReads:
             self.reads.append((self.phase, Path(path).stem))
             return image_size(path)
 
-        monkeypatch.setattr(data.pascal, "image_size", tracked_size)
-        monkeypatch.setattr(data.pascal, "load_rgb", tracked_rgb)
-        monkeypatch.setattr(data.pascal, "read_label", tracked_label)
+        monkeypatch.setattr(pascal, "image_size", tracked_size)
+        monkeypatch.setattr(pascal, "load_rgb", tracked_rgb)
+        monkeypatch.setattr(pascal, "read_label", tracked_label)
 
     def ids(self, phase: str | None = None) -> set[str]:
         """Ids read (in ``phase``, or in any)."""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from calibration.quantize import QuantizeError, quantize_fp16, quantize_int8, ranges_fit
-from data.episodes import fold_classes
-from runtime.bundle import Bundle
+from crnet.calibration.quantize import QuantizeError, quantize_fp16, quantize_int8, ranges_fit
+from crnet.data.episodes import fold_classes
+from crnet.runtime.bundle import Bundle
 from tests.calibration.conftest import PascalReads, copy_bundle, split_ids
 
 

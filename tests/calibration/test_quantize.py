@@ -10,20 +10,20 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from calibration import quantize
-from calibration.quantize import (
+from crnet.calibration import quantize
+from crnet.calibration.quantize import (
     QuantizeError,
     load_ranges,
     quantize_int8,
     save_ranges,
 )
-from calibration.sensitivity import SensitivitySet
+from crnet.calibration.sensitivity import SensitivitySet
 from crnet.cli import main as crnet_main
+from crnet.data.evaluation import evaluate, gate_record, segmenter_predictor
 from crnet.evaluate import load_gates
-from data.evaluation import evaluate, gate_record, segmenter_predictor
-from export.lint import lint_bundle
-from runtime.bundle import Bundle
-from runtime.layout import RANGES_FILE, trt_calibration_cache
+from crnet.export.lint import lint_bundle
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.layout import RANGES_FILE, trt_calibration_cache
 from tests.calibration.conftest import CALIBRATION_EPISODES, copy_bundle
 
 GRAPHS = ("backbone", "refine")
@@ -175,8 +175,8 @@ def plant_bad_ranges(bundle: Path, graph: str) -> None:
 
 
 def test_gate_fails_with_planted_bad_ranges(quantized_bundle: Path, tmp_path: Path) -> None:
-    from data.synthetic import Synthetic5i
-    from runtime import Segmenter
+    from crnet.data.synthetic import Synthetic5i
+    from crnet.runtime import Segmenter
 
     bundle = copy_bundle(quantized_bundle, tmp_path / "bundle")
     gate = load_gates()["int8"]
@@ -224,8 +224,8 @@ def test_sensitivity_keeps_a_broken_layer_in_fp32(quantized_bundle: Path,
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_variants_run_as_one_cut_query_session(quantized_bundle: Path, precision: str) -> None:
-    from runtime.backends import backend_class
-    from runtime.bundle import Bundle
+    from crnet.runtime.backends import backend_class
+    from crnet.runtime.bundle import Bundle
 
     bundle = Bundle.load(quantized_bundle)
     rng = np.random.default_rng(0)

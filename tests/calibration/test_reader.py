@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.reader import FeedReader, base_episodes, collect_feeds, cpu_session
-from data.episodes import novel_classes
-from runtime.bundle import Bundle
+from crnet.calibration.reader import FeedReader, base_episodes, collect_feeds, cpu_session
+from crnet.data.episodes import novel_classes
+from crnet.runtime.bundle import Bundle
 
 
 def feeds_of(bundle: Path, count: int = 3, shots: int = 1, seed: int = 0):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibration.quantize import load_ranges, quantize_int8, save_ranges
-from calibration.sensitivity import _fake_quantize, _weight_amax
-from runtime.layout import RANGES_FILE
+from crnet.calibration.quantize import load_ranges, quantize_int8, save_ranges
+from crnet.calibration.sensitivity import _fake_quantize, _weight_amax
+from crnet.runtime.layout import RANGES_FILE
 from tests.calibration.conftest import copy_bundle
 
 WORST = "refine:model.refinement.classifier.weight"

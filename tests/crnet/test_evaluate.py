@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from crnet.cli import main as crnet_main
+from crnet.data.evaluation import format_table
 from crnet.evaluate import load_gates, main
-from data.evaluation import format_table
 from tests.export.conftest import save_tiny_checkpoint
 
 CONTRACT_KEYS = {"miou", "fbiou", "reference_miou", "delta_miou"}
@@ -20,7 +20,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_eval_of_a_bundle_writes_the_contract_json(checkpoint: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from export.to_onnx import export_bundle
+    from crnet.export.to_onnx import export_bundle
 
     bundle = tmp_path / "bundle"
     export_bundle(bundle, checkpoint, parity_episodes=2, progress=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from crnet.evaluate import main
-from runtime.backends.base import backend_class
+from crnet.runtime.backends.base import backend_class
 from tests.runtime.bundles import export_tiny_bundle
 
 pytestmark = pytest.mark.openvino  # run in their own process: tests/test_openvino_isolated.py

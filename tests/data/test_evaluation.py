@@ -1,12 +1,12 @@
-"""data.evaluation: the fold mean over the fold's classes, and the sampler choice."""
+"""crnet.data.evaluation: the fold mean over the fold's classes, and the sampler choice."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from data.episodes import DatasetError, Episode
-from data.evaluation import episode_source, evaluate, evaluate_many
+from crnet.data.episodes import DatasetError, Episode
+from crnet.data.evaluation import episode_source, evaluate, evaluate_many
 
 
 def _episode(class_id: int, target: list[int]) -> Episode:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.folder import FolderDataset
+from crnet.data.folder import FolderDataset
 
 H, W = 48, 64
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.pascal import Pascal5i
+from crnet.data.pascal import Pascal5i
 
 H, W = 48, 64
 
@@ -175,7 +175,7 @@ def test_voc_tree_without_aug_falls_back_to_palette_labels(tmp_path) -> None:
     grey SegmentationClassAug ones; without the Aug folder they are read instead."""
     import shutil
 
-    from data.synthetic import write_voc_tree
+    from crnet.data.synthetic import write_voc_tree
 
     root = write_voc_tree(tmp_path / "voc", fold=0, train_images=3, test_images=10)
     with_aug = Pascal5i(root, fold=0)
@@ -195,7 +195,7 @@ def test_voc_tree_without_aug_falls_back_to_palette_labels(tmp_path) -> None:
 
 
 def test_too_few_images_names_the_class(tmp_path) -> None:
-    from data.synthetic import write_voc_tree
+    from crnet.data.synthetic import write_voc_tree
 
     root = write_voc_tree(tmp_path / "voc", fold=1, train_images=3, test_images=10)
     dataset = Pascal5i(root, fold=1)

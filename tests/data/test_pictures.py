@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from data.pictures import TRUTH_COLOR, grid, overlay, save_png
+from crnet.data.pictures import TRUTH_COLOR, grid, overlay, save_png
 
 
 def test_overlay_tints_only_the_mask() -> None:

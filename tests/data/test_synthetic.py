@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.episodes import IGNORE, fold_classes
-from data.pascal import Pascal5i
-from data.synthetic import CLASS_NAMES, CLASS_STYLES, Synthetic5i, main
+from crnet.data.episodes import IGNORE, fold_classes
+from crnet.data.pascal import Pascal5i
+from crnet.data.synthetic import CLASS_NAMES, CLASS_STYLES, Synthetic5i, main
 
 SIZE = 321
 
@@ -131,8 +131,8 @@ def test_preview(tmp_path, capsys) -> None:
 def test_write_voc_tree_is_read_by_the_pascal_loader(tmp_path: Path) -> None:
     from PIL import Image
 
-    from data.pascal import Pascal5i
-    from data.synthetic import voc_palette, write_voc_tree
+    from crnet.data.pascal import Pascal5i
+    from crnet.data.synthetic import voc_palette, write_voc_tree
 
     root = write_voc_tree(tmp_path / "voc", fold=1, train_images=45, test_images=10)
     grey = sorted((root / "SegmentationClassAug").glob("*.png"))

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.config import CRNetConfig, TrainConfig
-from models.crnet import CRNet
-from models.training import training_record
+from crnet.models.checkpoint import save_checkpoint
+from crnet.models.config import CRNetConfig, TrainConfig
+from crnet.models.crnet import CRNet
+from crnet.models.training import training_record
 from tests.conftest import tiny_config
 
 PARITY_EPISODES = 4
@@ -37,7 +37,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     """A bundle exported once per session from the tiny checkpoint (parity on 4 episodes)."""
-    from export.to_onnx import export_bundle
+    from crnet.export.to_onnx import export_bundle
 
     out = tmp_path_factory.mktemp("export") / "bundle"
     export_bundle(out, tiny_checkpoint, parity_episodes=PARITY_EPISODES, progress=False)

@@ -27,7 +27,7 @@ def test_export_refuses_an_opset_it_cannot_write(tmp_path: Path, opset: str,
 
 
 def test_export_bundle_refuses_an_unsupported_opset(tmp_path: Path) -> None:
-    from export.to_onnx import ExportError, export_bundle
+    from crnet.export.to_onnx import ExportError, export_bundle
 
     with pytest.raises(ExportError, match="opset 7"):
         export_bundle(tmp_path / "b", opset=7, progress=False)
@@ -67,8 +67,8 @@ def test_json_to_a_directory_is_refused_before_the_run(tmp_path: Path, command: 
 
 
 def test_onnxruntime_errors_become_backend_errors(tiny_bundle: Path) -> None:
-    from runtime import Segmenter
-    from runtime.backends.base import BackendError
+    from crnet.runtime import Segmenter
+    from crnet.runtime.backends.base import BackendError
 
     with Segmenter(tiny_bundle, backend="onnxruntime", threads=1) as segmenter:
         with pytest.raises(BackendError, match="image"):

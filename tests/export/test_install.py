@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from export import to_onnx
-from export.to_onnx import ExportError, _install, clean_leftovers, export_bundle
-from runtime.bundle import FORMAT, is_bundle
-from runtime.files import clean_stale_directories, make_owned_directory, scratch_directory
+from crnet.export import to_onnx
+from crnet.export.to_onnx import ExportError, _install, clean_leftovers, export_bundle
+from crnet.runtime.bundle import FORMAT, is_bundle
+from crnet.runtime.files import clean_stale_directories, make_owned_directory, scratch_directory
 
 DEAD_PID = 2**31 - 2  # above any pid_max: never a running process
 
@@ -36,7 +36,7 @@ def test_force_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
 
 def test_the_cli_refuses_force_on_a_directory_that_is_not_a_bundle(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from runtime.errors import run_command
+    from crnet.cli.exit_codes import run_command
 
     out = tmp_path / "v"
     out.mkdir()

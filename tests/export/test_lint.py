@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from crnet.cli import main as crnet_main
-from export.lint import ERROR, Finding, format_table, lint_bundle, lint_model, main
+from crnet.export.lint import ERROR, Finding, format_table, lint_bundle, lint_model, main
 
 
 def make_model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],

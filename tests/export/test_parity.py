@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.parity import MAX_DELTA_MIOU, MIN_AGREEMENT, ParityError, check_parity
-from models.checkpoint import load_checkpoint
-from runtime.bundle import Bundle
+from crnet.export.parity import MAX_DELTA_MIOU, MIN_AGREEMENT, ParityError, check_parity
+from crnet.models.checkpoint import load_checkpoint
+from crnet.runtime.bundle import Bundle
 
 
 def graphs(bundle: Path) -> tuple[Bundle]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.files import sha256_file
+from crnet.runtime.files import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from crnet.cli import main as crnet_main
-from export.parity import ParityError
-from export.to_onnx import ExportError, export_bundle, failed_dir, main
-from models import checkpoint as checkpoint_module
-from models.checkpoint import CheckpointError, load_checkpoint
-from runtime.bundle import Bundle, BundleError
+from crnet.export.parity import ParityError
+from crnet.export.to_onnx import ExportError, export_bundle, failed_dir, main
+from crnet.models import checkpoint as checkpoint_module
+from crnet.models.checkpoint import CheckpointError, load_checkpoint
+from crnet.runtime.bundle import Bundle, BundleError
 from tests.export.conftest import PARITY_EPISODES, make_tiny_config, save_tiny_checkpoint
 
 
@@ -167,7 +167,7 @@ def test_force_replaces_and_failed_parity_leaves_only_dir_failed(
     assert not (out / "old.txt").exists() and (out / "manifest.json").exists()
     assert manifest["parity"]["passed"] and siblings(out) == ["bundle"]
 
-    import export.parity as parity
+    import crnet.export.parity as parity
 
     real_check = parity.check_parity
 

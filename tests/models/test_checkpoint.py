@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
-from models.config import CRNetConfig
-from models.crnet import CRNet
+from crnet.models.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from crnet.models.config import CRNetConfig
+from crnet.models.crnet import CRNet
 
 
 def test_save_load_round_trip_is_bit_exact(tiny_config: CRNetConfig, tmp_path) -> None:

@@ -12,15 +12,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.checkpoint import (
+from crnet.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_checkpoint_info,
     read_safetensors_header,
     save_checkpoint,
 )
-from models.config import ConfigError, CRNetConfig
-from models.crnet import CRNet
+from crnet.models.config import ConfigError, CRNetConfig
+from crnet.models.crnet import CRNet
 
 
 def _saved(config: CRNetConfig, directory: Path) -> Path:
@@ -57,7 +57,7 @@ def test_a_verified_checkpoint_says_so(tiny_config: CRNetConfig, tmp_path: Path)
 
 
 def test_export_records_an_unverified_checkpoint(tiny_config: CRNetConfig, tmp_path: Path) -> None:
-    from export.to_onnx import export_bundle
+    from crnet.export.to_onnx import export_bundle
 
     weights = _saved(tiny_config, tmp_path)
     _edit_meta(weights, lambda meta: meta.pop("sha256"))
@@ -67,14 +67,14 @@ def test_export_records_an_unverified_checkpoint(tiny_config: CRNetConfig, tmp_p
     manifest = export_bundle(tmp_path / "b", weights, parity_episodes=1, progress=False,
                              allow_unverified_checkpoint=True)
     assert manifest["source_checkpoint"]["verified"] is False
-    from runtime import Segmenter
+    from crnet.runtime import Segmenter
 
     with Segmenter(tmp_path / "b", backend="torch") as segmenter:  # the manifest's hash holds
         assert segmenter.backend_name == "torch"
 
 
 def test_the_cli_flag_is_documented() -> None:
-    from export import to_onnx
+    from crnet.export import to_onnx
 
     with pytest.raises(SystemExit):
         to_onnx.main(["--help"])
@@ -102,7 +102,7 @@ def test_header_shapes_are_compared_before_the_model_is_built(
     other = CRNetConfig(**{**tiny_config.to_dict(), "feature_channels": 24})
     weights = _saved(other, tmp_path)
     _edit_meta(weights, lambda meta: meta.update(config=tiny_config.to_dict()))
-    import models.checkpoint as checkpoint
+    import crnet.models.checkpoint as checkpoint
 
     real = checkpoint.CRNet
 
@@ -123,7 +123,7 @@ def test_integer_weights_are_refused(tiny_config: CRNetConfig, tmp_path: Path) -
     tensors[name] = tensors[name].round().to(torch.int64)
     weights = tmp_path / "model.safetensors"
     save_file(tensors, str(weights), metadata={"format": "crnet-deploy/checkpoint"})
-    from runtime.files import sha256_file
+    from crnet.runtime.files import sha256_file
 
     (tmp_path / "model.json").write_text(json.dumps({
         "format": "crnet-deploy/checkpoint", "format_version": 1,

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from models.config import PRESETS, CRNetConfig, preset
-from models.crnet import CRNet, resize_mask
+from crnet.models.config import PRESETS, CRNetConfig, preset
+from crnet.models.crnet import CRNet, resize_mask
 
 
 def _inputs(config: CRNetConfig, shots: int, size: tuple[int, int] | None = None):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.config import TrainConfig, preset
-from models.crnet import CRNet
-from models.imagenet_init import TrunkInitError, init_trunk, read_state_dict, trunk_key
+from crnet.models.config import TrainConfig, preset
+from crnet.models.crnet import CRNet
+from crnet.models.imagenet_init import TrunkInitError, init_trunk, read_state_dict, trunk_key
 
 # torchvision.models.resnet50: (stage, blocks, width); bottleneck out = 4 x width
 RESNET50_STAGES = (("layer1", 3, 64), ("layer2", 4, 128), ("layer3", 6, 256), ("layer4", 3, 512))
@@ -175,8 +175,8 @@ def test_canet_recipe_keeps_the_imported_trunk_frozen(torchvision_file: Path,
     """A few SGD steps of crnet-r50 (65x65 inputs to stay quick): the trunk tensors in the
     saved checkpoint equal the imported ones (BatchNorm statistics included); the rest
     trains."""
-    from models.checkpoint import load_checkpoint
-    from models.training import train
+    from crnet.models.checkpoint import load_checkpoint
+    from crnet.models.training import train
 
     config = TrainConfig.for_recipe("canet", preset="crnet-r50", steps=2, batch=1,
                                     input_size=65, eval_every=2, eval_episodes=1,

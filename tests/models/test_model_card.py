@@ -1,4 +1,4 @@
-"""models.model_card for any checkpoint: a tiny checkpoint on the VOC-layout fixture."""
+"""crnet.models.model_card for any checkpoint: a tiny checkpoint on the VOC-layout fixture."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.checkpoint import save_checkpoint
-from models.config import CRNetConfig, TrainConfig
-from models.crnet import CRNet
-from models.training import training_record
+from crnet.models.checkpoint import save_checkpoint
+from crnet.models.config import CRNetConfig, TrainConfig
+from crnet.models.crnet import CRNet
+from crnet.models.training import training_record
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def tiny_pascal_checkpoint(tiny_config: CRNetConfig, tmp_path: Path) -> Path:
 
 def test_card_for_a_pascal_checkpoint(tiny_pascal_checkpoint: Path, voc_root: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from models.model_card import main
+    from crnet.models.model_card import main
 
     assert main(["--checkpoint", str(tiny_pascal_checkpoint), "--dataset", "pascal-5i",
                  "--data-root", str(voc_root), "--episodes", "3", "--swap-episodes", "2"]) == 0
@@ -38,7 +38,7 @@ def test_card_for_a_pascal_checkpoint(tiny_pascal_checkpoint: Path, voc_root: Pa
     assert "| 1 | aeroplane |" in card  # VOC names, not synthetic ones
     assert f"--dataset pascal-5i --data-root {voc_root} --fold 0 --shots 5 --episodes 3" in card
     assert "another class present in the query" in card
-    assert (f"python -m models.model_card --checkpoint {tiny_pascal_checkpoint.as_posix()} "
+    assert (f"python -m crnet.models.model_card --checkpoint {tiny_pascal_checkpoint.as_posix()} "
             f"--dataset pascal-5i --data-root {voc_root} --fold 0 --episodes 3 "
             "--swap-episodes 2") in card
     assert "crnet train --preset crnet-lite --dataset pascal-5i --data-root /data/VOC2012" in card
@@ -50,7 +50,7 @@ def test_card_for_a_pascal_checkpoint(tiny_pascal_checkpoint: Path, voc_root: Pa
 
 
 def test_pascal_swap_pairs_share_the_query_and_differ_in_support(voc_root: Path) -> None:
-    from data.pascal import Pascal5i
+    from crnet.data.pascal import Pascal5i
 
     true_episodes, swapped = Pascal5i(voc_root, 0).swapped_support_episodes(4)
     assert len(true_episodes) == len(swapped) == 4
@@ -65,8 +65,8 @@ def test_card_for_a_folder_has_no_swap_section(tiny_pascal_checkpoint: Path,
                                                tmp_path: Path) -> None:
     from PIL import Image
 
-    from data.synthetic import Synthetic5i
-    from models.model_card import build_card
+    from crnet.data.synthetic import Synthetic5i
+    from crnet.models.model_card import build_card
 
     folder = tmp_path / "mine"
     source = Synthetic5i(0, split="test", image_size=64)
@@ -84,8 +84,8 @@ def test_card_for_a_folder_has_no_swap_section(tiny_pascal_checkpoint: Path,
 
 
 def test_card_usage_errors(tiny_pascal_checkpoint: Path) -> None:
-    from models.model_card import main
-    from runtime.errors import UsageError
+    from crnet.models.model_card import main
+    from crnet.runtime.errors import UsageError
 
     with pytest.raises(UsageError, match="needs --data-root"):
         main(["--checkpoint", str(tiny_pascal_checkpoint), "--dataset", "pascal-5i"])
@@ -96,8 +96,8 @@ def test_card_usage_errors(tiny_pascal_checkpoint: Path) -> None:
 def test_the_shipped_card_still_renders_from_its_record(tmp_path: Path) -> None:
     """The bundled crnet-lite checkpoint (trained before recipes existed) still gets the
     synthetic-5i scratch card."""
-    from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
-    from models.model_card import render_card
+    from crnet.models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
+    from crnet.models.model_card import render_card
 
     info = read_checkpoint_info(DEFAULT_CHECKPOINT)
     figures = {"dataset": "synthetic-5i", "fold": 0, "episodes": 1000,

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from models.config import CRNetConfig, preset
-from models.summary import flops_entry, format_summary, summarize
+from crnet.models.config import CRNetConfig, preset
+from crnet.models.summary import flops_entry, format_summary, summarize
 
 
 def test_flops_of_the_query_branch(tiny_config: CRNetConfig) -> None:

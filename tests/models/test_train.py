@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.config import CRNetConfig, TrainConfig
-from models.training import learning_rate, train
+from crnet.models.checkpoint import load_checkpoint
+from crnet.models.config import CRNetConfig, TrainConfig
+from crnet.models.training import learning_rate, train
 
 
 def test_train_evaluates_saves_and_resumes(tiny_config: CRNetConfig, tmp_path: Path) -> None:
@@ -44,10 +44,10 @@ def test_the_trained_fold_reaches_calibration_and_parity(tiny_config: CRNetConfi
                                                          tmp_path: Path) -> None:
     """A checkpoint from `crnet train --fold 2` is calibrated and checked on fold 2: the
     fold is read from what training really writes (training.train.fold)."""
-    from calibration.quantize import default_fold
-    from export.to_onnx import export_bundle
-    from models.provenance import training_fold
-    from runtime.bundle import Bundle
+    from crnet.calibration.quantize import default_fold
+    from crnet.export.to_onnx import export_bundle
+    from crnet.models.provenance import training_fold
+    from crnet.runtime.bundle import Bundle
 
     settings = dict(fold=2, steps=1, batch=1, eval_every=1, eval_episodes=1, save_every=1,
                     warmup=1, threads=1)
@@ -63,7 +63,7 @@ def test_the_trained_fold_reaches_calibration_and_parity(tiny_config: CRNetConfi
 
 
 def test_provenance_refuses_an_impossible_fold() -> None:
-    from models.provenance import ProvenanceError, training_fold
+    from crnet.models.provenance import ProvenanceError, training_fold
 
     assert training_fold({}) is None and training_fold({"fold": 3}) is None
     with pytest.raises(ProvenanceError, match="fold 7"):
@@ -75,7 +75,7 @@ def test_frozen_trunk_stays_as_it_was_and_the_head_trains(tiny_config: CRNetConf
     """CaNet's recipe on the tiny model: SGD, the trunk (BatchNorm statistics included)
     leaves training bit-identical, the rest changes. (The crnet-r50 + --init-trunk version
     is tests/models/test_imagenet_init.py, marked slow.)"""
-    from models.crnet import CRNet
+    from crnet.models.crnet import CRNet
 
     config = TrainConfig.for_recipe("canet", steps=2, batch=2, input_size=65, eval_every=2,
                                     eval_episodes=1, save_every=2, threads=1)
@@ -126,7 +126,7 @@ def test_cuda_with_amp_and_grad_scaler(tiny_config: CRNetConfig, tmp_path: Path)
 def test_cuda_without_a_gpu_says_so(tiny_config: CRNetConfig, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present here")
-    from models.training import TrainingError
+    from crnet.models.training import TrainingError
 
     with pytest.raises(TrainingError, match="--device cuda: torch .* sees no CUDA device"):
         train(TrainConfig(device="cuda", steps=1), tmp_path / "run", model_config=tiny_config,
@@ -135,7 +135,7 @@ def test_cuda_without_a_gpu_says_so(tiny_config: CRNetConfig, tmp_path: Path) ->
 
 
 def test_resume_without_state_is_an_error(tiny_config: CRNetConfig, tmp_path: Path) -> None:
-    from models.training import TrainingError
+    from crnet.models.training import TrainingError
 
     with pytest.raises(TrainingError, match=r"--resume: no saved state in .*drop --resume"):
         train(TrainConfig(steps=1), tmp_path, resume=True, model_config=tiny_config,
@@ -157,8 +157,8 @@ def test_resume_without_state_is_an_error(tiny_config: CRNetConfig, tmp_path: Pa
     (["--preset", "crnet-r101"], "unknown preset"),
 ])
 def test_cli_usage_errors_write_nothing(argv: list[str], message: str, tmp_path: Path) -> None:
-    from models.train import main
-    from runtime.errors import UsageError
+    from crnet.models.train import main
+    from crnet.runtime.errors import UsageError
 
     run_dir = tmp_path / "run"
     with pytest.raises(UsageError, match=message):
@@ -167,9 +167,9 @@ def test_cli_usage_errors_write_nothing(argv: list[str], message: str, tmp_path:
 
 
 def test_cli_bad_run_dir_resume_and_device(tmp_path: Path) -> None:
-    from models.train import main
-    from models.training import TrainingError
-    from runtime.errors import UsageError
+    from crnet.models.train import main
+    from crnet.models.training import TrainingError
+    from crnet.runtime.errors import UsageError
 
     a_file = tmp_path / "file.txt"
     a_file.write_text("not a directory")
@@ -185,7 +185,7 @@ def test_cli_bad_run_dir_resume_and_device(tmp_path: Path) -> None:
 
 
 def test_cli_recipe_defaults_follow_init_trunk(tmp_path: Path) -> None:
-    from models.train import build_parser, train_config_from_args
+    from crnet.models.train import build_parser, train_config_from_args
 
     parser = build_parser()
     lite = train_config_from_args(parser.parse_args([]))

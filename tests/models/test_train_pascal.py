@@ -50,8 +50,8 @@ def test_eval_sampler_is_refused_on_synthetic(tmp_path: Path,
 
 @pytest.mark.slow
 def test_r50_with_init_trunk_on_pascal(voc_root: Path, tmp_path: Path) -> None:
-    from models.checkpoint import load_checkpoint
-    from models.imagenet_init import trunk_key
+    from crnet.models.checkpoint import load_checkpoint
+    from crnet.models.imagenet_init import trunk_key
     from tests.models.test_imagenet_init import resnet50_state_dict
 
     weights = tmp_path / "resnet50-11ad3fa6.pth"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.crnet import CRNet
+from crnet.models.crnet import CRNet
 from tests.conftest import tiny_config
 
 # A random-weight model's logits are nearly equal (every probability ~0.52), which makes
@@ -25,8 +25,8 @@ def tiny_model(seed: int = 0) -> CRNet:
         classifier.weight.mul_(CLASSIFIER_SCALE)
         classifier.bias.zero_()
         # Centre the query logit difference on one episode so masks are about half full.
-        from data.synthetic import Synthetic5i
-        from runtime.preprocess import mask_at_input_size, preprocess_image
+        from crnet.data.synthetic import Synthetic5i
+        from crnet.runtime.preprocess import mask_at_input_size, preprocess_image
 
         config = model.config
         episode = Synthetic5i(0, split="test", seed=seed).episode(0, 1)
@@ -42,7 +42,7 @@ def tiny_model(seed: int = 0) -> CRNet:
 
 def export_tiny_bundle(out: Path, seed: int = 0) -> Path:
     """Export ``tiny_model(seed)`` to ``out`` with export.to_onnx.export_bundle."""
-    from export.to_onnx import export_bundle
+    from crnet.export.to_onnx import export_bundle
 
     export_bundle(out, model=tiny_model(seed), parity_episodes=2, progress=False)
     return out
@@ -50,7 +50,7 @@ def export_tiny_bundle(out: Path, seed: int = 0) -> Path:
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an RGB uint8 image (test helper)."""
-    from runtime.preprocess import resize_bilinear
+    from crnet.runtime.preprocess import resize_bilinear
 
     return np.clip(np.rint(resize_bilinear(image, size)), 0, 255).astype(np.uint8)
 

@@ -19,7 +19,7 @@ def runtime_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def episode():  # noqa: ANN201 - data.episodes.Episode
     """One 2-shot synthetic-5i test episode."""
-    from data.synthetic import Synthetic5i
+    from crnet.data.synthetic import Synthetic5i
 
     return Synthetic5i(0, split="test", seed=0).episode(3, shots=2)
 
@@ -27,7 +27,7 @@ def episode():  # noqa: ANN201 - data.episodes.Episode
 @pytest.fixture(scope="session")
 def ort_segmenter(runtime_bundle: Path, episode):  # noqa: ANN001, ANN201
     """An onnxruntime Segmenter with the episode's supports set."""
-    from runtime import Segmenter
+    from crnet.runtime import Segmenter
 
     segmenter = Segmenter(runtime_bundle, backend="onnxruntime", threads=1)
     segmenter.set_support(list(episode.support_images), list(episode.support_masks))
@@ -40,9 +40,9 @@ def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny bundle with decisive masks (tests/calibration's balanced model: the runtime
     bundle's x200 classifier turns any int8 rounding into mask flips) and an int8 variant
     (min-max on a few episodes)."""
-    from calibration.quantize import quantize_int8
-    from export.to_onnx import export_bundle
-    from models.checkpoint import save_checkpoint
+    from crnet.calibration.quantize import quantize_int8
+    from crnet.export.to_onnx import export_bundle
+    from crnet.models.checkpoint import save_checkpoint
     from tests.calibration.conftest import balanced_tiny_model
 
     root = tmp_path_factory.mktemp("int8")

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-import runtime.segmenter as segmenter_module
-from runtime.backends import BackendError, backend_class
-from runtime.bundle import Bundle, record_gates
-from runtime.segmenter import auto_choice
+import crnet.runtime.segmenter as segmenter_module
+from crnet.runtime.backends import BackendError, backend_class
+from crnet.runtime.bundle import Bundle, record_gates
+from crnet.runtime.segmenter import auto_choice
 
 
 def _available(name: str, present: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +97,7 @@ def test_no_passing_backend_runs_the_fastest_with_a_warning(
         bundle_copy: Path, measured_order: None, caplog: pytest.LogCaptureFixture) -> None:
     record_gates(bundle_copy, [_gate("openvino", "fp16", False),
                                _gate("onnxruntime", "fp16", False)])
-    with caplog.at_level(logging.WARNING, logger="runtime.segmenter"):
+    with caplog.at_level(logging.WARNING, logger="crnet.runtime.segmenter"):
         name, why = auto_choice("auto", Bundle.load(bundle_copy), "fp16")
     assert name == "openvino" and "running it ungated" in why
     assert "no installed backend passed the fp16 gate" in caplog.text
@@ -127,7 +127,7 @@ def test_ungated_records_and_absent_variants_are_not_written(runtime_bundle: Pat
 
 
 def test_cpu_auto_describes_its_choice(runtime_bundle: Path) -> None:
-    from runtime import Segmenter
+    from crnet.runtime import Segmenter
 
     if backend_class("tensorrt").has_engines(Bundle.load(runtime_bundle), "fp32"):
         pytest.skip("this bundle has TensorRT engines")

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backends import REGISTRY, BackendError, availability, backend_class
-from runtime.backends.base import ModelSpec
-from runtime.bundle import Bundle
+from crnet.runtime.backends import REGISTRY, BackendError, availability, backend_class
+from crnet.runtime.backends.base import ModelSpec
+from crnet.runtime.bundle import Bundle
 
 
 def test_registry_and_availability() -> None:
@@ -68,7 +68,7 @@ def test_onnxruntime_query_sessions_and_their_fallback(
     def refuse(*_: object) -> None:
         raise ValueError("cannot prune this graph")
 
-    monkeypatch.setattr("runtime.graph_prune.prune_to_outputs", refuse)
+    monkeypatch.setattr("crnet.runtime.graph_prune.prune_to_outputs", refuse)
     with backend_type(bundle, "fp32", threads=1) as backend:
         info = backend.describe()["query_refine"]
         assert not info["pruned"] and "cannot prune this graph" in info["reason"]

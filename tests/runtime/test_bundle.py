@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from runtime import Segmenter
-from runtime.bundle import Bundle, BundleError, is_bundle, update_manifest
-from runtime.files import sha256_file
-from runtime.ort_build import ort_build_path
+from crnet.runtime import Segmenter
+from crnet.runtime.bundle import Bundle, BundleError, is_bundle, update_manifest
+from crnet.runtime.files import sha256_file
+from crnet.runtime.ort_build import ort_build_path
 
 
 @pytest.fixture
@@ -196,8 +196,8 @@ def test_concurrent_manifest_writers_do_not_lose_an_update(bundle_copy: Path) ->
 
 
 def test_a_held_lock_gives_a_clear_error(bundle_copy: Path) -> None:
-    from runtime.bundle import manifest_lock
-    from runtime.files import exclusive_lock
+    from crnet.runtime.bundle import manifest_lock
+    from crnet.runtime.files import exclusive_lock
 
     with exclusive_lock(bundle_copy / "manifest.lock", "test"):
         failure: list[BaseException] = []
@@ -221,7 +221,7 @@ def test_a_held_lock_gives_a_clear_error(bundle_copy: Path) -> None:
 def test_tensorrt_engine_files_must_be_listed(bundle_copy: Path) -> None:
     """The tensorrt backend loads plans and their json: unlisted ones are refused (this
     runs before TensorRT is imported, so it needs none)."""
-    from runtime.backends.tensorrt_backend import TensorRTBackend
+    from crnet.runtime.backends.tensorrt_backend import TensorRTBackend
 
     engines = bundle_copy / "engines"
     engines.mkdir(exist_ok=True)

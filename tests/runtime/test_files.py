@@ -1,4 +1,4 @@
-"""runtime.files: durable atomic writes, the umask read without being changed, JSON
+"""crnet.runtime.files: durable atomic writes, the umask read without being changed, JSON
 reading that never tracebacks, regular-file hashing."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.files import (
+from crnet.runtime.files import (
     current_umask,
     read_json_file,
     sha256_regular_file,
@@ -76,7 +76,7 @@ def _proc_umask() -> int:
 
 def test_published_bundles_do_not_call_os_umask(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from export.to_onnx import _publishable
+    from crnet.export.to_onnx import _publishable
 
     (tmp_path / "a.onnx").write_bytes(b"x")
     monkeypatch.setattr(os, "umask", lambda mask: (_ for _ in ()).throw(

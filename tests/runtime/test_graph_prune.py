@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from runtime.bundle import Bundle
-from runtime.graph_prune import chain_backbone, prune_to_outputs
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.graph_prune import chain_backbone, prune_to_outputs
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:

@@ -14,9 +14,9 @@ def run_python(code: str) -> str:
 def test_import_runtime_does_not_import_torch_or_tensorrt() -> None:
     code = (
         "import sys, runtime, runtime.files, runtime.segmenter, runtime.backends\n"
-        "import runtime.backends.onnxruntime_backend, runtime.backends.tensorrt_backend\n"
-        "import models.torch_backend, runtime.backends.openvino_backend\n"
-        "from runtime import Segmenter\n"
+        "import crnet.runtime.backends.onnxruntime_backend, runtime.backends.tensorrt_backend\n"
+        "import crnet.models.torch_backend, runtime.backends.openvino_backend\n"
+        "from crnet.runtime import Segmenter\n"
         "heavy = sorted(m for m in ('torch', 'tensorrt', 'onnxruntime', 'openvino')\n"
         "               if m in sys.modules)\n"
         "print(','.join(heavy))\n"
@@ -28,8 +28,8 @@ def test_onnxruntime_segmenter_never_imports_torch(runtime_bundle: Path) -> None
     code = (
         "import sys\n"
         "import numpy as np\n"
-        "from runtime import Segmenter\n"
-        "from runtime.backends import availability\n"
+        "from crnet.runtime import Segmenter\n"
+        "from crnet.runtime.backends import availability\n"
         "availability()\n"
         f"seg = Segmenter({str(runtime_bundle)!r}, backend='onnxruntime')\n"
         "image = np.zeros((90, 120, 3), np.uint8)\n"

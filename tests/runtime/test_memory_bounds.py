@@ -19,7 +19,7 @@ HEADROOM_MB = 96  # address space allowed beyond what the process holds before t
 SCRIPT = textwrap.dedent("""
     import resource, sys
     import numpy as np
-    from runtime import preprocess as p
+    from crnet.runtime import preprocess as p
 
     def vm_bytes():
         for line in open("/proc/self/status"):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.metrics import FewShotMeter
+from crnet.runtime.metrics import FewShotMeter
 
 X = 255  # ignore
 

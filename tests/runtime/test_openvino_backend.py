@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backends import BackendError, backend_class
-from runtime.bundle import Bundle
+from crnet.runtime.backends import BackendError, backend_class
+from crnet.runtime.bundle import Bundle
 
 pytestmark = pytest.mark.openvino  # run in their own process: tests/test_openvino_isolated.py
 
@@ -33,8 +33,8 @@ def _miou(masks: list[np.ndarray], truths: list[np.ndarray]) -> float:
 
 def _segment_episodes(bundle: Path, backend: str, precision: str, **options: object
                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from data.synthetic import Synthetic5i
-    from runtime import Segmenter
+    from crnet.data.synthetic import Synthetic5i
+    from crnet.runtime import Segmenter
 
     dataset = Synthetic5i(0, split="test", seed=0)
     masks, truths = [], []
@@ -53,8 +53,8 @@ def test_without_openvino_the_reason_names_the_extra(runtime_bundle: Path) -> No
     code = (
         "import sys\n"
         "sys.modules['openvino'] = None  # import openvino -> ImportError\n"
-        "from runtime import Segmenter\n"
-        "from runtime.backends import BackendUnavailable, backend_class\n"
+        "from crnet.runtime import Segmenter\n"
+        "from crnet.runtime.backends import BackendUnavailable, backend_class\n"
         "available, reason = backend_class('openvino').is_available()\n"
         "assert not available and '[openvino]' in reason, reason\n"
         "try:\n"
@@ -156,7 +156,7 @@ def test_a_graph_openvino_cannot_compile_is_named(runtime_bundle: Path, tmp_path
 def test_compiling_and_releasing_leave_the_threads_signal_stack(runtime_bundle: Path) -> None:
     if not backend_class("openvino").is_available()[0]:
         pytest.skip("openvino is not installed")
-    from runtime.backends.openvino_backend import signal_stack
+    from crnet.runtime.backends.openvino_backend import signal_stack
 
     before = signal_stack()
     first = backend_class("openvino")(Bundle.load(runtime_bundle), "fp32", threads=1)
@@ -176,7 +176,7 @@ def test_signals_still_work_after_openvino_segmenters_are_closed(runtime_bundle:
         pytest.skip("openvino is not installed")
     code = (
         "import gc, os, signal, sys\n"
-        "from runtime import Segmenter\n"
+        "from crnet.runtime import Segmenter\n"
         "first = Segmenter(sys.argv[1], backend='openvino', threads=1)\n"
         "second = Segmenter(sys.argv[1], backend='openvino', threads=1)\n"
         "first.close(); del first; gc.collect()\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import InputError, Segmenter
+from crnet.runtime import InputError, Segmenter
 from tests.runtime.bundles import resize_image, resize_mask_nearest
 
 SIZES = ((321, 321), (240, 400), (480, 300), (97, 131))
@@ -17,7 +17,7 @@ MIN_AGREEMENT = 0.999
 
 
 def test_onnxruntime_matches_torch_on_episodes(runtime_bundle: Path) -> None:
-    from data.synthetic import Synthetic5i
+    from crnet.data.synthetic import Synthetic5i
 
     dataset = Synthetic5i(0, split="test", seed=0)
     candidate = Segmenter(runtime_bundle, backend="onnxruntime", threads=1)

@@ -20,7 +20,7 @@ from tests.venvs import make_venv, run
 SEGMENT = """
 import importlib.util, json, sys
 import numpy as np
-from runtime import Segmenter
+from crnet.runtime import Segmenter
 bundle, out = sys.argv[1], sys.argv[2]
 image = np.zeros((90, 120, 3), np.uint8)
 image[20:60, 30:90] = (200, 40, 40)
@@ -59,7 +59,7 @@ def test_plain_install_segments_without_torch(plain_venv: Path, runtime_bundle: 
                      "torch_imported": False}
     assert str(plain_venv.parent) in facts["runtime_file"]  # the wheel's copy, not the repo
 
-    from runtime import Segmenter
+    from crnet.runtime import Segmenter
 
     image = np.zeros((90, 120, 3), np.uint8)
     image[20:60, 30:90] = (200, 40, 40)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.preprocess import (
+from crnet.runtime.preprocess import (
     InputError,
     as_binary_mask,
     as_rgb_uint8,
@@ -91,7 +91,7 @@ def test_atomic_write_has_normal_permissions(tmp_path) -> None:
     import os
     import stat
 
-    from runtime.files import write_json_atomic
+    from crnet.runtime.files import write_json_atomic
 
     write_json_atomic(tmp_path / "a.json", {"x": 1})
     mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.backends import backend_class
-from runtime.bundle import Bundle
-from runtime.qdq_u8 import activations_to_uint8
+from crnet.runtime.backends import backend_class
+from crnet.runtime.bundle import Bundle
+from crnet.runtime.qdq_u8 import activations_to_uint8
 
 
 def _qdq_conv(activation_zero_point: np.ndarray) -> onnx.ModelProto:

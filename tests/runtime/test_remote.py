@@ -10,8 +10,8 @@ import socket
 import numpy as np
 import pytest
 
-from runtime.preprocess import InputError
-from runtime.remote import (
+from crnet.runtime.preprocess import InputError
+from crnet.runtime.remote import (
     RemoteError,
     RemoteSegmenter,
     UnknownSupportError,
@@ -107,7 +107,7 @@ def test_remote_segmenter_imports_neither_torch_nor_tritonclient_until_used() ->
     code = (
         "import sys, runtime\n"
         "assert 'tritonclient' not in sys.modules\n"
-        "from runtime import RemoteSegmenter\n"
+        "from crnet.runtime import RemoteSegmenter\n"
         "loaded = [m for m in ('tritonclient', 'torch', 'onnxruntime') if m in sys.modules]\n"
         "RemoteSegmenter('127.0.0.1:1')\n"
         "print(repr(loaded), 'tritonclient' in sys.modules, 'torch' in sys.modules)\n"
@@ -119,7 +119,7 @@ def test_remote_segmenter_imports_neither_torch_nor_tritonclient_until_used() ->
 
 def test_segment_re_registers_an_evicted_support_a_bounded_number_of_times(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime import remote
+    from crnet.runtime import remote
 
     segmenter = RemoteSegmenter(f"127.0.0.1:{free_port()}")
     image = np.zeros((16, 16, 3), np.uint8)

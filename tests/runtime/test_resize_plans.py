@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import runtime.resize_plans as plans
-from runtime.preprocess import (
+import crnet.runtime.resize_plans as plans
+from crnet.runtime.preprocess import (
     _normalisation,
     preprocess_image,
     probability_to_image,
     probability_to_mask,
     resize_bilinear,
 )
-from runtime.resize_kernels import kernels
+from crnet.runtime.resize_kernels import kernels
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -143,7 +143,7 @@ def test_compiled_and_numpy_loops_agree_bit_for_bit(monkeypatch: pytest.MonkeyPa
 
 
 def test_crnet_numba_0_keeps_the_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime import resize_kernels
+    from crnet.runtime import resize_kernels
 
     monkeypatch.setenv("CRNET_NUMBA", "0")
     resize_kernels._loaded.cache_clear()

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import InputError, Segmenter
-from runtime.backends.base import BackendError, BackendUnavailable, availability
-from runtime.bundle import BundleError
-from runtime.preprocess import THRESHOLD
-from runtime.segmenter import NoSupportError
+from crnet.runtime import InputError, Segmenter
+from crnet.runtime.backends.base import BackendError, BackendUnavailable, availability
+from crnet.runtime.bundle import BundleError
+from crnet.runtime.preprocess import THRESHOLD
+from crnet.runtime.segmenter import NoSupportError
 from tests.runtime.bundles import resize_image
 
 
@@ -177,7 +177,7 @@ def test_concurrent_segment_calls_match_sequential(ort_segmenter: Segmenter, epi
 
 
 def test_set_support_while_segmenting_is_atomic(runtime_bundle: Path) -> None:
-    from data.synthetic import Synthetic5i
+    from crnet.data.synthetic import Synthetic5i
 
     dataset = Synthetic5i(0, split="test", seed=0)
     first, second = dataset.episode(0, 1), dataset.episode(1, 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import Segmenter
+from crnet.runtime import Segmenter
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ MIN_MIOU = 60.0  # the model card reports 66.9 on 1000 episodes
 
 @pytest.fixture(scope="module")
 def shipped_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.to_onnx import export_bundle
+    from crnet.export.to_onnx import export_bundle
 
     out = tmp_path_factory.mktemp("shipped") / "bundle"
     export_bundle(out, parity_episodes=8, progress=False)
@@ -32,8 +32,8 @@ def shipped_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_shipped_model_onnxruntime_agrees_with_torch(shipped_bundle: Path) -> None:
-    from data.evaluation import evaluate, segmenter_predictor
-    from data.synthetic import Synthetic5i
+    from crnet.data.evaluation import evaluate, segmenter_predictor
+    from crnet.data.synthetic import Synthetic5i
 
     candidate = Segmenter(shipped_bundle, backend="onnxruntime", threads=1)
     reference = Segmenter(shipped_bundle, backend="torch", threads=1)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import InputError, Segmenter
-from runtime.backends.base import BackendError
-from runtime.backends.tensorrt_backend import (
+from crnet.runtime import InputError, Segmenter
+from crnet.runtime.backends.base import BackendError
+from crnet.runtime.backends.tensorrt_backend import (
     EngineMismatchError,
     ProfileError,
     TensorRTBackend,
@@ -20,7 +20,7 @@ from runtime.backends.tensorrt_backend import (
     check_profile,
     engine_paths,
 )
-from runtime.bundle import Bundle, update_manifest
+from crnet.runtime.bundle import Bundle, update_manifest
 
 INFO = {"tensorrt_version": "10.3.0.26", "compute_capability": "8.7", "gpu_name": "Orin",
         "profiles": [], "onnx_sha256": "abc"}
@@ -118,7 +118,7 @@ def test_bundle_without_engines(runtime_bundle: Path) -> None:
 
 
 def _runner_double(enqueue_ok: bool):  # noqa: ANN202 - (runner, cudart double)
-    from runtime.backends.tensorrt_backend import _EngineRunner
+    from crnet.runtime.backends.tensorrt_backend import _EngineRunner
     from tests.trt_doubles import FakeCudartDouble, FakeExecutionContextDouble
 
     runner = object.__new__(_EngineRunner)
@@ -148,7 +148,7 @@ def test_capture_success_keeps_the_executable_graph() -> None:
 def test_stripped_plan_is_refit_from_the_bundle_onnx(tmp_path: Path) -> None:
     """On test doubles: a weight-stripped plan is refit from its ONNX at load; a refit that
     fails, or a missing ONNX, raises instead of running an engine without weights (6)."""
-    from runtime.backends.tensorrt_backend import refit_from_onnx
+    from crnet.runtime.backends.tensorrt_backend import refit_from_onnx
     from tests.trt_doubles import FakeTensorRTModuleDouble
 
     onnx_path = tmp_path / "refine.fp32.onnx"
@@ -164,7 +164,7 @@ def test_stripped_plan_is_refit_from_the_bundle_onnx(tmp_path: Path) -> None:
 
 
 def test_stripped_flag_read_from_engine_json() -> None:
-    from runtime.backends.tensorrt_backend import is_weight_stripped
+    from crnet.runtime.backends.tensorrt_backend import is_weight_stripped
 
     assert is_weight_stripped({"builder": {"strip_weights": True}})
     assert not is_weight_stripped({"builder": {"strip_weights": False}})
@@ -177,8 +177,8 @@ def _build_engines(bundle_dir: Path, max_refine_shots: int) -> None:
     """Build fp32 plans + engine JSON for both graphs with the TensorRT builder."""
     import tensorrt as trt
 
-    from runtime.backends.tensorrt_backend import _cuda, _import_cudart
-    from runtime.files import sha256_file
+    from crnet.runtime.backends.tensorrt_backend import _cuda, _import_cudart
+    from crnet.runtime.files import sha256_file
 
     cudart = _import_cudart()
     major = _cuda(cudart, cudart.cudaDeviceGetAttribute(
@@ -224,7 +224,7 @@ def test_tensorrt_matches_onnxruntime(runtime_bundle: Path, tmp_path: Path) -> N
     available, reason = TensorRTBackend.is_available()
     if not available:
         pytest.skip(f"tensorrt backend unavailable: {reason}")
-    from data.synthetic import Synthetic5i
+    from crnet.data.synthetic import Synthetic5i
 
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(runtime_bundle, bundle_dir)
@@ -288,7 +288,7 @@ def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: P
     monkeypatch.setattr(TensorRTBackend, "is_available",
                         classmethod(lambda cls: (True, "stand-in GPU")))
     monkeypatch.setattr(TensorRTBackend, "_activate", foreign_plans)
-    with caplog.at_level("WARNING", logger="runtime.segmenter"):
+    with caplog.at_level("WARNING", logger="crnet.runtime.segmenter"):
         segmenter = Segmenter(copy, backend="auto", cuda_graphs=False)
     assert segmenter.backend_name == "onnxruntime"
     assert "RTX 4090" in caplog.text and "onnxruntime" in caplog.text
@@ -301,7 +301,7 @@ def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: P
 def test_stream_handle_accepts_raw_handles_and_stream_objects() -> None:
     from types import SimpleNamespace
 
-    from runtime.backends.tensorrt_backend import stream_handle
+    from crnet.runtime.backends.tensorrt_backend import stream_handle
 
     assert stream_handle(0x7F00) == 0x7F00
     assert stream_handle(SimpleNamespace(handle=11)) == 11  # pycuda.driver.Stream

@@ -51,9 +51,9 @@ def bundle_with_plans(runtime_bundle: Path, tmp_path_factory: pytest.TempPathFac
 AVAILABILITY = r"""
 import json
 import tensorrt
-from export.build_settings import EngineBuildError
-from export.engine_trt import device_info
-from runtime.backends.tensorrt_backend import TensorRTBackend
+from crnet.engines.build_settings import EngineBuildError
+from crnet.engines.engine_trt import device_info
+from crnet.runtime.backends.tensorrt_backend import TensorRTBackend
 
 available, reason = TensorRTBackend.is_available()
 try:
@@ -80,8 +80,8 @@ def test_is_available_answers_without_a_driver(real_tensorrt: Environment,
 def test_auto_picks_a_cpu_backend(real_tensorrt: Environment, raising_cuda: Environment,
                                   bundle_with_plans: Path) -> None:
     code = ("import json, sys\nfrom runtime import Segmenter\n"
-            "from runtime.backends.base import backend_class\n"
-            "from runtime.segmenter import CPU_ORDER\n"
+            "from crnet.runtime.backends.base import backend_class\n"
+            "from crnet.runtime.segmenter import CPU_ORDER\n"
             "seg = Segmenter(sys.argv[1], backend='auto')\n"
             "first = next(n for n in CPU_ORDER if backend_class(n).is_available()[0])\n"
             "print(json.dumps({'backend': seg.backend_name, 'first_cpu': first}))\n")

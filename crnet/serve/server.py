@@ -1,0 +1,323 @@
+"""`crnet serve BUNDLE`: Triton Inference Server (through PyTriton) with cached supports.
+
+Two models, batching off (the contract clients rely on; keep the names):
+
+* ``crnet_support``: ``images`` UINT8 [K,H,W,3], ``masks`` UINT8 [K,H,W] (1 object,
+  0 background, 255 ignore) -> ``support_id`` BYTES [1]. Encodes the support set once and
+  keeps its features in a bounded LRU store (crnet.serve.support_store).
+* ``crnet_segment``: ``support_id`` BYTES [1], ``image`` UINT8 [H,W,3] -> ``mask`` BOOL
+  [H,W], ``probability`` FP32 [H,W].
+
+Errors a client caused (bad inputs, unknown ids) come back as Triton errors whose text
+carries ``[crnet:<ErrorClass>] <the Segmenter's message>``; the server keeps serving.
+The support store's sizes and counters are served in Prometheus text format on
+``--store-metrics-port`` (PyTriton runs the models in this process, outside Triton's
+custom-metrics API, so they cannot join Triton's own metrics on ``--metrics-port``).
+
+Needs the ``serve`` extra: ``pip install -e ".[serve]"`` (nvidia-pytriton).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crnet.runtime.preprocess import InputError
+from crnet.serve.support_store import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_TTL_S,
+    SupportStore,
+    UnknownSupportError,
+    prometheus_text,
+    support_id,
+)
+
+LOG = logging.getLogger("crnet.serve.server")
+
+SUPPORT_MODEL = "crnet_support"
+SEGMENT_MODEL = "crnet_segment"
+ERROR_TAG = "[crnet:{kind}] "
+DEFAULT_STORE_METRICS_PORT = 8003
+
+
+class RequestError(Exception):
+    """An error to send back to the client: ``[crnet:<kind>] <message>``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(ERROR_TAG.format(kind=kind) + message)
+        self.kind = kind
+        self.message = message
+
+
+class SupportService:
+    """The models' logic, free of Triton: register supports, segment against them."""
+
+    def __init__(self, segmenter: Any, store: SupportStore) -> None:
+        self.segmenter = segmenter
+        self.store = store
+        self._salt = f"{segmenter.spec.name}|{segmenter.backend_name}|{segmenter.precision}"
+
+    def register(self, images: np.ndarray, masks: np.ndarray) -> str:
+        """Encode ``images`` [K,H,W,3] and ``masks`` [K,H,W] and store them; their id."""
+        images, masks = np.asarray(images), np.asarray(masks)
+        if images.ndim != 4 or masks.ndim != 3:
+            raise InputError(f"images must be [K,H,W,3] and masks [K,H,W], got shapes "
+                             f"{list(images.shape)} and {list(masks.shape)}")
+        key = support_id(images, masks, self._salt)
+        with contextlib.suppress(UnknownSupportError):
+            self.store.get(key)  # held already: marked as used, not encoded twice
+            return key
+        support = self.segmenter.encode_support(list(images), list(masks))
+        self.store.put(key, support, support.feat.nbytes + support.mask.nbytes)
+        return key
+
+    def segment(self, key: str, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask [H,W] bool, probability [H,W] float32) of ``image`` against support ``key``."""
+        support = self.store.get(key)
+        mask, probability = self.segmenter.segment(image, return_prob=True, support=support)
+        return mask, probability.astype(np.float32, copy=False)
+
+
+def request_error(error: Exception) -> RequestError:
+    """The client-facing error for an exception raised while serving a request."""
+    if isinstance(error, RequestError):
+        return error
+    return RequestError(type(error).__name__, str(error))
+
+
+def decode_id(value: np.ndarray) -> str:
+    """The support id from a BYTES [1] tensor."""
+    flat = np.asarray(value).reshape(-1)
+    if flat.size != 1:
+        raise InputError(f"support_id must hold one id, got {flat.size} values")
+    item = flat[0]
+    return item.decode() if isinstance(item, bytes | np.bytes_) else str(item)
+
+
+def support_infer(service: SupportService) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
+    """The crnet_support inference callable (one response per request, batching off)."""
+
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        responses = []
+        for request in requests:
+            try:
+                key = service.register(request["images"], request["masks"])
+            except Exception as error:  # every failure goes back as a clean Triton error
+                raise request_error(error) from None
+            responses.append({"support_id": np.array([key.encode()], dtype=np.bytes_)})
+        return responses
+
+    return infer
+
+
+def segment_infer(service: SupportService) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
+    """The crnet_segment inference callable."""
+
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        responses = []
+        for request in requests:
+            try:
+                mask, probability = service.segment(decode_id(request["support_id"]),
+                                                    request["image"])
+            except Exception as error:
+                raise request_error(error) from None
+            responses.append({"mask": mask, "probability": probability})
+        return responses
+
+    return infer
+
+
+def bind_models(triton: Any, service: SupportService, instances: int = 2) -> None:
+    """Bind crnet_support and crnet_segment to a pytriton.triton.Triton."""
+    from pytriton.model_config import ModelConfig, Tensor
+
+    config = ModelConfig(batching=False)
+    triton.bind(
+        model_name=SUPPORT_MODEL,
+        infer_func=support_infer(service),
+        inputs=[Tensor(name="images", dtype=np.uint8, shape=(-1, -1, -1, 3)),
+                Tensor(name="masks", dtype=np.uint8, shape=(-1, -1, -1))],
+        outputs=[Tensor(name="support_id", dtype=np.bytes_, shape=(1,))],
+        config=config, strict=True)
+    triton.bind(
+        model_name=SEGMENT_MODEL,
+        infer_func=[segment_infer(service) for _ in range(max(1, instances))],
+        inputs=[Tensor(name="support_id", dtype=np.bytes_, shape=(1,)),
+                Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3))],
+        outputs=[Tensor(name="mask", dtype=np.bool_, shape=(-1, -1)),
+                 Tensor(name="probability", dtype=np.float32, shape=(-1, -1))],
+        config=config, strict=True)
+
+
+@contextlib.contextmanager
+def python_backend_env() -> Iterator[None]:
+    """Put this interpreter's libpython first on LD_LIBRARY_PATH while Triton starts.
+
+    PyTriton's Python-backend stub links ``libpython3.X.so``; found elsewhere (a distro's
+    older patch release) model loading fails with ``'_thread.RLock' object has no
+    attribute '_recursion_count'``. PyTriton copies os.environ into the server's
+    environment when it starts it.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    previous = os.environ.get("LD_LIBRARY_PATH")
+    if libdir and Path(libdir).is_dir():
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, previous) if p)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = previous
+
+
+def start_store_metrics(store: SupportStore, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve the store's Prometheus metrics at http://host:port/metrics on a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.rstrip("/") not in ("", "/metrics"):
+                self.send_error(404, "the support store's metrics are at /metrics")
+                return
+            body = prometheus_text(store.stats()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            LOG.debug("metrics: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="crnet-store-metrics",
+                     daemon=True).start()
+    return server
+
+
+def triton_config(host: str, http_port: int, grpc_port: int, metrics_port: int,
+                  log_verbose: int = 0) -> Any:
+    """A pytriton TritonConfig listening on ``host`` at the three ports."""
+    from pytriton.triton import TritonConfig
+
+    return TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
+                        grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
+                        log_verbose=log_verbose, exit_timeout_secs=5)
+
+
+def serve_problem() -> str | None:
+    """Why `crnet serve` cannot run in this environment, or None when it can."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("nvidia-pytriton") or []
+        import pytriton  # noqa: F401
+    except (ImportError, metadata.PackageNotFoundError):
+        return 'needs nvidia-pytriton; install the extra: pip install -e ".[serve]"'
+    pins_numpy1 = any(req.replace(" ", "").startswith("numpy") and "<2" in req
+                      and "extra" not in req for req in requirements)
+    if pins_numpy1 and int(np.__version__.split(".")[0]) >= 2:
+        return (f"nvidia-pytriton {metadata.version('nvidia-pytriton')} requires numpy<2 and "
+                f"this environment has numpy {np.__version__}: its Python-backend stub then "
+                "misreads tensors (inputs arrive zeroed, outputs empty). Install the serve "
+                "extra into its own environment, where pip keeps numpy<2: "
+                'pip install -e ".[serve]"')
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of `crnet serve`."""
+    parser = argparse.ArgumentParser(
+        prog="crnet serve", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("bundle", type=Path, help="bundle directory (crnet export)")
+    parser.add_argument("--backend", default="auto", help="Segmenter backend")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime intra-op threads (default: its own)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Triton's metrics")
+    parser.add_argument("--store-metrics-port", type=int, default=DEFAULT_STORE_METRICS_PORT,
+                        help="the support store's Prometheus metrics (-1: off)")
+    parser.add_argument("--instances", type=int, default=2,
+                        help="concurrent instances of crnet_segment")
+    parser.add_argument("--store-max-entries", type=int, default=DEFAULT_MAX_ENTRIES,
+                        help="support sets held at most (least recently used out)")
+    parser.add_argument("--store-max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
+                        help="MiB of support features held at most")
+    parser.add_argument("--store-ttl-s", type=float, default=DEFAULT_TTL_S,
+                        help="drop a support set unused this long (0: never)")
+    parser.add_argument("--log-verbose", type=int, default=0, help="Triton's log level")
+    return parser
+
+
+def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> None:
+    """Load the Segmenter, start Triton with the two models, block until SIGINT/SIGTERM."""
+    from pytriton.triton import Triton
+
+    from crnet.runtime import Segmenter
+
+    options = {"threads": args.threads} if args.threads else {}
+    segmenter = Segmenter(args.bundle, backend=args.backend, precision=args.precision,
+                          **options)
+    store: SupportStore = SupportStore(args.store_max_entries,
+                                       int(args.store_max_mb * 2**20), args.store_ttl_s)
+    service = SupportService(segmenter, store)
+    metrics = (start_store_metrics(store, args.host, args.store_metrics_port)
+               if args.store_metrics_port >= 0 else None)
+    config = triton_config(args.host, args.http_port, args.grpc_port, args.metrics_port,
+                           args.log_verbose)
+    try:
+        with python_backend_env(), Triton(config=config) as triton:
+            bind_models(triton, service, args.instances)
+            triton.run()
+            LOG.info("serving %s (%s, %s) on %s: http %d, grpc %d, metrics %d, store "
+                     "metrics %s", args.bundle, segmenter.backend_name, segmenter.precision,
+                     args.host, args.http_port, args.grpc_port, args.metrics_port,
+                     args.store_metrics_port if metrics else "off")
+            print(f"crnet serve: ready; http {args.host}:{args.http_port}, grpc "
+                  f"{args.host}:{args.grpc_port}", flush=True)
+            if ready is not None:
+                ready()
+            triton.serve()
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+        segmenter.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `crnet serve`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    problem = serve_problem()
+    if problem is not None:
+        print(f"crnet serve: {problem}", file=sys.stderr)
+        return 2
+    if not (args.bundle / "manifest.json").is_file():
+        print(f"crnet serve: {args.bundle} is not a bundle (no manifest.json); make one "
+              "with `python export/to_onnx.py --out DIR`", file=sys.stderr)
+        return 2
+    # SIGTERM stops the server the way Ctrl-C does (Triton.serve() handles KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

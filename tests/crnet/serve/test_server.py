@@ -1,0 +1,362 @@
+"""`crnet serve` end to end: one Triton server (a `crnet serve` subprocess on loopback
+ports picked here) shared by the module, driven through runtime.RemoteSegmenter and
+tritonclient, and stopped at the end. The server runs from its own venv (the wheel with
+the serve extra, where pip keeps PyTriton's numpy<2), as a user would install it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crnet.serve.server import python_backend_env, serve_problem
+from tests.runtime.bundles import export_tiny_bundle
+from tests.venvs import clean_environment
+
+REPO = Path(__file__).resolve().parents[2]
+STORE_MAX_ENTRIES = 12
+STORE_MAX_MB = 0.05  # ~9 one-shot supports of the tiny model: the bytes bound binds first
+START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A `crnet serve` subprocess on loopback; restartable on the same ports."""
+
+    def __init__(self, bundle: Path, log_dir: Path, bin_dir: Path) -> None:
+        self.bundle = bundle
+        self.bin_dir = bin_dir
+        self.log_dir = log_dir
+        self.ports = {name: free_port() for name in ("http", "grpc", "metrics", "store")}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.ports['grpc']}"
+
+    def store_metrics(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.ports['store']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.log_dir / f"serve-{self.starts}.log"
+        command = [str(self.bin_dir / "crnet"), "serve", str(self.bundle),
+                   "--host", "127.0.0.1", "--http-port", str(self.ports["http"]),
+                   "--grpc-port", str(self.ports["grpc"]),
+                   "--metrics-port", str(self.ports["metrics"]),
+                   "--store-metrics-port", str(self.ports["store"]),
+                   "--store-max-entries", str(STORE_MAX_ENTRIES),
+                   "--store-max-mb", str(STORE_MAX_MB), "--threads", "1"]
+        with open(log, "wb") as handle:
+            self.process = subprocess.Popen(command, cwd=self.log_dir, stdout=handle,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=clean_environment())
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"crnet serve exited with {self.process.returncode}:\n"
+                            f"{log.read_text()[-3000:]}")
+            if b"crnet serve: ready" in log.read_bytes():
+                return
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"crnet serve not ready in {START_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
+            process.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def serve_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def server(serve_bundle: Path, serve_venv: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ServerProcess]:
+    server = ServerProcess(serve_bundle, tmp_path_factory.mktemp("serve-logs"), serve_venv)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def local(serve_bundle: Path):  # noqa: ANN201 - runtime.Segmenter
+    from crnet.runtime import Segmenter
+
+    segmenter = Segmenter(serve_bundle, backend="onnxruntime", threads=1)
+    yield segmenter
+    segmenter.close()
+
+
+def episodes(count: int, offset: int = 0) -> list:  # list[Episode]
+    from crnet.data.synthetic import Synthetic5i
+
+    dataset = Synthetic5i(0, split="test", seed=0)
+    return [dataset.episode(offset + index, shots=1) for index in range(count)]
+
+
+def expected(local, episode) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    support = local.encode_support(list(episode.support_images), list(episode.support_masks))
+    return local.segment(episode.query_image, return_prob=True, support=support)
+
+
+def remote(url: str, **options: float):  # noqa: ANN201 - runtime.RemoteSegmenter
+    from crnet.runtime import RemoteSegmenter
+
+    return RemoteSegmenter(url, **options)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_masks_equal_the_local_segmenter(server: ServerProcess, local, protocol: str
+                                                ) -> None:  # noqa: ANN001
+    episode = episodes(1)[0]
+    want_mask, want_probability = expected(local, episode)
+    assert 0 < want_mask.mean() < 1  # a mask with a boundary, so equality means something
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with remote(url) as segmenter:
+        segmenter.set_support(list(episode.support_images), list(episode.support_masks))
+        mask, probability = segmenter.segment(episode.query_image, return_prob=True)
+        assert mask.dtype == bool and mask.shape == episode.query_image.shape[:2]
+        np.testing.assert_array_equal(mask, want_mask)
+        np.testing.assert_allclose(probability, want_probability, atol=1e-6)
+        streamed = list(segmenter.segment_stream([episode.query_image] * 3))
+    assert all(np.array_equal(result, want_mask) for result in streamed)
+
+
+def test_bad_inputs_get_the_segmenters_messages_and_the_server_keeps_serving(
+        server: ServerProcess, local) -> None:  # noqa: ANN001
+    import tritonclient.http as http
+
+    from crnet.runtime.preprocess import InputError
+
+    episode = episodes(1)[0]
+    supports, masks = list(episode.support_images), list(episode.support_masks)
+    empty = [np.zeros_like(masks[0])]
+    with pytest.raises(InputError) as local_error:
+        local.encode_support(supports, empty)
+    tiny = np.zeros((4, 4, 3), np.uint8)  # below the minimum side
+    with pytest.raises(InputError) as local_small:
+        local.segment(tiny, support=local.encode_support(supports, masks))
+    with remote(server.http_url) as segmenter:
+        with pytest.raises(InputError) as remote_error:
+            segmenter.set_support(supports, empty)
+        assert str(remote_error.value) == str(local_error.value)
+        segmenter.set_support(supports, masks)
+        registered = segmenter.support_id
+
+        client = http.InferenceServerClient(server.http_url)
+        for key, message in ((b"never-registered", "register the support again"),
+                             (registered.encode(), str(local_small.value))):
+            image = http.InferInput("image", list(tiny.shape), "UINT8")
+            image.set_data_from_numpy(tiny)
+            support_id = http.InferInput("support_id", [1], "BYTES")
+            support_id.set_data_from_numpy(np.array([key], dtype=np.object_))
+            with pytest.raises(Exception) as error:
+                client.infer("crnet_segment", [support_id, image])
+            assert message in str(error.value)
+        client.close()
+        np.testing.assert_array_equal(segmenter.segment(episode.query_image),
+                                      expected(local, episode)[0])
+
+
+def test_eight_concurrent_clients_get_their_own_results(server: ServerProcess, local
+                                                        ) -> None:  # noqa: ANN001
+    chosen = episodes(8, offset=10)
+    wants = [expected(local, episode)[1] for episode in chosen]
+    for index in range(8):  # the supports really differ, so a mix-up would show
+        for other in range(index):
+            assert not np.allclose(wants[index], wants[other], atol=1e-3)
+    failures: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def client(index: int) -> None:
+        episode = chosen[index]
+        try:
+            with remote(server.http_url if index % 2 else server.grpc_url) as segmenter:
+                segmenter.set_support(list(episode.support_images),
+                                      list(episode.support_masks))
+                barrier.wait(timeout=60)
+                for _ in range(4):
+                    _, probability = segmenter.segment(episode.query_image, return_prob=True)
+                    if not np.allclose(probability, wants[index], atol=1e-6):
+                        failures.append(f"client {index} got another support's result")
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append(f"client {index}: {type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+
+
+def test_a_flood_of_distinct_supports_stays_within_the_store_bounds(
+        server: ServerProcess, local) -> None:  # noqa: ANN001
+    first = episodes(1, offset=30)[0]
+    with remote(server.http_url) as first_client:
+        first_client.set_support(list(first.support_images), list(first.support_masks))
+        rng = np.random.default_rng(5)
+        max_bytes = STORE_MAX_MB * 2**20
+        with remote(server.http_url) as flood:
+            for index in range(40):
+                image = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+                mask = np.zeros((48, 48), np.uint8)
+                mask[8 + index % 10:30, 10:40] = 1
+                flood.set_support([image], [mask])
+                if index % 10 == 9:
+                    metrics = server.store_metrics()
+                    assert metrics["crnet_support_store_entries"] <= STORE_MAX_ENTRIES
+                    assert metrics["crnet_support_store_bytes"] <= max_bytes
+        metrics = server.store_metrics()
+        assert metrics["crnet_support_store_evictions_total"] >= 41 - STORE_MAX_ENTRIES
+        assert metrics["crnet_support_store_max_bytes"] == int(max_bytes)
+        # The first support was evicted long ago: its client re-registers transparently.
+        mask = first_client.segment(first.query_image)
+        assert first_client.reregistrations == 1
+    np.testing.assert_array_equal(mask, expected(local, first)[0])
+
+
+def test_a_server_restart_mid_stream_loses_nothing(server: ServerProcess, local
+                                                   ) -> None:  # noqa: ANN001
+    episode = episodes(1, offset=50)[0]
+    want = expected(local, episode)[0]
+    frames_total, restart_at = 10, 4
+    stopped = threading.Event()
+
+    def restart() -> None:
+        server.stop()
+        stopped.set()
+        server.start()
+
+    restarter = threading.Thread(target=restart)
+
+    def frames() -> Iterator[np.ndarray]:
+        for index in range(frames_total):
+            if index == restart_at:  # the rest of the stream meets a stopped server
+                restarter.start()
+                assert stopped.wait(60)
+            yield episode.query_image.copy()
+
+    with remote(server.http_url, retry_timeout_s=START_TIMEOUT_S) as segmenter:
+        segmenter.set_support(list(episode.support_images), list(episode.support_masks))
+        results = list(segmenter.segment_stream(frames()))
+        restarter.join(START_TIMEOUT_S)
+        assert segmenter.retries >= 1  # it did meet the stopped server
+        assert segmenter.reregistrations >= 1  # and the new server's empty store
+    assert len(results) == frames_total
+    assert all(np.array_equal(mask, want) for mask in results)
+
+
+def test_bench_remote_prints_and_writes_throughput(server: ServerProcess, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from crnet.bench.remote import main
+
+    out = tmp_path / "load.json"
+    code = main([server.http_url, "--clients", "1", "2", "--requests", "4", "--size", "64",
+                 "64", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["clients"] for run in runs] == [1, 2]
+    assert [run["completed"] for run in runs] == [4, 8]
+    assert all(run["errors"] == 0 and run["throughput_rps"] > 0 and run["p99_ms"] > 0
+               for run in runs)
+    assert "req/s" in printed and "p99 ms" in printed
+
+
+def test_python_backend_env_puts_this_interpreters_libdir_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sysconfig
+
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/elsewhere")
+    libdir = sysconfig.get_config_var("LIBDIR")
+    with python_backend_env():
+        paths = os.environ["LD_LIBRARY_PATH"].split(os.pathsep)
+        if libdir and Path(libdir).is_dir():
+            assert paths[0] == libdir
+        assert "/opt/elsewhere" in paths
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/elsewhere"
+
+
+def test_serve_refuses_numpy2_beside_a_pytriton_that_pins_numpy1(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
+    from importlib import metadata
+
+    if not any(req.startswith("numpy") and "<2" in req
+               for req in metadata.requires("nvidia-pytriton") or []):
+        pytest.skip("this nvidia-pytriton does not pin numpy<2")
+    monkeypatch.setattr(np, "__version__", "2.4.6")
+    assert "requires numpy<2" in (serve_problem() or "")
+    monkeypatch.setattr(np, "__version__", "1.26.4")
+    assert serve_problem() is None
+
+
+def test_model_callables_register_once_and_answer_with_tagged_errors(local) -> None:  # noqa: ANN001
+    """The inference callables crnet serve binds, called as PyTriton calls them."""
+    from crnet.serve.server import RequestError, SupportService, segment_infer, support_infer
+    from crnet.serve.support_store import SupportStore
+
+    store: SupportStore = SupportStore(max_entries=4)
+    service = SupportService(local, store)
+    register, segment = support_infer(service), segment_infer(service)
+    episode = episodes(1, offset=60)[0]
+    request = {"images": np.stack(episode.support_images),
+               "masks": np.stack(episode.support_masks)}
+    [first] = register([request])
+    [again] = register([dict(request)])
+    assert first["support_id"].dtype.kind == "S" and first["support_id"].shape == (1,)
+    assert again["support_id"][0] == first["support_id"][0]
+    assert store.stats().inserts == 1  # the same support is encoded once
+    [result] = segment([{"support_id": first["support_id"].astype(object),
+                         "image": episode.query_image}])
+    want_mask, want_probability = expected(local, episode)
+    np.testing.assert_array_equal(result["mask"], want_mask)
+    assert result["probability"].dtype == np.float32
+    np.testing.assert_allclose(result["probability"], want_probability, atol=1e-6)
+    with pytest.raises(RequestError, match=r"^\[crnet:UnknownSupportError\] unknown"):
+        segment([{"support_id": np.array([b"feed"], object), "image": episode.query_image}])
+    with pytest.raises(RequestError, match=r"^\[crnet:InputError\] images must be"):
+        register([{"images": np.zeros((8, 8, 3), np.uint8), "masks": np.zeros((8, 8), np.uint8)}])
