@@ -73,7 +73,7 @@ DEFAULT_CALIBRATION_SHOTS = 1
 DEFAULT_CALIBRATION_SEED = 0
 PERCENTILE = 99.999
 RANGES_FORMAT = "crnet-deploy/int8-ranges"
-# quantize_static settings that yield a graph TensorRT accepts (shared/FACTS.md).
+# quantize_static settings that yield a graph TensorRT accepts (the settings NVIDIA ModelOpt uses).
 TRT_EXTRA_OPTIONS: dict[str, Any] = {
     "ActivationSymmetric": True,
     "WeightSymmetric": True,

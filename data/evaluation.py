@@ -4,7 +4,7 @@ The PyTorch reference and every deployed backend are scored by the same loop
 (``evaluate_many``: one pass over the episodes, every predictor on each) and the same
 metric code (runtime.metrics), on the same seeded episodes. `crnet eval`, `crnet deploy`,
 training's periodic evaluation and the model card all call it; ``gate_record`` turns a
-result into the eval JSON of shared/DESIGN.md.
+result into the eval JSON of `crnet eval --json`.
 
 The fold mean: pass the source's classes (``classes=source.classes``) and mIoU is the
 mean over the fold's classes, a class without an episode counting 0 (HSNet, PFENet);
@@ -156,7 +156,7 @@ def episode_source(dataset: str, fold: int, seed: int, data_root: Path | None,
 
 def gate_record(result: EvalResult, reference: EvalResult, gate: float | None,
                 **context: Any) -> dict[str, Any]:
-    """The eval JSON of shared/DESIGN.md for one variant, judged by its |delta mIoU| gate."""
+    """The eval JSON of `crnet eval` for one variant, judged by its |delta mIoU| gate."""
     delta = result.miou - reference.miou
     record = {
         "miou": result.miou,

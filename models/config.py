@@ -165,7 +165,7 @@ TRAIN_DEVICES = ("cpu", "cuda")
 OPTIMIZERS = ("adamw", "sgd")
 
 # The two recipes of `crnet train` (models/training.py). "scratch": the whole network from
-# random weights (the shipped crnet-lite). "canet": CaNet's settings (shared/FACTS.md):
+# random weights (the shipped crnet-lite). "canet": CaNet's settings (icoz69/CaNet):
 # ImageNet trunk frozen, SGD lr 0.0025 momentum 0.9 weight decay 5e-4, batch 4, 321x321,
 # constant learning rate, no gradient clipping.
 RECIPES: dict[str, dict[str, Any]] = {

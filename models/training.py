@@ -8,7 +8,7 @@ Two recipes (models.config.RECIPES; every setting is a TrainConfig field and a f
   warm-up steps, cosine decay to 2% of the peak over ``steps``; gradient norm clipped at 5;
   the preset's input size. The shipped crnet-lite fold-0 checkpoint was trained this way
   on synthetic-5i.
-* ``canet`` (the paper's way, the default with ``--init-trunk``; shared/FACTS.md, CaNet's
+* ``canet`` (the paper's way, the default with ``--init-trunk``; CaNet's
   settings, since CRNet's own are not public): the trunk is initialised from an ImageNet
   ResNet-50 (models.imagenet_init) and frozen (no gradients, BatchNorm in eval mode, so
   its tensors in the saved checkpoint equal the imported ones); the rest trains with SGD,

@@ -1,5 +1,4 @@
-"""The optional dependencies for TensorRT: cuda-python pinned per CUDA major (issue 13,
-defect 11)."""
+"""The optional dependencies for TensorRT: cuda-python pinned per CUDA major."""
 
 from __future__ import annotations
 

@@ -331,7 +331,7 @@ class OnnxRuntimeBackend(Backend):
         when = "between runs too" if self.spin_between_runs else "during runs"
         info["spinning"] = {
             "query": when if "query" in self.sessions and self.query_spinning else "no",
-            "other sessions": when if self.spinning else "no"}
+            "backbone and refine": when if self.spinning else "no"}
         info["dynamic_block_base"] = self.dynamic_block_base
         if self.sessions:
             info["providers"] = self.sessions["backbone"].get_providers()

@@ -1,6 +1,6 @@
-"""export/engine_trt.py without a GPU: inspector parsing and the timing cache (issue 13,
-defects 1 and 2). The timing-cache tests run on test doubles (tests/trt_doubles.py, checked
-against the real bindings' signatures): they prove the control flow, not a GPU build."""
+"""engines/engine_trt.py without a GPU: inspector parsing and the timing cache. The
+timing-cache tests run on test doubles (tests/trt_doubles.py, checked against the real
+bindings' signatures): they prove the control flow, not a GPU build."""
 
 from __future__ import annotations
 

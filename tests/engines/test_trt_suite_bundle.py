@@ -1,4 +1,4 @@
-"""The GPU suite's bundle copy (defect 5 of issue 13), checked without a GPU."""
+"""The GPU suite's bundle copy, checked without a GPU."""
 
 from __future__ import annotations
 

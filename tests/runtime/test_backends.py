@@ -104,4 +104,4 @@ def test_onnxruntime_spinning_policy(runtime_bundle: Path, options: dict, allow:
                 assert entries.get_session_config_entry("session.force_spinning_stop") == stop
         spinning = backend.describe()["spinning"]
     expected = {"1": "between runs too" if stop is None else "during runs", "0": "no"}[allow]
-    assert spinning == {"query": expected, "other sessions": expected}
+    assert spinning == {"query": expected, "backbone and refine": expected}

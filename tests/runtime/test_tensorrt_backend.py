@@ -35,14 +35,14 @@ def test_engine_info_accepts_the_same_machine() -> None:
 
 def test_plan_needs_the_exact_tensorrt_build() -> None:
     """TensorRT refuses a plan from another build of the same x.y.z ("expecting library
-    version 8.5.1.7 got 8.5.3.1"): the full four-part version must match (defect 12)."""
+    version 8.5.1.7 got 8.5.3.1"): the full four-part version must match."""
     with pytest.raises(EngineMismatchError, match=r"exact version"):
         check_engine_info(INFO, "p", tensorrt_version="10.3.0.30", compute_capability=(8, 7))
 
 
 def test_version_compatible_tensorrt_10_plan_runs_on_tensorrt_11() -> None:
     """NVIDIA's engine compatibility: TensorRT 10 version-compatible plans run on a TensorRT
-    11 runtime (and 8 on 10); within a major, any runtime not older (defect 7)."""
+    11 runtime (and 8 on 10); within a major, any runtime not older."""
     compatible = {**INFO, "version_compatible": True, "tensorrt_version": "10.8.0.43"}
     check_engine_info(compatible, "p", tensorrt_version="11.4.0.106", compute_capability=(8, 7))
     check_engine_info(compatible, "p", tensorrt_version="10.16.1.11", compute_capability=(8, 7))
@@ -54,7 +54,7 @@ def test_version_compatible_tensorrt_10_plan_runs_on_tensorrt_11() -> None:
 
 
 def test_plan_from_another_platform_is_refused() -> None:
-    """An x86_64 plan on an aarch64 Jetson fails before TensorRT sees it (defect 9)."""
+    """An x86_64 plan on an aarch64 Jetson fails before TensorRT sees it."""
     x86 = {**INFO, "hardware_compatibility_level": "ampere_plus",
            "host": {"machine": "x86_64", "system": "Linux"}}
     with pytest.raises(EngineMismatchError, match=r"x86_64.*aarch64"):
@@ -130,7 +130,7 @@ def _runner_double(enqueue_ok: bool):  # noqa: ANN202 - (runner, cudart double)
 
 def test_capture_failure_destroys_the_captured_graph() -> None:
     """On a test double (no GPU): a failed enqueue during capture still destroys the
-    cudaGraph_t that cudaStreamEndCapture returned, and disables CUDA graphs (defect 8)."""
+    cudaGraph_t that cudaStreamEndCapture returned, and disables CUDA graphs."""
     runner, cudart = _runner_double(enqueue_ok=False)
     runner._capture()
     assert cudart.graphs_created == ["graph0"]
@@ -278,7 +278,7 @@ def test_auto_falls_back_when_plans_do_not_fit(runtime_bundle: Path, tmp_path: P
                                                monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """"auto" with plans that do not fit this machine (stale, foreign) logs the reason and
-    runs ONNX Runtime instead of raising EngineMismatchError (defect 10). The GPU is a
+    runs ONNX Runtime instead of raising EngineMismatchError. The GPU is a
     stand-in: is_available and activation are patched, no GPU call is made."""
     copy = copy_with_listed_plans(runtime_bundle, tmp_path / "bundle")
 

@@ -1,7 +1,6 @@
 """The TensorRT backend with the real TensorRT bindings (10.x, 11.x; stub libraries) and a
 real cuda-python on this driverless machine (tests/trt_bindings.py): TensorRT imports, no
-GPU answers, so everything must fall back to ONNX Runtime with a reason (issue 13, defects
-3, 4 and 10)."""
+GPU answers, so everything must fall back to ONNX Runtime with a reason."""
 
 from __future__ import annotations
 
