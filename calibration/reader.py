@@ -24,6 +24,7 @@ import numpy as np
 from crnet.data.episodes import Episode
 from crnet.runtime.bundle import Bundle
 from crnet.runtime.preprocess import preprocess_image, preprocess_mask
+from crnet.runtime.progress import track
 
 CALIBRATION_SPLIT = "train"  # base classes only: the novel test classes are never seen
 DEFAULT_DATASET = "synthetic-5i"
@@ -160,13 +161,10 @@ def collect_feeds(bundle_dir: str | Path, episodes: Iterable[Episode], total: in
                   progress: bool = True, description: str = "calibration episodes"
                   ) -> EpisodeFeeds:
     """Preprocess ``episodes`` and run the bundle's fp32 backbone to get refine inputs."""
-    from tqdm import tqdm
-
     bundle = Bundle.load(bundle_dir, verify=False)
     backbone = cpu_session(bundle.graph_path("backbone", "fp32"))
     feeds = EpisodeFeeds()
-    for episode in tqdm(episodes, total=total, desc=description, disable=not progress,
-                        leave=False):
+    for episode in track(episodes, progress, description, total=total):
         images, masks = episode_arrays(episode, bundle.manifest)
         (features,) = backbone.run(None, {"image": images})
         shots = episode.shots

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from crnet.calibration.reader import (
-    DEFAULT_DATASET,
     EpisodeFeeds,
     base_episodes,
     calibration_source,
@@ -40,9 +39,12 @@ from crnet.calibration.reader import (
     cpu_session,
     describe_source,
 )
+from crnet.data.options import EpisodeSource
 from crnet.runtime.bundle import GRAPHS, Bundle
 from crnet.runtime.metrics import FewShotMeter
 from crnet.runtime.preprocess import foreground_probability, probability_to_mask
+from crnet.runtime.progress import resolve as resolve_progress
+from crnet.runtime.progress import track
 
 SENSITIVITY_SEED = 1  # calibration uses seed 0: the two episode sets are independent
 RANK_EPISODES = 16  # the per-layer ranking uses a logit-error proxy on few episodes
@@ -115,11 +117,12 @@ class SensitivitySet:
         self.reference_miou = self._miou(self.reference)
 
     @classmethod
-    def build(cls, bundle_dir: str | Path, fold: int, episodes: int, shots: int = 1,
-              progress: bool = True, dataset: str = DEFAULT_DATASET,
-              data_root: Path | None = None) -> SensitivitySet:
-        """Preprocess ``episodes`` base-class (train split) episodes of ``fold`` of
-        ``dataset`` (seed SENSITIVITY_SEED); ``data`` records which."""
+    def build(cls, bundle_dir: str | Path, source_of: EpisodeSource, episodes: int,
+              shots: int = 1, progress: bool = True) -> SensitivitySet:
+        """Preprocess ``episodes`` base-class (train split) episodes of ``source_of``'s
+        dataset and fold (0 where unset), drawn with seed SENSITIVITY_SEED whatever its
+        seed, so they never are the calibration episodes; ``data`` records which."""
+        fold, dataset, data_root = source_of.fold_or(0), source_of.dataset, source_of.data_root
         source = calibration_source(fold, SENSITIVITY_SEED, dataset, data_root)
         feeds = collect_feeds(bundle_dir, base_episodes(fold, episodes, shots,
                                                         SENSITIVITY_SEED, source=source),
@@ -179,11 +182,8 @@ def rank_layers(check: SensitivitySet, layers: dict[str, Layer],
 
     ``quantize_alone(layer)`` returns the ModelProto of the layer's graph with only that
     layer quantized (the caller owns the quantizer; this module only scores)."""
-    from tqdm import tqdm
-
     damages = []
-    for name, layer in tqdm(sorted(layers.items()), desc="layer sensitivity",
-                            disable=not progress, leave=False):
+    for name, layer in track(sorted(layers.items()), progress, "layer sensitivity"):
         model = quantize_alone(layer)
         score = check.score({layer.graph: model.SerializeToString()}, limit=episodes)
         damages.append((name, round(score.probability_mae, 8)))
@@ -241,15 +241,12 @@ def rank_layers_local(graphs: dict[str, Path], ranges: dict[str, dict[str, tuple
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from tqdm import tqdm
-
     totals = {name: [0.0, 0.0] for name in layers}
     by_graph: dict[str, list[Layer]] = {}
     for layer in layers.values():
         by_graph.setdefault(layer.graph, []).append(layer)
     steps = sum(len(v) for v in by_graph.values()) * min(episodes, len(feeds))
-    bar = tqdm(total=steps, desc="layer sensitivity (local)", disable=not progress,
-               leave=False)
+    bar = resolve_progress(progress).bar(steps, "layer sensitivity (local)")
     for graph, graph_layers in by_graph.items():
         model = onnx.load(str(graphs[graph]))
         initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -303,11 +300,9 @@ def confirm_top(check: SensitivitySet, layers: dict[str, Layer],
     (mean |query probability - fp32's| and delta mIoU on the first ``episodes`` episodes),
     and put them first in measured order; the rest keep their order. Returns the new
     ranking and one record per confirmed layer."""
-    from tqdm import tqdm
-
     top = [name for name, _ in ranking[:count]]
     confirmed = []
-    for name in tqdm(top, desc="confirm top layers", disable=not progress, leave=False):
+    for name in track(top, progress, "confirm top layers"):
         layer = layers[name]
         score = check.score({layer.graph: quantize_alone(layer).SerializeToString()},
                             limit=episodes)
@@ -333,15 +328,12 @@ def choose_exclusions(check: SensitivitySet, build: Callable[[Sequence[str]], di
     record per tried step; ``last_models`` (a dict) receives the last step's graphs, so
     the caller need not build them again.
     """
-    from tqdm import tqdm
-
     excluded = list(always)
     candidates = [name for name, _ in ranking if name not in excluded]
     if max_exclusions is not None:
         candidates = candidates[:max(0, max_exclusions)]
     steps: list[dict[str, Any]] = []
-    bar = tqdm(total=len(candidates) + 1, desc="fp32 fallback", disable=not progress,
-               leave=False)
+    bar = resolve_progress(progress).bar(len(candidates) + 1, "fp32 fallback")
     while True:
         models = build(excluded)
         score = check.score({g: m.SerializeToString() for g, m in models.items()})

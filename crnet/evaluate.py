@@ -8,16 +8,54 @@ and PFENet); ``--sampler`` picks how PASCAL-5i queries are drawn (data/pascal.py
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crnet.data.options import EpisodeSource
+from crnet.runtime.backends.base import REFERENCE_BACKEND, backend_class, backend_names
 from crnet.runtime.errors import UsageError
 from crnet.runtime.layout import PRECISIONS
 
 GATES_FILE = Path(__file__).resolve().parent / "gates.json"
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
+# --backend choices: auto (the runtime's choice) or any registered backend
+BACKENDS = ("auto", *backend_names())
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `crnet eval` scores: which variants, against which episodes."""
+
+    bundle: Path | None = None
+    """Bundle directory; None: the torch backend on ``checkpoint``."""
+    checkpoint: Path | None = None
+    """Checkpoint of the torch backend without a bundle (None: the bundled one)."""
+    backend: str = "torch"
+    precision: str = "fp32"
+    """fp32, fp16, int8, a comma list of them, or all (the bundle's variants)."""
+    data: EpisodeSource = field(default_factory=EpisodeSource)
+    """The test episodes scored: dataset, its directory, fold (None: 0), seed, sampler."""
+    shots: int = 1
+    episodes: int = 1000
+    inference_precision: str | None = None
+    """openvino only: the inference precision hint (f32 or bf16)."""
+    progress: bool = True
+
+
+def backend_option_problem(backend: str, inference_precision: str | None,
+                           has_bundle: bool) -> str | None:
+    """What is wrong with ``backend`` and its options for `crnet eval` (None: nothing),
+    asked of the registry: an inference precision hint the backend does not take, or a
+    backend other than the reference (or auto) without a bundle."""
+    takes_hint = backend != "auto" and bool(backend_class(backend).inference_precision_hints)
+    if inference_precision is not None and not takes_hint:
+        takers = [name for name in backend_names()
+                  if backend_class(name).inference_precision_hints]
+        return (f"--inference-precision applies to --backend {' or '.join(takers)} only")
+    if not has_bundle and backend not in ("auto", REFERENCE_BACKEND):
+        return f"--backend {backend} needs --bundle DIR (a bundle from crnet export)"
+    return None
 
 
 def load_gates(path: Path = GATES_FILE) -> dict[str, float]:
@@ -38,73 +76,6 @@ def parse_precisions(text: str, available: list[str] | None = None) -> list[str]
     return chosen
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The options of `crnet eval`."""
-    from crnet.data.evaluation import DATASETS, SAMPLERS
-
-    parser = argparse.ArgumentParser(prog="crnet eval", description=main.__doc__)
-    parser.add_argument("--bundle", type=Path, default=None,
-                        help="bundle directory (default: the torch backend on the bundled "
-                             "trained checkpoint)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint for the torch backend without a bundle")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS)
-    parser.add_argument("--precision", default="fp32",
-                        help="fp32, fp16, int8, a comma list, or 'all' (one table)")
-    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS)
-    parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--sampler", default="uniform", choices=SAMPLERS,
-                        help="how PASCAL-5i queries are drawn: uniform (class uniformly, the "
-                             "default), hsnet (HSNet's (query, class) walk), pfenet (PFENet's "
-                             "image walk); FB-IoU depends on it (see data/pascal.py)")
-    parser.add_argument("--fold", type=int, default=0, choices=range(4))
-    parser.add_argument("--shots", type=int, default=1)
-    parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the result JSON here")
-    parser.add_argument("--inference-precision", choices=["f32", "bf16"], default=None,
-                        help="openvino only: the inference precision hint (default f32; "
-                             "bf16 only on CPUs that have it)")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`crnet eval`: score a deployed variant against the PyTorch fp32 model."""
-    from crnet.data.evaluation import episode_source
-    from crnet.runtime.files import check_writable_file, write_json_atomic
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.shots < 1:
-        parser.error(f"--shots must be >= 1, got {args.shots}")
-    if args.episodes < 1:
-        parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    if args.inference_precision is not None and args.backend != "openvino":
-        parser.error("--inference-precision applies to --backend openvino only")
-    if args.bundle is None and args.backend not in ("torch", "auto"):
-        parser.error(f"--backend {args.backend} needs --bundle DIR (a bundle from crnet export)")
-    if args.json is not None:
-        check_writable_file(args.json, "--json")
-    source = episode_source(args.dataset, args.fold, args.seed, args.data_root,
-                            sampler=args.sampler)
-    records = evaluate_variants(args, source)
-    from crnet.data.evaluation import format_table
-
-    print(format_table(records))
-    if records[0].get("absent_classes"):
-        print(f"note: classes {records[0]['absent_classes']} had no episode and count 0 in "
-              f"the mIoU (mean over the fold's classes); use more --episodes")
-    if args.json is not None:
-        payload = records[0] if len(records) == 1 else {"variants": records}
-        write_json_atomic(args.json, payload)
-        print(f"wrote {args.json}")
-    failed = [r["precision"] for r in records if r["passed"] is False]
-    if args.bundle is not None:
-        print_gate_hints(records, args.bundle)
-    return 1 if failed else 0
-
-
 def print_gate_hints(records: list[dict[str, Any]], bundle_dir: str | Path,
                      log: Any = print) -> list[str]:
     """For each fp16/int8 record that missed its gate, print the Polygraphy commands that
@@ -119,47 +90,53 @@ def print_gate_hints(records: list[dict[str, Any]], bundle_dir: str | Path,
     return hinted
 
 
-def evaluate_variants(args: argparse.Namespace, source: Any) -> list[dict[str, Any]]:
-    """Score the reference and each requested precision in one pass; one record each."""
+def evaluate_variants(options: EvalOptions, source: Any = None) -> list[dict[str, Any]]:
+    """Score the reference and each requested precision in one pass; one record each.
+
+    ``source`` gives the episodes; None: the test episodes of ``options.data``."""
     from crnet.data.evaluation import evaluate_many, gate_record, segmenter_predictor
     from crnet.runtime import Segmenter
 
     gates = load_gates()
-    if args.bundle is None:
+    data = options.data
+    source = data.open("test") if source is None else source
+    if options.bundle is None:
         precisions = ["fp32"]
-        reference_segmenter = Segmenter.from_checkpoint(args.checkpoint)
+        reference_segmenter = Segmenter.from_checkpoint(options.checkpoint)
     else:
         from crnet.runtime.bundle import Bundle
 
-        bundle = Bundle.load(args.bundle)
-        precisions = parse_precisions(args.precision, bundle.precisions)
-        reference_segmenter = Segmenter(args.bundle, backend="torch", precision="fp32")
+        bundle = Bundle.load(options.bundle)
+        precisions = parse_precisions(options.precision, bundle.precisions)
+        reference_segmenter = Segmenter(options.bundle, backend=REFERENCE_BACKEND,
+                                        precision="fp32")
     predictors = {"reference": segmenter_predictor(reference_segmenter)}
     segmenters = [reference_segmenter]
     backends = {}
     for precision in precisions:
-        if args.bundle is None or (args.backend == "torch" and precision == "fp32"):
+        if options.bundle is None or (options.backend == REFERENCE_BACKEND
+                                      and precision == "fp32"):
             continue
-        options = ({"inference_precision": args.inference_precision}
-                   if args.inference_precision else {})
-        segmenter = Segmenter(args.bundle, backend=args.backend, precision=precision,
-                              **options)
+        hint = ({"inference_precision": options.inference_precision}
+                if options.inference_precision else {})
+        segmenter = Segmenter(options.bundle, backend=options.backend, precision=precision,
+                              **hint)
         segmenters.append(segmenter)
-        backend = getattr(segmenter, "backend_name", args.backend)
-        if args.inference_precision:
-            backend = f"{backend}-{args.inference_precision}"
+        backend = getattr(segmenter, "backend_name", options.backend)
+        if options.inference_precision:
+            backend = f"{backend}-{options.inference_precision}"
         backends[precision] = backend
         predictors[precision] = segmenter_predictor(segmenter)
-    results = evaluate_many(predictors, source.episodes(args.episodes, shots=args.shots),
-                            total=args.episodes, progress=not args.no_progress,
+    results = evaluate_many(predictors, source.episodes(options.episodes, shots=options.shots),
+                            total=options.episodes, progress=options.progress,
                             description="eval " + ", ".join(predictors),
                             classes=getattr(source, "classes", None))
     for segmenter in segmenters:
         segmenter.close()  # release sessions / compiled models now, not at GC
     reference = results["reference"]
     return [gate_record(results.get(precision, reference), reference, gates.get(precision),
-                        backend=backends.get(precision, "torch"), precision=precision,
-                        dataset=args.dataset, sampler=args.sampler, fold=args.fold,
-                        shots=args.shots,
-                        seed=args.seed, bundle=None if args.bundle is None else str(args.bundle))
+                        backend=backends.get(precision, REFERENCE_BACKEND), precision=precision,
+                        dataset=data.dataset, sampler=data.sampler, fold=data.fold_or(0),
+                        shots=options.shots, seed=data.seed,
+                        bundle=None if options.bundle is None else str(options.bundle))
             for precision in precisions]

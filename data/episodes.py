@@ -13,10 +13,9 @@ from crnet.runtime.errors import CrnetError
 from crnet.runtime.metrics import IGNORE
 
 __all__ = ["CLASSES_PER_FOLD", "IGNORE", "NUM_CLASSES", "NUM_FOLDS", "SPLITS", "DataNotFoundError",
-           "DatasetError",
-           "Episode", "assemble_episode", "check_fold", "check_shots", "check_split",
-           "class_mask", "episode_rng", "fold_classes", "image_size", "load_rgb",
-           "novel_classes"]
+           "DatasetError", "Episode", "assemble_episode", "check_fold", "check_shots",
+           "check_split", "class_mask", "draw_query_and_supports", "episode_rng",
+           "fold_classes", "image_size", "load_rgb", "novel_classes"]
 
 T = TypeVar("T")
 
@@ -94,8 +93,7 @@ def assemble_episode(class_id: int, items: Sequence[T], shots: int, rng: np.rand
                      load: Callable[[T], tuple[np.ndarray, np.ndarray]]) -> Episode:
     """An episode from one class's items: a random query and ``shots`` other items as
     supports, each turned into (image, mask) by ``load``."""
-    query = int(rng.integers(len(items)))
-    others = [i for i in rng.permutation(len(items)) if i != query][:shots]
+    query, others = draw_query_and_supports(len(items), shots, rng)
     supports = [load(items[i]) for i in others]
     query_image, query_mask = load(items[query])
     return Episode(
@@ -105,6 +103,15 @@ def assemble_episode(class_id: int, items: Sequence[T], shots: int, rng: np.rand
         query_image=query_image,
         query_mask=query_mask,
     )
+
+
+def draw_query_and_supports(count: int, shots: int, rng: np.random.Generator
+                            ) -> tuple[int, list[int]]:
+    """Indices into ``count`` items: a random query and the first ``shots`` of a random
+    permutation of the others (so a K-shot draw extends the 1-shot one)."""
+    query = int(rng.integers(count))
+    others = [int(i) for i in rng.permutation(count) if i != query][:shots]
+    return query, others
 
 
 def class_mask(label: np.ndarray, class_id: int) -> np.ndarray:

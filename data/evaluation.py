@@ -8,9 +8,10 @@ result into the eval JSON of `crnet eval --json`.
 
 The fold mean: pass the source's classes (``classes=source.classes``) and mIoU is the
 mean over the fold's classes, a class without an episode counting 0 (HSNet, PFENet);
-``absent_classes`` in the result lists them. Which PASCAL-5i queries are drawn is
-``episode_source(..., sampler=)`` (see data.pascal: uniform by default; hsnet and pfenet
-reproduce those evaluators' class mix, on which FB-IoU depends).
+``absent_classes`` in the result lists them. Which PASCAL-5i episodes are drawn is
+``episode_source(..., sampler=)`` (see data.pascal and docs/pascal-samplers.md: uniform by
+default; hsnet and pfenet give the (query, class, supports) sequences of those evaluators'
+test loops, on which FB-IoU depends).
 """
 
 from __future__ import annotations
@@ -25,9 +26,28 @@ import numpy as np
 
 from crnet.data.episodes import DatasetError, Episode
 from crnet.runtime.metrics import FewShotMeter
+from crnet.runtime.progress import Progress, track
 
 DATASETS = ("synthetic-5i", "pascal-5i", "folder")
 SAMPLERS = ("uniform", "hsnet", "pfenet")
+SAMPLER_PROTOCOLS: dict[str, dict[str, int]] = {
+    "hsnet": {"episodes": 1000, "seed": 0},
+    "pfenet": {"episodes": 5001, "seed": 321},
+}
+"""The episode count and seed of each evaluator's own test run (PFENet's test_num = 5000
+runs 5001 episodes)."""
+SAMPLER_HELP = (
+    "how PASCAL-5i episodes are drawn: uniform (the default: a class uniformly, then a "
+    "query and supports of it; no paper's protocol); hsnet (HSNet's test.py: the same "
+    "(query, class, supports) sequence, repeated supports included, on HSNet's published "
+    "fold lists when the data root is the standard VOC2012 val, else on lists made by the "
+    "2048-pixel rule; HSNet runs --episodes 1000 --seed 0); pfenet (PFENet's test.py with "
+    "workers=0: the same sequence, up to 20 passes; PFENet runs --episodes 5001 --seed 321, "
+    "and with DataLoader workers its draws differ). docs/pascal-samplers.md says what each "
+    "reproduces"
+)
+"""The --sampler help: it claims exactness only where tests/data/test_reference_samplers.py
+shows it."""
 
 Predictor = Callable[[Episode], np.ndarray]
 EpisodeHook = Callable[[int, Episode, dict[str, np.ndarray]], None]
@@ -62,7 +82,8 @@ class EvalResult:
 
 
 def evaluate_many(predictors: dict[str, Predictor], episodes: Iterable[Episode],
-                  total: int | None = None, progress: bool = True, description: str = "eval",
+                  total: int | None = None, progress: bool | Progress = True,
+                  description: str = "eval",
                   keep_predictions: bool = False, on_episode: EpisodeHook | None = None,
                   classes: Sequence[int] | None = None) -> dict[str, EvalResult]:
     """Run every predictor on each episode (one pass) and score the query masks.
@@ -71,14 +92,11 @@ def evaluate_many(predictors: dict[str, Predictor], episodes: Iterable[Episode],
     ``classes``: the fold's classes, the mIoU denominator (absent ones count 0); None
     averages over the classes seen.
     """
-    from tqdm import tqdm
-
     meters = {name: FewShotMeter(classes) for name in predictors}
     seconds = dict.fromkeys(predictors, 0.0)
     kept: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
     count = 0
-    for episode in tqdm(episodes, total=total, desc=description, disable=not progress,
-                        leave=False):
+    for episode in track(episodes, progress, description, total=total):
         predictions = {}
         for name, predict in predictors.items():
             started = time.perf_counter()
@@ -98,7 +116,7 @@ def evaluate_many(predictors: dict[str, Predictor], episodes: Iterable[Episode],
 
 
 def evaluate(predict: Predictor, episodes: Iterable[Episode], total: int | None = None,
-             progress: bool = True, description: str = "eval",
+             progress: bool | Progress = True, description: str = "eval",
              keep_predictions: bool = False,
              classes: Sequence[int] | None = None) -> EvalResult:
     """Run ``predict`` on every episode and score the query masks (evaluate_many of one)."""

@@ -25,18 +25,17 @@ Episode ``index`` uses class ``classes[index % 5]`` (test) or ``classes[index % 
 (train), so classes are balanced; supports are drawn per (index, j), so the K-shot
 episode extends the 1-shot one (same class, query and first support).
 
-``python -m crnet.data.synthetic --bench`` prints images/s;
-``python -m crnet.data.synthetic --preview out.png`` writes a grid to look at.
+``crnet synthetic --bench`` (or ``python -m crnet.data.synthetic --bench``) prints
+images/s; ``crnet synthetic --preview out.png`` writes a grid to look at.
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import functools
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -560,7 +559,8 @@ def write_voc_tree(root: Path, fold: int = 0, train_images: int = 45, test_image
     return root
 
 
-def _preview(path: Path, fold: int, shots: int, count: int, seed: int, split: str) -> None:
+def write_preview(path: Path, fold: int, shots: int, count: int, seed: int, split: str
+                  ) -> None:
     """PNG grid: one row per episode: supports (mask outlined yellow) | query | query mask."""
     from PIL import Image
 
@@ -588,7 +588,8 @@ def _preview(path: Path, fold: int, shots: int, count: int, seed: int, split: st
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
 
 
-def _bench(count: int, shots: int) -> float:
+def images_per_second(count: int, shots: int) -> float:
+    """Generation speed: images (queries + supports) per second over ``count`` episodes."""
     dataset = Synthetic5i(0, split="train", seed=0)
     dataset.episode(0, shots)  # warm the asset cache
     start = time.perf_counter()
@@ -598,37 +599,7 @@ def _bench(count: int, shots: int) -> float:
     return count * (shots + 1) / elapsed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: --bench prints images/s; --preview PATH writes an episode grid."""
-    parser = argparse.ArgumentParser(prog="python -m crnet.data.synthetic",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", action="store_true", help="print generation images/s")
-    parser.add_argument("--preview", type=Path, help="write a PNG grid of episodes")
-    parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--shots", type=int, default=1)
-    parser.add_argument("--episodes", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--count", type=int, default=200, help="episodes for --bench")
-    parser.add_argument("--write-voc", type=Path, metavar="DIR",
-                        help="write a small VOC2012-layout tree of --fold (train_aug + val)")
-    args = parser.parse_args(argv)
-    if not args.bench and args.preview is None and args.write_voc is None:
-        parser.error("give --bench, --preview PATH and/or --write-voc DIR")
-    if args.write_voc is not None:
-        write_voc_tree(args.write_voc, args.fold, seed=args.seed)
-        print(f"wrote a VOC-layout tree of fold {args.fold} to {args.write_voc}")
-    if args.bench:
-        rate = _bench(args.count, args.shots)
-        print(f"synthetic-5i: {rate:.1f} images/s ({args.count} episodes, "
-              f"{args.shots}-shot, 321x321, one process)")
-    if args.preview is not None:
-        _preview(args.preview, args.fold, args.shots, args.episodes, args.seed, args.split)
-        print(f"wrote {args.preview}")
-    return 0
+if __name__ == "__main__":  # `python -m crnet.data.synthetic ...` is `crnet synthetic ...`
+    from crnet.cli import main
 
-
-if __name__ == "__main__":
-    from crnet.cli.exit_codes import run_command
-
-    sys.exit(run_command("python -m crnet.data.synthetic", main))
+    sys.exit(main(["synthetic", *sys.argv[1:]]))

@@ -9,8 +9,6 @@ the output-channel axis, no int32 bias). Every ``*.onnx`` a bundle's manifest li
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -408,26 +406,14 @@ def lint_bundle(bundle_dir: str | Path) -> LintReport:
     return lint_files(files)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: lint bundles (directories) or single .onnx files; non-zero exit on errors."""
-    parser = argparse.ArgumentParser(
-        prog="crnet lint",
-        description="Check ONNX graphs against TensorRT's ONNX parser rules (no TensorRT "
-                    f"needed). Rules from: {trt_ops.SOURCE}.")
-    parser.add_argument("paths", nargs="+", metavar="BUNDLE",
-                        help="bundle directory (every graph its manifest lists) or .onnx file")
-    parser.add_argument("--json", metavar="OUT", help="also write the report as JSON here")
-    parser.add_argument("--no-info", action="store_true", help="hide info-level findings")
-    args = parser.parse_args(argv)
-    if args.json:
-        from crnet.runtime.files import check_writable_file
-
-        check_writable_file(args.json, "--json")
+def lint_paths(paths: Iterable[Path]) -> LintReport:
+    """One report over bundles (directories: every graph their manifest lists) and single
+    ``.onnx`` files; LintInputError for a path that is neither or cannot be read."""
     findings: list[Finding] = []
     graphs: list[str] = []
+    path = None
     try:
-        for raw in args.paths:
-            path = Path(raw)
+        for path in paths:
             report = (lint_bundle(path) if path.is_dir()
                       else lint_files({path.name: path}) if path.exists() else None)
             if report is None:
@@ -435,20 +421,13 @@ def main(argv: list[str] | None = None) -> int:
             findings.extend(report.findings)
             graphs.extend(report.graphs)
     except (ValueError, DecodeError) as error:
-        raise LintInputError(f"cannot lint {raw}: {error}") from error
-    total = LintReport(graphs=graphs, findings=findings)
-    shown = [f for f in findings if not (args.no_info and f.severity == INFO)]
-    print(format_table(shown))
-    print(f"\n{len(graphs)} graph(s): {len(total.errors)} error(s), "
-          f"{len(total.warnings)} warning(s) — {'FAIL' if total.errors else 'OK'}")
-    if args.json:
-        from crnet.runtime.files import write_json_atomic
-
-        write_json_atomic(args.json, total.to_dict())
-    return 1 if total.errors else 0
+        raise LintInputError(f"cannot lint {path}: {error}") from error
+    return LintReport(graphs=graphs, findings=findings)
 
 
-if __name__ == "__main__":
-    from crnet.cli.exit_codes import run_command
+if __name__ == "__main__":  # `python export/lint.py ...` is `crnet lint ...`
+    import sys
 
-    sys.exit(run_command("crnet lint", main))
+    from crnet.cli import main
+
+    sys.exit(main(["lint", *sys.argv[1:]]))

@@ -19,6 +19,7 @@ import numpy as np
 from crnet.runtime.bundle import Bundle
 from crnet.runtime.errors import CrnetError
 from crnet.runtime.preprocess import mask_from_logits, preprocess_image, preprocess_mask
+from crnet.runtime.progress import Progress, track
 
 MIN_AGREEMENT = 0.999  # fraction of query pixels whose foreground decision must agree
 MAX_DELTA_MIOU = 0.05  # in the units of runtime.metrics.FewShotMeter.miou() (percent)
@@ -123,6 +124,55 @@ def _episode_arrays(episode: Any, config: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(masks)
 
 
+@dataclass
+class _Tally:
+    """What the parity run accumulates over the episodes."""
+
+    diffs: dict[str, OutputDiff] = field(
+        default_factory=lambda: {name: OutputDiff() for name in OUTPUTS})
+    torch_meter: Any = None
+    onnx_meter: Any = None
+    agree: int = 0
+    total: int = 0
+    both_foreground: int = 0
+    either_foreground: int = 0
+    worst_agreement: float = 1.0
+    worst_episode: int = -1
+    skipped: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from crnet.runtime.metrics import FewShotMeter
+
+        self.torch_meter, self.onnx_meter = FewShotMeter(), FewShotMeter()
+
+    def add_outputs(self, index: int, shots: int, outputs: dict[str, dict[str, np.ndarray]]
+                    ) -> None:
+        """Keep the largest difference of each output (an infinite one where ONNX Runtime
+        gave a non-finite value)."""
+        for name in OUTPUTS:
+            expected, actual = outputs["torch"][name], outputs["onnx"][name]
+            difference = float(np.max(np.abs(expected - actual)))
+            if not np.isfinite(actual).all():
+                difference = float("inf")
+            if difference > self.diffs[name].max_abs_diff or self.diffs[name].episode < 0:
+                self.diffs[name] = OutputDiff(difference, index, shots)
+
+    def add_masks(self, index: int, episode: Any, outputs: dict[str, dict[str, np.ndarray]]
+                  ) -> None:
+        """Compare the two final masks at image size and score both."""
+        shape = episode.query_image.shape
+        torch_mask = mask_from_logits(outputs["torch"]["query_logits"][0], shape)
+        onnx_mask = mask_from_logits(outputs["onnx"]["query_logits"][0], shape)
+        same = int(np.count_nonzero(torch_mask == onnx_mask))
+        self.agree, self.total = self.agree + same, self.total + torch_mask.size
+        self.both_foreground += int(np.count_nonzero(torch_mask & onnx_mask))
+        self.either_foreground += int(np.count_nonzero(torch_mask | onnx_mask))
+        if same / torch_mask.size < self.worst_agreement:
+            self.worst_agreement, self.worst_episode = same / torch_mask.size, index
+        self.torch_meter.update(episode.class_id, torch_mask, episode.query_mask)
+        self.onnx_meter.update(episode.class_id, onnx_mask, episode.query_mask)
+
+
 def check_parity(
     model: Any,
     bundle: Bundle,
@@ -131,40 +181,55 @@ def check_parity(
     fold: int = 0,
     seed: int = 0,
     shot_cycle: Sequence[int] = SHOT_CYCLE,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> ParityReport:
     """Compare a bundle's fp32 graphs with the PyTorch ``model`` on ``episodes`` synthetic-5i
     test episodes, through the runtime's backends (ONNX Runtime CPU and torch), the same
     backends `crnet eval` compares."""
     import time
 
-    from tqdm import tqdm
-
-    from crnet.data.synthetic import Synthetic5i
-    from crnet.models.torch_backend import TorchBackend
-    from crnet.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from crnet.runtime.metrics import FewShotMeter
-
     if episodes < 1:
         raise ParityInputError(f"parity needs at least one episode, got {episodes}")
     started = time.perf_counter()
+    tally = _run_episodes(model, bundle, episodes, fold, seed, shot_cycle, progress)
+    if tally.total == 0:
+        raise ParityInputError(
+            f"all {episodes} parity episodes were skipped (empty support masks)")
+    torch_miou, onnx_miou = float(tally.torch_meter.miou()), float(tally.onnx_meter.miou())
+    report = ParityReport(
+        episodes=episodes, fold=fold, seed=seed, shot_cycle=list(shot_cycle),
+        outputs=tally.diffs, foreground_agreement=tally.agree / tally.total,
+        foreground_iou=(tally.both_foreground / tally.either_foreground
+                        if tally.either_foreground else 1.0),
+        worst_episode_agreement=tally.worst_agreement,
+        worst_agreement_episode=tally.worst_episode, torch_miou=torch_miou,
+        onnx_miou=onnx_miou, delta_miou=abs(torch_miou - onnx_miou), skipped=tally.skipped,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    report.failures += _failures(report)
+    return report
+
+
+def _run_episodes(model: Any, bundle: Bundle, episodes: int, fold: int, seed: int,
+                  shot_cycle: Sequence[int], progress: bool | Progress) -> _Tally:
+    """Run both sides on each episode (skipping those whose support mask vanishes at the
+    feature size) and tally the differences."""
+    from crnet.data.synthetic import Synthetic5i
+    from crnet.models.torch_backend import TorchBackend
+    from crnet.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
     model.eval()
-    config = model.config
     candidate = OnnxRuntimeBackend(bundle, "fp32", use_ort_build=False)
     reference = TorchBackend(None, "fp32", model=model, device="cpu")
     dataset = Synthetic5i(fold, split="test", seed=seed)
-    diffs = {name: OutputDiff() for name in OUTPUTS}
-    torch_meter, onnx_meter = FewShotMeter(), FewShotMeter()
-    agree = total = both_foreground = either_foreground = 0
-    worst_agreement, worst_episode = 1.0, -1
-    skipped: list[int] = []
+    tally = _Tally()
     with candidate, reference:
-        for index in tqdm(range(episodes), desc="parity", disable=not progress, leave=False):
+        for index in track(range(episodes), progress, "parity"):
             shots = int(shot_cycle[index % len(shot_cycle)])
             episode = dataset.episode(index, shots)
-            images, masks = _episode_arrays(episode, config)
+            images, masks = _episode_arrays(episode, model.config)
             if np.any(masks.reshape(len(masks), -1).sum(axis=1) <= 0):
-                skipped.append(index)  # an object too small to survive the feature resize
+                tally.skipped.append(index)  # an object too small to survive the resize
                 continue
             outputs = {}
             for name, backend in (("torch", reference), ("onnx", candidate)):
@@ -172,45 +237,21 @@ def check_parity(
                 query_logits, support_logits = backend.run_refine(feat[-1:], feat[:-1], masks)
                 outputs[name] = {"feat": feat, "query_logits": query_logits,
                                  "support_logits": support_logits}
-            for name in OUTPUTS:
-                expected, actual = outputs["torch"][name], outputs["onnx"][name]
-                difference = float(np.max(np.abs(expected - actual)))
-                if not np.isfinite(actual).all():
-                    difference = float("inf")
-                if difference > diffs[name].max_abs_diff or diffs[name].episode < 0:
-                    diffs[name] = OutputDiff(difference, index, shots)
-            shape = episode.query_image.shape
-            torch_mask = mask_from_logits(outputs["torch"]["query_logits"][0], shape)
-            onnx_mask = mask_from_logits(outputs["onnx"]["query_logits"][0], shape)
-            same = int(np.count_nonzero(torch_mask == onnx_mask))
-            agree, total = agree + same, total + torch_mask.size
-            both_foreground += int(np.count_nonzero(torch_mask & onnx_mask))
-            either_foreground += int(np.count_nonzero(torch_mask | onnx_mask))
-            if same / torch_mask.size < worst_agreement:
-                worst_agreement, worst_episode = same / torch_mask.size, index
-            torch_meter.update(episode.class_id, torch_mask, episode.query_mask)
-            onnx_meter.update(episode.class_id, onnx_mask, episode.query_mask)
-    if total == 0:
-        raise ParityInputError(
-            f"all {episodes} parity episodes were skipped (empty support masks)")
-    torch_miou, onnx_miou = float(torch_meter.miou()), float(onnx_meter.miou())
-    report = ParityReport(
-        episodes=episodes, fold=fold, seed=seed, shot_cycle=list(shot_cycle), outputs=diffs,
-        foreground_agreement=agree / total,
-        foreground_iou=both_foreground / either_foreground if either_foreground else 1.0,
-        worst_episode_agreement=worst_agreement,
-        worst_agreement_episode=worst_episode, torch_miou=torch_miou, onnx_miou=onnx_miou,
-        delta_miou=abs(torch_miou - onnx_miou), skipped=skipped,
-        seconds=round(time.perf_counter() - started, 2),
-    )
+            tally.add_outputs(index, shots, outputs)
+            tally.add_masks(index, episode, outputs)
+    return tally
+
+
+def _failures(report: ParityReport) -> list[str]:
+    """The criteria ``report`` misses: agreement, |delta mIoU|, finite outputs."""
+    failures = []
     if report.foreground_agreement < MIN_AGREEMENT:
-        report.failures.append(
+        failures.append(
             f"foreground agreement {100 * report.foreground_agreement:.3f}% < "
-            f"{100 * MIN_AGREEMENT:.1f}% (worst: episode {worst_episode}, "
-            f"{100 * worst_agreement:.2f}%)")
+            f"{100 * MIN_AGREEMENT:.1f}% (worst: episode {report.worst_agreement_episode}, "
+            f"{100 * report.worst_episode_agreement:.2f}%)")
     if report.delta_miou > MAX_DELTA_MIOU:
-        report.failures.append(f"|delta mIoU| {report.delta_miou:.4f} > {MAX_DELTA_MIOU}")
-    for name, diff in diffs.items():
-        if not np.isfinite(diff.max_abs_diff):
-            report.failures.append(f"{name} is not finite in episode {diff.episode}")
-    return report
+        failures.append(f"|delta mIoU| {report.delta_miou:.4f} > {MAX_DELTA_MIOU}")
+    failures += [f"{name} is not finite in episode {diff.episode}"
+                 for name, diff in report.outputs.items() if not np.isfinite(diff.max_abs_diff)]
+    return failures

@@ -15,7 +15,6 @@ for inspection, and ``DIR`` itself is left as it was.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import shutil
@@ -27,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from crnet.models.config import preset
 from crnet.models.provenance import training_fold
 from crnet.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, is_bundle
 from crnet.runtime.errors import CrnetError
@@ -293,11 +291,7 @@ def export_bundle(
     ``allow_unverified_checkpoint``; the manifest's ``source_checkpoint.verified`` says so.
     Raises ExportError (ParityError for a parity failure) or CheckpointError.
     """
-    from crnet.export.graphs import export_graphs
-    from crnet.export.lint import format_table, lint_files
-    from crnet.export.parity import ParityError, check_parity
-    from crnet.models.checkpoint import checkpoint_paths, preprocessing_of, save_checkpoint
-    from crnet.models.summary import flops_entry
+    from crnet.export.parity import check_parity
 
     if model is not None and checkpoint is not None:
         raise ExportError("pass either a checkpoint or a model, not both")
@@ -305,65 +299,18 @@ def export_bundle(
     out_dir = Path(out_dir)
     check_opset(opset)
     _check_destination(out_dir, force)
-    if model is None:
-        model, source, weights, meta = _load_source(checkpoint, allow_unverified_checkpoint)
-    else:
-        weights = meta = None
-        source = {"name": f"random-weights:{model.config.name}", "sha256": None,
-                  "training": {}, "preprocessing": preprocessing_of(model.config),
-                  "verified": True}  # hashed here, from memory
+    model, source, weights, meta = _resolve_source(model, checkpoint,
+                                                   allow_unverified_checkpoint)
     model.eval()
-    config = model.config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out_dir)
     temporary = make_owned_directory(out_dir.parent, _temporary_prefix(out_dir), ".export-tmp")
     try:
-        bundle_weights, bundle_meta = checkpoint_paths(temporary / CHECKPOINT_STEM)
-        if weights is None:
-            save_checkpoint(model, bundle_weights, training={"random_weights": True})
-            source["sha256"] = sha256_file(bundle_weights)
-        else:
-            shutil.copyfile(weights, bundle_weights)
-            shutil.copyfile(meta, bundle_meta)
-            if sha256_file(bundle_weights) != source["sha256"]:
-                raise ExportError(f"copy of {weights} into the bundle does not match its hash")
-
-        paths = export_graphs(model, temporary, opset)
-        written = {graph: graph_opset(path) for graph, path in paths.items()}
-        if any(version != opset for version in written.values()):
-            raise ExportError(f"opset {opset} was requested but the exporter wrote {written}; "
-                              f"use --opset {DEFAULT_OPSET}")
-        graphs = {"backbone": validate_graph(paths["backbone"], BATCH_AXIS),
-                  "refine": validate_graph(paths["refine"], SHOTS_AXIS)}
-        dynamic_check = verify_dynamic_axes(paths, model, config.max_shots)
-        lint = lint_files({path.name: path for path in paths.values()})
+        copied = _copy_checkpoint(temporary, model, source, weights, meta)
+        paths, checks, lint = _export_and_check(model, temporary, opset)
+        manifest = _fp32_manifest(model.config, source, opset, paths, checks, copied)
         fold = parity_fold if parity_fold is not None else (
             training_fold(source["training"]) or 0)
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": config.to_dict(),
-            "preprocessing": source["preprocessing"] or preprocessing_of(config),
-            "refine_steps": config.refine_steps,
-            "input_size": list(config.input_size),
-            "feature_size": list(config.feature_size),
-            "feature_channels": config.feature_channels,
-            "shots": {"min": 1, "max": config.max_shots},
-            "flops": flops_entry(config),
-            "opset": opset,
-            "graphs": graphs,
-            "variants": {"fp32": {
-                "backbone": paths["backbone"].name, "refine": paths["refine"].name,
-                "how": {"exporter": "torch.onnx.export(dynamo=True, optimize=True)",
-                        "opset": opset, "constant_folding": True,
-                        "refine_steps_unrolled": config.refine_steps},
-            }},
-            "checkpoint": {"weights": bundle_weights.name, "metadata": bundle_meta.name},
-            "source_checkpoint": {"name": source["name"], "sha256": source["sha256"],
-                                  "verified": source["verified"]},
-            "versions": _versions(),
-            "dynamic_axes_check": dynamic_check,
-        }
         # parity runs the unfinished bundle through the runtime's own backends
         parity = check_parity(model, Bundle(temporary, manifest), episodes=parity_episodes,
                               fold=fold, seed=parity_seed, progress=progress)
@@ -376,16 +323,7 @@ def export_bundle(
         })
         write_json_atomic(temporary / MANIFEST, manifest)
         if not parity.passed or not lint.passed:
-            write_json_atomic(temporary / PARITY_REPORT, parity.to_dict())
-            write_json_atomic(temporary / LINT_REPORT, lint.to_dict())
-            failed = failed_dir(out_dir)
-            _remove_failed(failed)
-            _publishable(temporary)
-            os.replace(temporary, failed)
-            if not parity.passed:
-                raise ParityError(parity, failed)
-            raise ExportError(f"TensorRT lint found errors (bundle left in {failed}):\n"
-                              + format_table(lint.errors))
+            _set_aside_failed(temporary, out_dir, parity, lint)
         _install(temporary, out_dir)
         _remove_failed(failed_dir(out_dir), missing_ok=True)  # stale report of an old run
         return manifest
@@ -394,77 +332,111 @@ def export_bundle(
             shutil.rmtree(temporary, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI over export_bundle; exits non-zero with a clear message on any failure."""
-    parser = argparse.ArgumentParser(
-        prog="crnet export",
-        description="Export a CRNet checkpoint to a bundle of split ONNX graphs "
-                    "(backbone + refine), check parity with PyTorch and lint for TensorRT.")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint .safetensors (default: the bundled trained "
-                             "crnet-lite, models/weights/crnet-lite-fold0.safetensors)")
-    parser.add_argument("--preset", help="with --random-weights: the preset to build")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="export an untrained model of --preset (tests, CI)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"bundle directory (default: {DEFAULT_OUT}/)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace the bundle at --out (only a bundle: any other "
-                             "non-empty directory is refused)")
-    parser.add_argument("--allow-unverified-checkpoint", action="store_true",
-                        help="load a checkpoint whose .json records no sha256 (its weights "
-                             "cannot be verified); recorded in the manifest as "
-                             "source_checkpoint.verified = false")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset of the graphs ({MIN_OPSET} or newer; default "
-                             f"{DEFAULT_OPSET})")
-    parser.add_argument("--episodes", type=int, default=PARITY_EPISODES,
-                        help="synthetic-5i episodes for the parity check")
-    parser.add_argument("--fold", type=int, default=None,
-                        help="parity fold (default: the checkpoint's training fold, else 0)")
-    parser.add_argument("--seed", type=int, default=0, help="random-weights and parity seed")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.random_weights != bool(args.preset):
-        parser.error("--preset and --random-weights go together")
-    if args.random_weights and args.checkpoint is not None:
-        parser.error("--checkpoint and --random-weights exclude each other")
-    try:
-        check_opset(args.opset)
-    except ExportError as error:
-        parser.error(str(error))
+def _resolve_source(model: Any, checkpoint: str | Path | None, allow_unverified: bool
+                    ) -> tuple[Any, dict[str, Any], Path | None, Path | None]:
+    """(model, source record, weights file, metadata file): the checkpoint's, or an
+    in-memory model's (no files; its weights are hashed once saved into the bundle)."""
+    from crnet.models.checkpoint import preprocessing_of
 
+    if model is None:
+        return _load_source(checkpoint, allow_unverified)
+    source = {"name": f"random-weights:{model.config.name}", "sha256": None,
+              "training": {}, "preprocessing": preprocessing_of(model.config),
+              "verified": True}  # hashed here, from memory
+    return model, source, None, None
+
+
+def _copy_checkpoint(temporary: Path, model: Any, source: dict[str, Any],
+                     weights: Path | None, meta: Path | None) -> tuple[Path, Path]:
+    """Put the checkpoint into the bundle (an in-memory model: saved and hashed now);
+    its weights and metadata paths there."""
+    from crnet.models.checkpoint import checkpoint_paths, save_checkpoint
+
+    bundle_weights, bundle_meta = checkpoint_paths(temporary / CHECKPOINT_STEM)
+    if weights is None:
+        save_checkpoint(model, bundle_weights, training={"random_weights": True})
+        source["sha256"] = sha256_file(bundle_weights)
+    else:
+        shutil.copyfile(weights, bundle_weights)
+        shutil.copyfile(meta, bundle_meta)
+        if sha256_file(bundle_weights) != source["sha256"]:
+            raise ExportError(f"copy of {weights} into the bundle does not match its hash")
+    return bundle_weights, bundle_meta
+
+
+def _export_and_check(model: Any, temporary: Path, opset: int
+                      ) -> tuple[dict[str, Path], dict[str, Any], Any]:
+    """Export both graphs into ``temporary`` and check them: the opset written, each
+    graph's I/O (``graphs``), the dynamic axes at every N and K (``dynamic_axes_check``)
+    and the TensorRT lint (returned apart: it decides the install)."""
+    from crnet.export.graphs import export_graphs
+    from crnet.export.lint import lint_files
+
+    paths = export_graphs(model, temporary, opset)
+    written = {graph: graph_opset(path) for graph, path in paths.items()}
+    if any(version != opset for version in written.values()):
+        raise ExportError(f"opset {opset} was requested but the exporter wrote {written}; "
+                          f"use --opset {DEFAULT_OPSET}")
+    checks = {"graphs": {"backbone": validate_graph(paths["backbone"], BATCH_AXIS),
+                         "refine": validate_graph(paths["refine"], SHOTS_AXIS)},
+              "dynamic_axes_check": verify_dynamic_axes(paths, model, model.config.max_shots)}
+    lint = lint_files({path.name: path for path in paths.values()})
+    return paths, checks, lint
+
+
+def _fp32_manifest(config: Any, source: dict[str, Any], opset: int, paths: dict[str, Path],
+                   checks: dict[str, Any], copied: tuple[Path, Path]) -> dict[str, Any]:
+    """The manifest of the fp32 bundle before parity (no files, parity or lint yet)."""
+    from crnet.models.checkpoint import preprocessing_of
+    from crnet.models.summary import flops_entry
+
+    bundle_weights, bundle_meta = copied
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": config.to_dict(),
+        "preprocessing": source["preprocessing"] or preprocessing_of(config),
+        "refine_steps": config.refine_steps,
+        "input_size": list(config.input_size),
+        "feature_size": list(config.feature_size),
+        "feature_channels": config.feature_channels,
+        "shots": {"min": 1, "max": config.max_shots},
+        "flops": flops_entry(config),
+        "opset": opset,
+        "graphs": checks["graphs"],
+        "variants": {"fp32": {
+            "backbone": paths["backbone"].name, "refine": paths["refine"].name,
+            "how": {"exporter": "torch.onnx.export(dynamo=True, optimize=True)",
+                    "opset": opset, "constant_folding": True,
+                    "refine_steps_unrolled": config.refine_steps},
+        }},
+        "checkpoint": {"weights": bundle_weights.name, "metadata": bundle_meta.name},
+        "source_checkpoint": {"name": source["name"], "sha256": source["sha256"],
+                              "verified": source["verified"]},
+        "versions": _versions(),
+        "dynamic_axes_check": checks["dynamic_axes_check"],
+    }
+
+
+def _set_aside_failed(temporary: Path, out_dir: Path, parity: Any, lint: Any) -> None:
+    """Move a bundle that failed parity or the lint to ``failed_dir(out_dir)`` with both
+    reports, and raise ParityError or ExportError."""
+    from crnet.export.lint import format_table
     from crnet.export.parity import ParityError
 
-    try:
-        model = None
-        if args.random_weights:
-            import torch
-
-            from crnet.models.crnet import CRNet
-
-            torch.manual_seed(args.seed)
-            model = CRNet(preset(args.preset)).eval()
-        manifest = export_bundle(
-            args.out, args.checkpoint, model=model, force=args.force, opset=args.opset,
-            parity_episodes=args.episodes, parity_fold=args.fold, parity_seed=args.seed,
-            progress=not args.no_progress,
-            allow_unverified_checkpoint=args.allow_unverified_checkpoint)
-    except ParityError as error:
-        print(f"crnet export: parity FAILED\n{error}", file=sys.stderr)
-        return 1
-    parity, lint = manifest["parity"], manifest["lint"]
-    print(f"wrote {args.out}/ in {manifest['export_seconds']:.1f} s: "
-          + ", ".join(sorted(manifest["files"])))
-    print(f"parity on {parity['episodes']} episodes: max |logit diff| "
-          f"{parity['max_abs_logit_diff']:.2e}, foreground agreement "
-          f"{100 * parity['foreground_agreement']:.3f}%, |delta mIoU| "
-          f"{parity['delta_miou']:.4f} -> {'PASS' if parity['passed'] else 'FAIL'}")
-    print(f"TensorRT lint: {lint['errors']} error(s), {lint['warnings']} warning(s)")
-    return 0
+    write_json_atomic(temporary / PARITY_REPORT, parity.to_dict())
+    write_json_atomic(temporary / LINT_REPORT, lint.to_dict())
+    failed = failed_dir(out_dir)
+    _remove_failed(failed)
+    _publishable(temporary)
+    os.replace(temporary, failed)
+    if not parity.passed:
+        raise ParityError(parity, failed)
+    raise ExportError(f"TensorRT lint found errors (bundle left in {failed}):\n"
+                      + format_table(lint.errors))
 
 
-if __name__ == "__main__":
-    from crnet.cli.exit_codes import run_command
+if __name__ == "__main__":  # `python export/to_onnx.py ...` is `crnet export ...`
+    from crnet.cli import main
 
-    sys.exit(run_command("crnet export", main))
+    sys.exit(main(["export", *sys.argv[1:]]))

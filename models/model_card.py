@@ -1,9 +1,10 @@
 """Model card of any trained checkpoint: accuracy, support-swap evidence, example picture.
 
-`python -m crnet.models.model_card --checkpoint PATH [--dataset synthetic-5i|pascal-5i|folder
---data-root DIR] [--fold F] [--episodes N]` evaluates the checkpoint with the same
-predictor as `crnet eval --backend torch` on the fold's test episodes (seed 0; 1- and
-5-shot; the fold defaults to the one the checkpoint was trained on) and writes
+`crnet model-card --checkpoint PATH [--dataset synthetic-5i|pascal-5i|folder --data-root DIR]
+[--fold F] [--episodes N]` (or `python -m crnet.models.model_card ...`) evaluates the
+checkpoint with the same predictor as `crnet eval --backend torch` on the fold's test
+episodes (seed 0; 1- and 5-shot; the fold defaults to the one the checkpoint was trained
+on) and writes
 ``<checkpoint stem>.md`` and ``<checkpoint stem>-examples.png`` beside it.
 
 Support-swap evidence: the same queries segmented with their true support and with a
@@ -14,8 +15,6 @@ class per image, so its card leaves that section out.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ import numpy as np
 
 from crnet.data.episodes import Episode, episode_rng
 from crnet.data.evaluation import (
-    DATASETS,
     EvalResult,
     episode_source,
     evaluate,
@@ -40,7 +38,6 @@ from crnet.data.pictures import (
 )
 from crnet.data.synthetic import CLASS_NAMES, SUPPORT_DISTRACTOR_PROB, Synthetic5i
 from crnet.models.provenance import training_config, training_dataset, training_fold
-from crnet.runtime.errors import UsageError
 from crnet.runtime.files import write_bytes_atomic
 
 SWAP_SALT = 7919  # keys the swapped supports' random stream apart from the episodes'
@@ -194,17 +191,9 @@ def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Pa
     history = training.get("history", [])
     fold = figures["fold"]
     dataset = figures.get("dataset", "synthetic-5i")
-    names = figures.get("class_names") or {int(c): CLASS_NAMES[int(c) - 1]
-                                           for c in figures["per_class_iou_1shot"]}
     rel = checkpoint.as_posix()
     data_flags = _data_flags({"dataset": dataset, **figures})
-    per_class = "\n".join(
-        f"| {cls} | {names[int(cls)]} | {iou:.1f} |"
-        for cls, iou in sorted(figures["per_class_iou_1shot"].items())
-    )
-    absent = figures.get("absent_classes_1shot") or []
-    absent_note = (f"\nClasses without an episode count 0 in the mean: {absent}.\n"
-                   if absent else "")
+    per_class, absent_note = _per_class_rows(figures)
     accuracy_rows = "\n".join(
         f"| {shots} | {figures[f'miou_{shots}-shot']:.1f} | {figures[f'fbiou_{shots}-shot']:.1f} "
         f"| `crnet eval --backend torch --checkpoint {rel} {data_flags} --fold {fold} "
@@ -216,45 +205,9 @@ def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Pa
         f"| {h['step']} | {h['loss']:.3f} | {h['miou_1shot']:.1f} | {h['elapsed_s'] / 60:.0f} |"
         for h in history
     )
-    card_command = f"python -m crnet.models.model_card --checkpoint {rel}"
-    if dataset != "synthetic-5i" or figures["episodes"] != 1000:
-        card_command += f" {data_flags} --fold {fold} --episodes {figures['episodes']}"
-    if figures.get("swap_requested", 300) != 300:
-        card_command += f" --swap-episodes {figures['swap_requested']}"
-    if figures.get("swap_episodes"):
-        swap = f"""## The support steers the prediction
-
-The same {figures['swap_episodes']} test queries (those holding an object of another
-class), segmented with their true support and with a support of that other class:
-
-| support | mIoU of the true target |
-|---|---|
-| true class | {figures['swap_true_miou']:.1f} |
-| another class present in the query | {figures['swap_other_miou']:.1f} |
-| drop | **{figures['swap_drop']:.1f} points** |
-
-Reproduce: `{card_command}` (writes this card).
-
-![support, query, prediction, ground truth]({picture})"""
-    else:
-        swap = f"""## Examples
-
-No support-swap evidence: {dataset} does not say which other class a query holds.
-Reproduce: `{card_command}` (writes this card).
-
-![support, query, prediction, ground truth]({picture})"""
-    if dataset == "pascal-5i":
-        limits = ("PASCAL-5i as found under the data root: on the real VOC2012 + SBD "
-                  "data, CRNet-R50 reports 55.7 (1-shot) / 58.8 (5-shot) mIoU with an "
-                  "ImageNet-pretrained trunk (mean of 4 folds). Queries are drawn uniformly "
-                  "over the fold's classes (`--sampler uniform`); HSNet's and PFENet's "
-                  "evaluators draw them differently, which moves FB-IoU.")
-    elif dataset == "synthetic-5i":
-        limits = ("Synthetic-5i only: these numbers say nothing about PASCAL-5i, where "
-                  "CRNet-R50 reports 55.7 (1-shot) / 58.8 (5-shot) mIoU with an "
-                  "ImageNet-pretrained trunk.")
-    else:
-        limits = "The user's own folder of classes; no published figure to compare with."
+    swap = _swap_section(figures, dataset, picture,
+                         _card_command(rel, dataset, figures, data_flags, fold))
+    limits = _limits(dataset)
     return f"""# Model card: {info.config.name}, {dataset} fold {fold}
 
 CRNet ({info.config.name} preset: {info.config.block} trunk {list(info.config.trunk_blocks)},
@@ -300,32 +253,74 @@ Wall time of the last run segment: {training.get('wall_s_this_run', 0) / 60:.0f}
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the model card of a checkpoint."""
-    parser = argparse.ArgumentParser(prog="python -m crnet.models.model_card", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS)
-    parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--fold", type=int, default=None, choices=range(4),
-                        help="default: the fold the checkpoint was trained on")
-    parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--swap-episodes", type=int, default=300)
-    parser.add_argument("--note", default="", help="extra training notes for the card")
-    args = parser.parse_args(argv)
-    if args.episodes < 1 or args.swap_episodes < 1:
-        raise UsageError("--episodes and --swap-episodes must be >= 1")
-    from crnet.data.evaluation import missing_data_root
-
-    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
-        raise UsageError(problem)
-    figures = build_card(args.checkpoint, args.episodes, args.swap_episodes, note=args.note,
-                         dataset=args.dataset, data_root=args.data_root, fold=args.fold)
-    print(json.dumps(figures, indent=2, default=str))
-    return 0
+def _per_class_rows(figures: dict[str, Any]) -> tuple[str, str]:
+    """The per-class 1-shot IoU rows, and the note on classes without an episode."""
+    names = figures.get("class_names") or {int(c): CLASS_NAMES[int(c) - 1]
+                                           for c in figures["per_class_iou_1shot"]}
+    rows = "\n".join(f"| {cls} | {names[int(cls)]} | {iou:.1f} |"
+                     for cls, iou in sorted(figures["per_class_iou_1shot"].items()))
+    absent = figures.get("absent_classes_1shot") or []
+    note = (f"\nClasses without an episode count 0 in the mean: {absent}.\n"
+            if absent else "")
+    return rows, note
 
 
-if __name__ == "__main__":
-    from crnet.cli.exit_codes import run_command
+def _card_command(rel: str, dataset: str, figures: dict[str, Any], data_flags: str,
+                  fold: int) -> str:
+    """The command that writes this card again."""
+    command = f"python -m crnet.models.model_card --checkpoint {rel}"
+    if dataset != "synthetic-5i" or figures["episodes"] != 1000:
+        command += f" {data_flags} --fold {fold} --episodes {figures['episodes']}"
+    if figures.get("swap_requested", 300) != 300:
+        command += f" --swap-episodes {figures['swap_requested']}"
+    return command
 
-    raise SystemExit(run_command("python -m crnet.models.model_card", main))
+
+def _swap_section(figures: dict[str, Any], dataset: str, picture: str,
+                  card_command: str) -> str:
+    """The support-swap evidence where the dataset names a query's other class, else the
+    example pictures alone."""
+    if figures.get("swap_episodes"):
+        return f"""## The support steers the prediction
+
+The same {figures['swap_episodes']} test queries (those holding an object of another
+class), segmented with their true support and with a support of that other class:
+
+| support | mIoU of the true target |
+|---|---|
+| true class | {figures['swap_true_miou']:.1f} |
+| another class present in the query | {figures['swap_other_miou']:.1f} |
+| drop | **{figures['swap_drop']:.1f} points** |
+
+Reproduce: `{card_command}` (writes this card).
+
+![support, query, prediction, ground truth]({picture})"""
+    return f"""## Examples
+
+No support-swap evidence: {dataset} does not say which other class a query holds.
+Reproduce: `{card_command}` (writes this card).
+
+![support, query, prediction, ground truth]({picture})"""
+
+
+def _limits(dataset: str) -> str:
+    """What the figures of ``dataset`` do not say."""
+    if dataset == "pascal-5i":
+        return ("PASCAL-5i as found under the data root: on the real VOC2012 + SBD "
+                "data, CRNet-R50 reports 55.7 (1-shot) / 58.8 (5-shot) mIoU with an "
+                "ImageNet-pretrained trunk (mean of 4 folds). Queries are drawn uniformly "
+                "over the fold's classes (`--sampler uniform`); HSNet's and PFENet's "
+                "evaluators draw them differently, which moves FB-IoU.")
+    if dataset == "synthetic-5i":
+        return ("Synthetic-5i only: these numbers say nothing about PASCAL-5i, where "
+                "CRNet-R50 reports 55.7 (1-shot) / 58.8 (5-shot) mIoU with an "
+                "ImageNet-pretrained trunk.")
+    return "The user's own folder of classes; no published figure to compare with."
+
+
+if __name__ == "__main__":  # `python -m crnet.models.model_card ...` is `crnet model-card ...`
+    import sys
+
+    from crnet.cli import main
+
+    sys.exit(main(["model-card", *sys.argv[1:]]))

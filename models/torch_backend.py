@@ -31,6 +31,13 @@ class TorchBackend(Backend):
     name = "torch"
     install_hint = "Install it with `pip install torch==2.13.0` (a CPU wheel is enough)."
     thread_safe = True
+    runs_on_cpu = True
+    takes_threads = True
+
+    @classmethod
+    def runs_query_branch_only(cls, info: dict[str, Any]) -> bool:
+        """Always: segment() runs ``refine_query``, the query branch alone."""
+        return True
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
                  checkpoint: str | Path | None = None, device: str | None = None,

@@ -67,6 +67,8 @@ from crnet.runtime.preprocess import (
     preprocess_image,
     preprocess_mask,
 )
+from crnet.runtime.progress import Progress
+from crnet.runtime.progress import resolve as resolve_progress
 
 
 class TrainingError(CrnetError, RuntimeError):
@@ -291,11 +293,23 @@ def set_train_mode(model: CRNet, train_config: TrainConfig) -> None:
         model.trunk.eval()
 
 
-def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
-          model_config: CRNetConfig | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train, evaluating and saving periodically; returns the final history entry."""
-    from tqdm import tqdm
+@dataclasses.dataclass
+class _Session:
+    """A training run's model, optimiser state and history."""
 
+    model: CRNet
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    amp_cuda: bool
+    init_record: dict[str, Any] | None
+    step: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
+          model_config: CRNetConfig | None = None, progress: bool | Progress = True
+          ) -> dict[str, Any]:
+    """Train, evaluating and saving periodically; returns the final history entry."""
     device = check_device(train_config.device)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"run directory {run_dir} is a file; expected a directory")
@@ -304,81 +318,120 @@ def train(train_config: TrainConfig, run_dir: Path, resume: bool = False,
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     torch.manual_seed(train_config.seed)
+    train_source, eval_set = _episode_sources(train_config)
+    session = _start_session(train_config, model_config, device, run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stream = torch.utils.data.DataLoader(
+        EpisodeStream(session.model.config, train_source, train_config.seed,
+                      train_config.batch, session.step),
+        batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
+    started = time.time()
+    history = session.history
+    earlier_s = history[-1].get("total_elapsed_s", history[-1]["elapsed_s"]) if history else 0.0
+    losses: list[float] = []
+    bar = resolve_progress(progress).bar(train_config.steps, "train", leave=True,
+                                         initial=session.step)
+    set_train_mode(session.model, train_config)
+    for batch_step, batch in stream:
+        if batch_step >= train_config.steps:
+            break
+        losses.append(_train_step(session, batch, batch_step, train_config, device))
+        session.step = step = batch_step + 1
+        bar.update(1)
+        bar.set_postfix_str(f"loss={np.mean(losses[-50:]):.3f}")
+        if step % train_config.eval_every == 0 or step == train_config.steps:
+            entry = _evaluate_step(session, eval_set, train_config, losses)
+            entry.update({"elapsed_s": time.time() - started,
+                          "total_elapsed_s": earlier_s + time.time() - started})
+            history.append(entry)
+            bar.write(f"step {step}: loss {entry['loss']:.3f} "
+                      f"1-shot mIoU {entry['miou_1shot']:.1f} FB-IoU {entry['fbiou_1shot']:.1f}")
+        if step % train_config.save_every == 0 or step == train_config.steps:
+            _save_session(run_dir, session, train_config)
+    bar.close()
+    session.model.eval()
+    provenance = training_record(train_config, history, session.step, time.time() - started,
+                                 session.init_record)
+    save_checkpoint(session.model,
+                    run_dir / f"{session.model.config.name}-fold{train_config.fold}",
+                    training=provenance)
+    return history[-1] if history else {}
+
+
+def _episode_sources(train_config: TrainConfig) -> tuple[Any, Any]:
+    """The train split's episodes (base classes) and the test split's (novel classes, seed
+    0) of the configured dataset; each opened once here so a bad dataset fails now, not in
+    the loader's worker."""
     data_root = Path(train_config.data_root) if train_config.data_root else None
     train_source = episode_source(train_config.dataset, train_config.fold, train_config.seed,
                                   data_root, split="train")
     eval_set = episode_source(train_config.dataset, train_config.fold, 0, data_root,
                               split="test")
-    train_source.episode(0, shots=1)  # fail here, not in the loader's worker
+    train_source.episode(0, shots=1)
     eval_set.episode(0, shots=1)
+    return train_source, eval_set
+
+
+def _start_session(train_config: TrainConfig, model_config: CRNetConfig | None,
+                   device: torch.device, run_dir: Path, resume: bool) -> _Session:
+    """The model on ``device``, its optimiser and gradient scaler; with ``resume``, the
+    saved state of ``run_dir`` loaded into them."""
     model, init_record = build_model(train_config, model_config)
-    model_config = model.config
     model.to(device)
     optimizer = make_optimizer(model, train_config)
     amp_cuda = train_config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp_cuda)
-    step, history = 0, []
+    session = _Session(model, optimizer, scaler, amp_cuda, init_record)
     if resume:
-        step, history = load_state_into(run_dir, model, optimizer)
+        session.step, session.history = load_state_into(run_dir, model, optimizer)
         meta = read_state_meta(run_dir)
-        init_record = meta.get("init_trunk", init_record)
+        session.init_record = meta.get("init_trunk", init_record)
         if amp_cuda and meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stream = torch.utils.data.DataLoader(
-        EpisodeStream(model_config, train_source, train_config.seed, train_config.batch, step),
-        batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=False,
-        pin_memory=device.type == "cuda",
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    started = time.time()
-    earlier_s = history[-1].get("total_elapsed_s", history[-1]["elapsed_s"]) if history else 0.0
-    losses: list[float] = []
-    bar = tqdm(total=train_config.steps, initial=step, desc="train", disable=not progress)
-    set_train_mode(model, train_config)
-    for batch_step, batch in stream:
-        if batch_step >= train_config.steps:
-            break
-        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(batch_step, train_config)
-        with torch.autocast(device.type, dtype=autocast_dtype(device.type),
-                            enabled=train_config.amp):
-            loss = episode_loss(model, batch, train_config.query_loss_weight,
-                                train_config.support_loss_weight)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if train_config.clip_norm > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, train_config.clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
-        step = batch_step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        if step % train_config.eval_every == 0 or step == train_config.steps:
-            model.eval()
-            result = evaluate(torch_predictor(model),
-                              eval_set.episodes(train_config.eval_episodes, shots=1),
-                              total=train_config.eval_episodes, progress=False,
-                              classes=eval_set.classes)
-            set_train_mode(model, train_config)
-            history.append({"step": step, "loss": float(np.mean(losses[-100:])),
-                            "miou_1shot": result.miou, "fbiou_1shot": result.fbiou,
-                            "elapsed_s": time.time() - started,
-                            "total_elapsed_s": earlier_s + time.time() - started})
-            bar.write(f"step {step}: loss {history[-1]['loss']:.3f} "
-                      f"1-shot mIoU {result.miou:.1f} FB-IoU {result.fbiou:.1f}")
-        if step % train_config.save_every == 0 or step == train_config.steps:
-            extra = {"init_trunk": init_record} if init_record else {}
-            if amp_cuda:
-                extra["grad_scaler"] = scaler.state_dict()
-            save_state(run_dir, model, optimizer, step, history, train_config, extra)
-    bar.close()
-    model.eval()
-    provenance = training_record(train_config, history, step, time.time() - started,
-                                 init_record)
-    save_checkpoint(model, run_dir / f"{model_config.name}-fold{train_config.fold}",
-                    training=provenance)
-    return history[-1] if history else {}
+    return session
+
+
+def _train_step(session: _Session, batch: dict[str, torch.Tensor], batch_step: int,
+                train_config: TrainConfig, device: torch.device) -> float:
+    """One optimiser step on a batch of episodes; its loss."""
+    model, optimizer, scaler = session.model, session.optimizer, session.scaler
+    batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(batch_step, train_config)
+    with torch.autocast(device.type, dtype=autocast_dtype(device.type),
+                        enabled=train_config.amp):
+        loss = episode_loss(model, batch, train_config.query_loss_weight,
+                            train_config.support_loss_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if train_config.clip_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                       train_config.clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
+def _evaluate_step(session: _Session, eval_set: Any, train_config: TrainConfig,
+                   losses: list[float]) -> dict[str, Any]:
+    """The periodic 1-shot evaluation on the test split: a history entry (no times)."""
+    session.model.eval()
+    result = evaluate(torch_predictor(session.model),
+                      eval_set.episodes(train_config.eval_episodes, shots=1),
+                      total=train_config.eval_episodes, progress=False,
+                      classes=eval_set.classes)
+    set_train_mode(session.model, train_config)
+    return {"step": session.step, "loss": float(np.mean(losses[-100:])),
+            "miou_1shot": result.miou, "fbiou_1shot": result.fbiou}
+
+
+def _save_session(run_dir: Path, session: _Session, train_config: TrainConfig) -> None:
+    """Save the resumable state (with the trunk's init record and the AMP scaler)."""
+    extra: dict[str, Any] = {"init_trunk": session.init_record} if session.init_record else {}
+    if session.amp_cuda:
+        extra["grad_scaler"] = session.scaler.state_dict()
+    save_state(run_dir, session.model, session.optimizer, session.step, session.history,
+               train_config, extra)

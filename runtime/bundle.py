@@ -227,6 +227,11 @@ class Bundle:
         variant = self.manifest.get("variants", {}).get(precision)
         if variant is None:
             hint = "run `crnet quantize` to add it" if precision != "fp32" else "re-export"
+            slim = self.manifest.get("slim")
+            if isinstance(slim, dict):  # written by runtime.slim.slim_bundle
+                hint = (f"it was slimmed to {slim.get('precision')} by `crnet bundle slim`: "
+                        f"ask for precision={slim.get('precision')!r}, or slim the full "
+                        f"bundle for {precision}")
             raise BundleError(
                 f"bundle {self.root} has no {precision} variant (has {self.precisions}); {hint}"
             )

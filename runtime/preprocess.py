@@ -2,10 +2,12 @@
 
 The canonical path, used by every backend and by the PyTorch reference alike:
 
-* image (HxWx3 uint8 RGB, any size) -> bilinear (half-pixel) to the bundle's input size
+* image (HxWx3 uint8 RGB, or BGR with ``channels="bgr"``; grayscale and RGBA converted;
+  any size and memory layout) -> bilinear (half-pixel) to the bundle's input size
   -> /255 -> (x - mean) / std -> [1,3,H,W] float32;
-* support mask (HxW, 0/1; 255 "ignore" counts as background) -> bilinear to the input
-  size -> bilinear (align_corners) to the feature size, as the model's ``resize_mask``;
+* support mask (HxW, 0/1; 255 "ignore" counts as background; a mask with no 1, such as
+  a 0/255 PNG, is refused with how to pass it) -> bilinear to the input size -> bilinear
+  (align_corners) to the feature size, as the model's ``resize_mask``;
 * logits [2,h,w] -> softmax foreground probability -> bilinear (half-pixel) to the
   caller's image size -> threshold 0.5.
 
@@ -48,13 +50,36 @@ class InputError(CrnetError, ValueError):
     """An image or mask that cannot be used, with what was expected."""
 
 
-def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
-    """Validate an image and convert documented variants to HxWx3 uint8 RGB.
+CHANNEL_ORDERS = ("rgb", "bgr")
+_ORDERS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
 
-    Accepted: HxWx3 uint8 (RGB), HxW or HxWx1 uint8 (grayscale, replicated to RGB),
-    HxWx4 uint8 (RGBA, alpha dropped). Anything else raises InputError.
+
+def channel_order(channels: object, what: str = "channels") -> str:
+    """``channels`` checked: "rgb" or "bgr" (any case), returned lower-case. The colour
+    order is always stated by the caller (OpenCV gives BGR), never guessed from pixels."""
+    if isinstance(channels, str) and channels.lower() in CHANNEL_ORDERS:
+        return channels.lower()
+    raise InputError(f"{what} must be 'rgb' or 'bgr' (the order of the colour channels; "
+                     f"OpenCV frames are 'bgr'), got {channels!r}")
+
+
+def frame_layout(image: object, what: str = "image", channels: str = "rgb"
+                 ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Validate an image and return ``(pixels, order)`` without copying it: ``pixels`` is
+    an HxWxC uint8 view (C = 1, 3 or 4) whose channel stride is not negative, ``order``
+    the indices of R, G and B among its C values.
+
+    Accepted: HxWx3 uint8 in ``channels`` order ("rgb" or "bgr"), HxW or HxWx1 uint8
+    (grayscale: R = G = B), HxWx4 uint8 (RGBA, or BGRA with "bgr"; alpha is ignored), in
+    any memory layout (crops, steps, ``frame[..., ::-1]``). Anything else raises
+    InputError. The resize reads the colour order through ``order`` (runtime.resize_plans).
     """
-    image = np.asarray(image)
+    order = _ORDERS[channel_order(channels)]
+    if not isinstance(image, np.ndarray):
+        if image is None or isinstance(image, str | bytes | int | float):
+            raise InputError(f"{what} is a {type(image).__name__}; expected an HxWx3 uint8 "
+                             "numpy array (HxW grayscale and HxWx4 RGBA are converted)")
+        image = np.asarray(image)
     if image.dtype != np.uint8:
         detail = ""
         if np.issubdtype(image.dtype, np.floating) and np.isnan(image).any():
@@ -66,16 +91,36 @@ def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        several = (" (for several images at once use segment_batch)"
+                   if image.ndim == 4 and image.shape[3] in (1, 3, 4) else "")
         raise InputError(
-            f"{what} has shape {image.shape}; expected HxWx3 RGB (HxW, HxWx1 grayscale "
-            "and HxWx4 RGBA are converted)"
+            f"{what} has shape {image.shape}; expected HxWx3 RGB or BGR (HxW, HxWx1 "
+            f"grayscale and HxWx4 RGBA are converted){several}"
         )
     check_size(image.shape[:2], what)
-    if image.shape[2] == 1:  # a read-only view: no full-size copy of the grey values
-        image = np.broadcast_to(image, (*image.shape[:2], 3))
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    return image
+    depth = image.shape[2]
+    if depth == 1 or image.strides[2] == 0:  # grey, or one value broadcast to every channel
+        return image[:, :, :1], (0, 0, 0)
+    if image.strides[2] < 0:  # e.g. frame[..., ::-1]: read the frame itself, reversed
+        return image[:, :, ::-1], (depth - 1 - order[0], depth - 1 - order[1],
+                                   depth - 1 - order[2])
+    return image, order
+
+
+def rgb_view(pixels: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """A read-only HxWx3 RGB view of ``frame_layout``'s result (no copy)."""
+    step = order[1] - order[0]
+    strides = (pixels.strides[0], pixels.strides[1], step * pixels.strides[2])
+    return np.lib.stride_tricks.as_strided(pixels[:, :, order[0]:], (*pixels.shape[:2], 3),
+                                           strides, writeable=False)
+
+
+def as_rgb_uint8(image: np.ndarray, what: str = "image", channels: str = "rgb"
+                 ) -> np.ndarray:
+    """Validate an image and return it as an HxWx3 uint8 RGB view (``frame_layout``'s
+    conversions: BGR with ``channels="bgr"``, grayscale, RGBA; no full-size copy).
+    Anything else raises InputError."""
+    return rgb_view(*frame_layout(image, what, channels))
 
 
 def check_size(shape: Sequence[int], what: str) -> None:
@@ -101,6 +146,9 @@ def checked_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
                  what: str = "mask") -> np.ndarray:
     """Validate a mask and return it as an HxW array (no copy): bool, or integers whose
     values are all 0, 1 or 255. Values are checked in row chunks (no full-size temporary)."""
+    if mask is None or isinstance(mask, str | bytes | int | float):
+        raise InputError(f"{what} is a {type(mask).__name__}; expected an HxW numpy array "
+                         "(bool, or uint8 0/1 with 255 = ignore)")
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
@@ -130,6 +178,24 @@ def checked_mask(mask: np.ndarray, image_shape: Sequence[int] | None = None,
                 "1 (object) and optionally 255 (ignore)"
             )
     return mask
+
+
+def check_marked(mask: np.ndarray, what: str = "mask") -> None:
+    """Refuse a checked mask with no object pixel (no 1 / True), saying why: a mask of
+    only 0 and 255 is the common PNG export, where 255 is read as "ignore" (the PASCAL
+    convention), so it marks nothing."""
+    if mask.dtype == np.bool_:
+        if mask.any():
+            return
+    elif np.any(mask == 1):
+        return
+    if mask.dtype != np.bool_ and np.any(mask == 255):
+        raise InputError(
+            f"{what} holds only 0 and 255 and no 1: 255 means 'ignore' (the PASCAL "
+            "convention), so no pixel is marked as the object; if 255 marks the object, "
+            "pass mask // 255 or mask > 0 (0 = background, 1 = object, 255 = ignore)")
+    raise InputError(f"{what} is empty (no pixel labelled 1): every shot needs the object "
+                     "marked")
 
 
 def _mask_values(values: np.ndarray) -> np.ndarray:
@@ -267,26 +333,28 @@ def resize_bilinear(array: np.ndarray, size: Sequence[int], align_corners: bool 
 
 def preprocess_image(image: np.ndarray, input_size: Sequence[int], mean: Sequence[float],
                      std: Sequence[float], what: str = "image", *,
-                     out: np.ndarray | None = None) -> np.ndarray:
-    """HxWx3 uint8 RGB -> normalised [1,3,H,W] float32 at ``input_size``.
+                     out: np.ndarray | None = None, channels: str = "rgb") -> np.ndarray:
+    """HxWx3 uint8 RGB (BGR with ``channels="bgr"``; grayscale and RGBA converted, any
+    memory layout) -> normalised [1,3,H,W] float32 at ``input_size``.
 
     ``(resized / 255 - mean) / std``, computed as one multiply-add per value. Ordinary
     images go through a cached plan in blocks of scratch rows (runtime.resize_plans; the
-    same values). ``out``: a C-contiguous [1,3,H,W] float32 array to write into.
+    same values), which reads the channels in the given order straight from the caller's
+    array. ``out``: a C-contiguous [1,3,H,W] float32 array to write into.
     """
-    rgb = as_rgb_uint8(image, what)
+    pixels, order = frame_layout(image, what, channels)
     height, width = int(input_size[0]), int(input_size[1])
     shape = (1, 3, height, width)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got "
+        raise InputError(f"out must be a C-contiguous float32 array of shape {shape}, got "
                          f"{out.dtype} {out.shape}")
     scale, shift = _normalisation(tuple(map(float, mean)), tuple(map(float, std)))
-    plan = image_plan(rgb.shape[0], rgb.shape[1], height, width)
+    plan = image_plan(pixels.shape[0], pixels.shape[1], height, width, pixels.shape[2])
     if plan is not None:
-        return resize_normalize(rgb, plan, scale, shift, out)
-    resized = resize_bilinear(rgb, input_size)
+        return resize_normalize(pixels, order, plan, scale, shift, out)
+    resized = resize_bilinear(rgb_view(pixels, order), input_size)
     np.multiply(resized.transpose(2, 0, 1), scale, out=out[0])
     out[0] += shift
     return out
@@ -328,7 +396,9 @@ def foreground_probability(logits: np.ndarray) -> np.ndarray:
     if logits.ndim == 4:
         logits = logits[0]
     background, foreground = logits[0], logits[1]
-    return (1.0 / (1.0 + np.exp(background - foreground))).astype(np.float32)
+    probability: np.ndarray = (1.0 / (1.0 + np.exp(background - foreground))).astype(
+        np.float32)
+    return probability
 
 
 def probability_to_image(probability: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:

@@ -1,10 +1,11 @@
-"""runtime.RemoteSegmenter: the Segmenter API over a `crnet serve` Triton server.
+"""crnet.runtime.RemoteSegmenter: the Segmenter API over a `crnet serve` Triton server.
 
     seg = RemoteSegmenter("localhost:8000")            # HTTP; "grpc://localhost:8001" for gRPC
     seg.set_support([support_rgb], [support_mask])      # registered once, kept server-side
     mask = seg.segment(frame_rgb)
     mask, probability = seg.segment(frame_rgb, return_prob=True)
     for mask in seg.segment_stream(frames): ...         # requests pipelined, results in order
+    mask = seg.segment(opencv_frame, channels="bgr")    # or RemoteSegmenter(..., channels="bgr")
 
 The client keeps the support it registered: when the server restarts, or evicts the
 support from its bounded store, the next request re-registers it and retries, and while
@@ -21,12 +22,20 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from crnet.runtime.backends.base import BackendError
-from crnet.runtime.preprocess import InputError, as_rgb_uint8
+from crnet.runtime.errors import MissingExtraError
+from crnet.runtime.preprocess import (
+    InputError,
+    as_rgb_uint8,
+    channel_order,
+    check_marked,
+    checked_mask,
+    resize_bilinear,
+)
 
 SUPPORT_MODEL = "crnet_support"
 SEGMENT_MODEL = "crnet_segment"
@@ -50,16 +59,27 @@ class RemoteSegmenter:
 
     ``host:port`` (or ``http://host:port``) uses HTTP; ``grpc://host:port`` uses gRPC.
     ``retry_timeout_s``: how long a request keeps retrying while the server is unreachable
-    or restarting; ``timeout_s``: the network timeout of one request; ``pipeline_depth``:
-    requests in flight in ``segment_stream``.
+    or restarting (seconds >= 0); ``timeout_s``: the network timeout of one request
+    (seconds > 0); ``pipeline_depth``: requests in flight in ``segment_stream`` (an int
+    >= 1); ``channels``: the colour order of the images given to it, "rgb" (default) or
+    "bgr" (OpenCV), which each call may override. Wrong values raise InputError.
     """
 
     def __init__(self, url: str = "localhost:8000", *, retry_timeout_s: float = 60.0,
-                 timeout_s: float = 60.0, pipeline_depth: int = 2) -> None:
+                 timeout_s: float = 60.0, pipeline_depth: int = 2,
+                 channels: str = "rgb") -> None:
+        if not isinstance(url, str):
+            raise InputError(f"url must be a str (host:port, http://host:port or "
+                             f"grpc://host:port), got {type(url).__name__} {url!r}")
         self.protocol, self.url = _parse_url(url)
-        self.retry_timeout_s = float(retry_timeout_s)
-        self.timeout_s = float(timeout_s)
-        self.pipeline_depth = max(1, int(pipeline_depth))
+        self.retry_timeout_s = _seconds(retry_timeout_s, "retry_timeout_s", zero=True)
+        self.timeout_s = _seconds(timeout_s, "timeout_s", zero=False)
+        if isinstance(pipeline_depth, bool) or not isinstance(pipeline_depth, int) \
+                or pipeline_depth < 1:
+            raise InputError(f"pipeline_depth must be an int >= 1 (requests in flight), got "
+                             f"{type(pipeline_depth).__name__} {pipeline_depth!r}")
+        self.pipeline_depth = pipeline_depth
+        self.channels = channel_order(channels)
         self._module = _client_module(self.protocol)
         self._local = threading.local()
         self._clients: list[Any] = []
@@ -94,13 +114,21 @@ class RemoteSegmenter:
 
     # -- support ---------------------------------------------------------------------------
 
-    def set_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+    def set_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
+                    channels: str | None = None) -> None:
         """Register the support set with the server (Segmenter.set_support's arguments).
 
-        The K images must share one size here, as ``crnet_support`` takes one
-        [K,H,W,3] tensor. Bad supports raise InputError with the server's message.
+        ``crnet_support`` takes one [K,H,W,3] tensor, so supports of different sizes are
+        brought to one size here before they are sent: each image and mask is resized to
+        the largest height and the largest width among them (images bilinear and rounded
+        to uint8; masks nearest-neighbour, so their 0/1/255 labels stay labels). The
+        server resizes every support to the network's input anyway, so this only adds
+        one resampling step: the encoding is close to, not bit-equal with, a local
+        Segmenter's, which resizes each support from its own size. Supports of one size
+        are sent as they are. Bad supports raise InputError (the Segmenter's messages).
         """
-        image_batch, mask_batch = _stack_support(images, masks)
+        image_batch, mask_batch = _stack_support(images, masks,
+                                                 self._order(channels))
         key = self._register(image_batch, mask_batch)
         with self._support_lock:
             self._support, self._support_id = (image_batch, mask_batch), key
@@ -112,11 +140,25 @@ class RemoteSegmenter:
 
     # -- query -----------------------------------------------------------------------------
 
-    def segment(self, image: np.ndarray, return_prob: bool = False
+    @overload
+    def segment(self, image: np.ndarray, return_prob: Literal[False] = ..., *,
+                channels: str | None = ...) -> np.ndarray: ...
+
+    @overload
+    def segment(self, image: np.ndarray, return_prob: Literal[True], *,
+                channels: str | None = ...) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def segment(self, image: np.ndarray, return_prob: bool, *,
+                channels: str | None = ...) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
+
+    def segment(self, image: np.ndarray, return_prob: bool = False, *,
+                channels: str | None = None
                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Segment ``image`` (HxWx3 uint8 RGB; grayscale and RGBA converted) on the server:
-        the HxW bool mask, or ``(mask, probability)`` with ``return_prob``."""
-        rgb = as_rgb_uint8(image, "query image")
+        """Segment ``image`` (HxWx3 uint8 in ``channels`` order, "rgb" or "bgr";
+        grayscale and RGBA converted) on the server: the HxW bool mask, or
+        ``(mask, probability)`` with ``return_prob``."""
+        rgb = np.ascontiguousarray(as_rgb_uint8(image, "query image", self._order(channels)))
         with self._support_lock:
             support, key = self._support, self._support_id
         if support is None or key is None:
@@ -135,22 +177,43 @@ class RemoteSegmenter:
                 with self._support_lock:
                     if self._support is support:
                         self._support_id = key
-        return (mask, probability) if return_prob else mask  # type: ignore[return-value]
+        if not return_prob:
+            return mask
+        if probability is None:  # the server answered without the output asked for
+            raise RemoteError(f"{SEGMENT_MODEL} returned no probability")
+        return mask, probability
+
+    @overload
+    def segment_stream(self, frames: Iterable[np.ndarray], return_prob: Literal[False] = ...,
+                       pipeline: bool = ..., *, channels: str | None = ...
+                       ) -> Iterator[np.ndarray]: ...
+
+    @overload
+    def segment_stream(self, frames: Iterable[np.ndarray], return_prob: Literal[True],
+                       pipeline: bool = ..., *, channels: str | None = ...
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+    @overload
+    def segment_stream(self, frames: Iterable[np.ndarray], return_prob: bool,
+                       pipeline: bool = ..., *, channels: str | None = ...
+                       ) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]: ...
 
     def segment_stream(self, frames: Iterable[np.ndarray], return_prob: bool = False,
-                       pipeline: bool = True
+                       pipeline: bool = True, *, channels: str | None = None
                        ) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
         """Segment frames in order; with ``pipeline``, up to ``pipeline_depth`` requests are
         in flight at once. An error raises at the failing frame."""
+        order = self._order(channels)
         if not pipeline:
             for frame in frames:
-                yield self.segment(frame, return_prob)
+                yield self.segment(frame, return_prob, channels=order)
             return
         with ThreadPoolExecutor(self.pipeline_depth, thread_name_prefix="remote-seg") as pool:
             pending: deque[Future[Any]] = deque()
             try:
                 for frame in frames:
-                    pending.append(pool.submit(self.segment, frame, return_prob))
+                    pending.append(pool.submit(self.segment, frame, return_prob,
+                                               channels=order))
                     if len(pending) >= self.pipeline_depth:
                         yield pending.popleft().result()
                 while pending:
@@ -158,6 +221,10 @@ class RemoteSegmenter:
             finally:
                 for future in pending:
                     future.cancel()
+
+    def _order(self, channels: str | None) -> str:
+        """The channel order of a call: its own ``channels``, else this client's."""
+        return self.channels if channels is None else channel_order(channels)
 
     # -- transport -------------------------------------------------------------------------
 
@@ -271,7 +338,7 @@ def _parse_url(url: str) -> tuple[str, str]:
     if url.startswith("http://"):
         return "http", url[len("http://"):]
     if "://" in url:
-        raise ValueError(f"url {url!r}: expected host:port (HTTP), http://host:port or "
+        raise InputError(f"url {url!r}: expected host:port (HTTP), http://host:port or "
                          "grpc://host:port")
     return "http", url
 
@@ -279,44 +346,68 @@ def _parse_url(url: str) -> tuple[str, str]:
 def _client_module(protocol: str) -> Any:
     try:
         if protocol == "grpc":
-            import tritonclient.grpc as module
+            import tritonclient.grpc as module  # type: ignore[import-not-found,unused-ignore]
         else:
-            import tritonclient.http as module
-    except ImportError as error:
-        raise BackendError(
-            f"RemoteSegmenter over {protocol} needs tritonclient ({error}); install it with "
-            "`pip install \"crnet-deploy[remote]\"` (or tritonclient[http,grpc])") from None
+            import tritonclient.http as module  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as error:  # tritonclient, or the part of it for this protocol
+        raise MissingExtraError(error.name or "tritonclient",
+                                f"RemoteSegmenter over {protocol}", extra="remote") from None
     return module
 
 
-def _stack_support(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """K images and masks -> [K,H,W,3] uint8 and [K,H,W] uint8, checked as Segmenter does."""
+def _seconds(value: object, what: str, *, zero: bool) -> float:
+    """A duration argument checked: a number >= 0 (``zero``) or > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+            or value < 0 or (value == 0 and not zero):
+        raise InputError(f"{what} must be a number {'>=' if zero else '>'} 0 (seconds), got "
+                         f"{type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _stack_support(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                   channels: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
+    """K images and masks -> [K,H,W,3] uint8 RGB and [K,H,W] uint8, checked as Segmenter
+    does; supports of different sizes are resized to the largest height and width
+    (RemoteSegmenter.set_support says how)."""
     for items, what in ((images, "images"), (masks, "masks")):
-        if isinstance(items, np.ndarray):
+        if isinstance(items, np.ndarray | str | bytes) or not isinstance(items, Iterable):
+            shape = f" of shape {items.shape}" if isinstance(items, np.ndarray) else ""
             raise InputError(f"support {what} must be a list of arrays (one per shot), got "
-                             f"one array of shape {items.shape}; wrap it: [array]")
+                             f"{type(items).__name__}{shape}; wrap one array: [array]")
     images, masks = list(images), list(masks)
     if len(images) != len(masks):
         raise InputError(f"{len(images)} support images but {len(masks)} support masks")
     if not images:
         raise InputError("no support image: pass at least one image and its mask")
-    rgbs = [as_rgb_uint8(image, f"support image {shot}") for shot, image in enumerate(images)]
-    sizes = {rgb.shape[:2] for rgb in rgbs}
-    if len(sizes) > 1:
-        raise InputError(f"support images have sizes {sorted(sizes)}; RemoteSegmenter sends "
-                         "one [K,H,W,3] tensor, so resize or crop them to one size first")
+    rgbs = [as_rgb_uint8(image, f"support image {shot}", channels)
+            for shot, image in enumerate(images)]
     mask_arrays = []
     for shot, mask in enumerate(masks):
-        mask = np.asarray(mask)
-        if mask.shape != rgbs[shot].shape[:2]:
-            raise InputError(f"support mask {shot} has shape {mask.shape}; expected "
-                             f"{rgbs[shot].shape[:2]}, the size of its image")
-        if mask.dtype == bool:
-            mask = mask.astype(np.uint8)
-        elif not np.issubdtype(mask.dtype, np.integer) or (
-                mask.size and (mask.min() < 0 or mask.max() > 255)):
-            raise InputError(f"support mask {shot} has dtype {mask.dtype}; expected bool or "
-                             "integers 0 (background), 1 (object), 255 (ignore)")
-        mask_arrays.append(mask.astype(np.uint8, copy=False))
-    return np.stack(rgbs), np.stack(mask_arrays)
+        what = f"support mask {shot}"
+        checked = checked_mask(mask, rgbs[shot].shape, what)
+        check_marked(checked, what)
+        mask_arrays.append(checked.astype(np.uint8, copy=False))
+    height = max(rgb.shape[0] for rgb in rgbs)
+    width = max(rgb.shape[1] for rgb in rgbs)
+    return (np.stack([_resized_image(rgb, height, width) for rgb in rgbs]),
+            np.stack([_resized_mask(mask, height, width) for mask in mask_arrays]))
+
+
+def _resized_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An RGB image at height x width (bilinear, rounded), or itself at that size."""
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    resized = resize_bilinear(rgb, (height, width))
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+def _resized_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A label mask at height x width by nearest neighbour (half-pixel centres), so every
+    value stays one of the mask's own labels."""
+    if mask.shape == (height, width):
+        return mask
+    rows = np.minimum(((np.arange(height) + 0.5) * mask.shape[0] / height).astype(np.int64),
+                      mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * mask.shape[1] / width).astype(np.int64),
+                      mask.shape[1] - 1)
+    return mask[rows[:, None], cols[None, :]]

@@ -3,11 +3,11 @@
 With numba installed, runtime.resize_plans runs the query's resize + normalisation as one
 compiled loop instead of about ten numpy passes over temporaries. It performs the same
 float32 operations in the same order as the numpy plan (no fused multiply-add, no
-reassociation: numba's default), so the result is bit-identical;
-tests/runtime/test_resize_plans.py checks it. Measured on the 2-core AVX-512 EPYC, 321x321
-query to 193x193: 0.09 ms instead of 0.25 ms (README.md, "Segmenter overhead"). The mask's
-upsampling is not compiled: a numba loop measured no faster than the numpy blocks there
-(0.06 vs 0.07 ms; it did not vectorise).
+reassociation: numba's default), so the result is bit-identical, for every memory layout
+and channel order the plan reads (rows of any stride, BGR, grayscale, RGBA);
+tests/runtime/test_resize_plans.py checks it. The mask's upsampling is not compiled: a
+numba loop there measured no faster than the numpy blocks, since it did not vectorise
+(docs/benchmarks.md has the figures).
 
 The loop compiles on first use (about half a second) and is cached on disk by
 numba (next to this file, or in numba's user-wide cache where that is read-only).
@@ -56,11 +56,13 @@ def _loaded() -> tuple[Kernels | None, str]:
 
 
 def _resize_normalize(rows: Any, rows_low: Any, rows_high: Any, row_weights: Any,
-                      cols_low: Any, cols_high: Any, col_weights: Any, scale: Any,
-                      shift: Any, out: Any, line: Any) -> None:
-    """``rows``: the image as [H, W*3] uint8; ``out``: [1,3,h,w] float32; ``line``: W*3
-    float32 scratch. For each output row: the row lerp over every input value, then per
-    channel the column lerp, * scale + shift (runtime.resize_plans.resize_normalize)."""
+                      cols_low: Any, cols_high: Any, col_weights: Any, order: Any,
+                      depth: int, scale: Any, shift: Any, out: Any, line: Any) -> None:
+    """``rows``: the image as [H, W*depth] uint8 (any row stride); ``order``: which of a
+    pixel's ``depth`` values are R, G and B; ``out``: [1,3,h,w] float32; ``line``:
+    W*depth float32 scratch. For each output row: the row lerp over every input value,
+    then per channel the column lerp, * scale + shift
+    (runtime.resize_plans.resize_normalize)."""
     out_height, out_width = out.shape[2], out.shape[3]
     values = rows.shape[1]
     for y in range(out_height):
@@ -71,11 +73,12 @@ def _resize_normalize(rows: Any, rows_low: Any, rows_high: Any, row_weights: Any
             top = np.float32(upper[j])
             line[j] = top + (np.float32(lower[j]) - top) * weight
         for channel in range(3):
+            source = order[channel]
             channel_scale = scale[channel]
             channel_shift = shift[channel]
             target = out[0, channel, y]
             for x in range(out_width):
-                left = line[cols_low[x] * 3 + channel]
-                right = line[cols_high[x] * 3 + channel]
+                left = line[cols_low[x] * depth + source]
+                right = line[cols_high[x] * depth + source]
                 target[x] = (left + (right - left) * col_weights[x]) * channel_scale \
                     + channel_shift

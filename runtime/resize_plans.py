@@ -5,15 +5,17 @@ probability up to the image. For the shapes a camera or a dataset repeats, this 
 caches the coordinates of those resizes (a plan per shape pair) and works in blocks of
 rows whose temporaries are per-thread scratch arrays of at most ``BLOCK_VALUES`` float32
 values, reused call after call, so a query neither faults in fresh pages nor streams
-megabytes of temporaries through the cache. Measured on the 2-core AVX-512 EPYC for a
-321x321 query to 193x193 (README.md, "Segmenter overhead"): preprocessing 0.25 ms, where
-the old whole-image temporaries took 0.29 ms in a Segmenter's process and 1.2 ms in a
-fresh one (glibc handing each temporary back to the kernel and faulting it in again);
-the upsampling and threshold of the mask 0.07 ms instead of 0.14.
+megabytes of temporaries through the cache (docs/benchmarks.md has the figures).
 
 The image plan computes exactly what ``resize_bilinear`` + normalisation compute, in the
 same order per value (bit-identical), as one compiled loop where numba is installed
-(runtime.resize_kernels, the ``[fast]`` extra) and in numpy blocks otherwise. The
+(runtime.resize_kernels, the ``[fast]`` extra) and in numpy blocks otherwise. It reads the
+caller's array where it lies, whatever its layout: an input row is gathered through its
+own strides (a crop, a row step, reversed rows), the colour order and the channel count
+are folded into the column gather indices (BGR is a reversed channel index, grayscale a
+repeated one, RGBA skips the alpha value) and reversed columns into mirrored column
+indices, so a BGR frame, a ``frame[..., ::-1]`` view, a grey or an RGBA image costs what a
+contiguous RGB frame of the same size costs and gives the same bits. The
 probability plan interpolates the columns of the small feature-size map first and then
 the rows, so that the large output is made from contiguous row copies; it is the same
 bilinear (half-pixel) resize, with float32 rounding in a different order (values agree
@@ -92,72 +94,126 @@ def _axis(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 @dataclass(frozen=True)
 class ImagePlan:
-    """HxWx3 uint8 at one size -> [3,h,w] at the network's input size: rows first, then
-    columns gathered channel-major so the result is written to CHW in contiguous runs."""
+    """HxWxC uint8 at one size -> [3,h,w] at the network's input size: rows first, then
+    columns gathered channel-major (``layout_columns``) so the result is written to CHW in
+    contiguous runs."""
 
     rows_low: np.ndarray
     rows_high: np.ndarray
     row_weights: np.ndarray  # [h, 1]
-    cols_low: np.ndarray  # [3*w]: channel c, output column x -> flat index lower[x]*3 + c
-    cols_high: np.ndarray
-    col_weights: np.ndarray  # [3*w]
-    pixel_cols: tuple[np.ndarray, np.ndarray, np.ndarray]  # lower, upper, weight per column
+    depth: int  # values per input pixel (1 grayscale, 3 RGB/BGR, 4 RGBA/BGRA)
     block_rows: int
 
 
 @functools.lru_cache(maxsize=16)
-def image_plan(in_height: int, in_width: int, out_height: int, out_width: int
-               ) -> ImagePlan | None:
-    """The plan for an ``in_height`` x ``in_width`` RGB image, or None where one input row
-    does not fit a block (the general path handles those)."""
-    row_values = max(in_width, out_width) * 3
+def image_plan(in_height: int, in_width: int, out_height: int, out_width: int,
+               depth: int = 3) -> ImagePlan | None:
+    """The plan for an ``in_height`` x ``in_width`` image of ``depth`` values per pixel, or
+    None where one input row does not fit a block (the general path handles those)."""
+    row_values = max(in_width * depth, out_width * 3)
     if row_values > BLOCK_VALUES:
         return None
     rows_low, rows_high, row_weights = _axis(out_height, in_height)
-    low, high, weights = _axis(out_width, in_width)
-    channels = np.arange(3)[:, None]
-    arrays = (rows_low, rows_high, row_weights[:, None],
-              (low[None, :] * 3 + channels).ravel(), (high[None, :] * 3 + channels).ravel(),
-              np.tile(weights, 3), low, high, weights)
-    for array in arrays:
-        array.flags.writeable = False
-    return ImagePlan(*arrays[:6], pixel_cols=arrays[6:],
+    row_weights = row_weights[:, None]
+    row_weights.flags.writeable = False
+    return ImagePlan(rows_low, rows_high, row_weights, depth=depth,
                      block_rows=max(1, BLOCK_VALUES // row_values))
 
 
-def resize_normalize(rgb: np.ndarray, plan: ImagePlan, scale: np.ndarray, shift: np.ndarray,
-                     out: np.ndarray) -> np.ndarray:
+@functools.lru_cache(maxsize=16)
+def pixel_columns(in_width: int, out_width: int, mirrored: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, weight) input columns of each output column; ``mirrored``: counted
+    from the right, for an image whose columns are read reversed (``frame[:, ::-1]`` read
+    as the frame itself), so each output value still lerps the same two pixels."""
+    low, high, weights = _axis(out_width, in_width)
+    if not mirrored:
+        return low, high, weights
+    flipped = (in_width - 1 - low, in_width - 1 - high, weights)
+    for array in flipped:
+        array.flags.writeable = False
+    return flipped
+
+
+@functools.lru_cache(maxsize=64)
+def layout_columns(in_width: int, out_width: int, depth: int, order: tuple[int, int, int],
+                   mirrored: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices into a row of ``in_width`` pixels of ``depth`` values (lower, upper)
+    and the weights, channel-major: entry ``c*out_width + x`` reads value ``order[c]`` of
+    the pixels the output column x interpolates. The channel order (BGR is (2, 1, 0), a
+    grey image (0, 0, 0)) is folded into these gather indices, so no converted copy of
+    the image is ever made; so is a mirrored column order (``pixel_columns``)."""
+    low, high, weights = pixel_columns(in_width, out_width, mirrored)
+    channels = np.asarray(order, np.int64)[:, None]
+    arrays = ((low[None, :] * depth + channels).ravel(),
+              (high[None, :] * depth + channels).ravel(), np.tile(weights, 3))
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
+
+
+def pixel_rows(pixels: np.ndarray) -> np.ndarray | None:
+    """``pixels`` (HxWxC) seen as H rows of W*C values without a copy, or None where the
+    values of a row are not evenly spaced (a view that skips or reverses columns).
+    Crops, row steps and reversed rows keep their row stride."""
+    height, width, depth = pixels.shape
+    value_stride = pixels.strides[2] if depth > 1 else pixels.strides[1]
+    if width > 1 and pixels.strides[1] != depth * value_stride:
+        return None
+    if value_stride <= 0:
+        return None
+    return np.lib.stride_tricks.as_strided(pixels, (height, width * depth),
+                                           (pixels.strides[0], value_stride),
+                                           writeable=False)
+
+
+def resize_normalize(pixels: np.ndarray, order: tuple[int, int, int], plan: ImagePlan,
+                     scale: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Write ``resize(rgb) * scale + shift`` ([3,h,w]) into ``out`` ([1,3,h,w] float32),
+    where ``rgb`` is channels ``order`` of ``pixels`` (HxWxC uint8 in any memory layout),
     with the arithmetic of runtime.preprocess.resize_bilinear: one compiled loop where
-    numba is installed and ``rgb`` is C-contiguous (runtime.resize_kernels), else numpy
-    block by block."""
+    numba is installed and the image's rows are evenly spaced values
+    (runtime.resize_kernels), else numpy block by block. The input rows are read where
+    they lie (strided views are never copied whole) and every value goes through the same
+    float32 operations in the same order, whatever the layout or channel order."""
+    in_width, depth = pixels.shape[1], pixels.shape[2]
+    mirrored = in_width > 1 and pixels.strides[1] < 0
+    if mirrored:  # e.g. frame[:, ::-1]: read the frame's rows forwards, columns mirrored
+        pixels = pixels[:, ::-1]
+    rows = pixel_rows(pixels)
     compiled = kernels()
-    if compiled is not None and rgb.flags.c_contiguous:
-        rows = rgb.reshape(rgb.shape[0], -1)
+    if compiled is not None and rows is not None:
         compiled.resize_normalize(rows, plan.rows_low, plan.rows_high, plan.row_weights[:, 0],
-                                  *plan.pixel_cols, scale.reshape(3), shift.reshape(3), out,
+                                  *pixel_columns(in_width, out.shape[3], mirrored),
+                                  np.asarray(order, np.int64), depth,
+                                  scale.reshape(3), shift.reshape(3), out,
                                   scratch("image-line", (rows.shape[1],), np.float32))
         return out
-    in_width = rgb.shape[1]
+    cols_low, cols_high, col_weights = layout_columns(in_width, out.shape[3], depth, order,
+                                                      mirrored)
+    contiguous = rows is not None and rows.flags.c_contiguous
     out_height, out_width = out.shape[2], out.shape[3]
     for start in range(0, out_height, plan.block_rows):
         stop = min(start + plan.block_rows, out_height)
         count = stop - start
-        rows = scratch("image-rows", (count, in_width * 3), np.float32)
-        below = scratch("image-below", (count, in_width * 3), np.float32)
-        for source, target in ((plan.rows_low, rows), (plan.rows_high, below)):
-            gathered = scratch("image-gathered", (count, in_width, 3), np.uint8)
-            np.take(rgb, source[start:stop], axis=0, out=gathered, mode="wrap")
-            np.copyto(target, gathered.reshape(count, -1))
-        below -= rows
+        values = scratch("image-rows", (count, in_width * depth), np.float32)
+        below = scratch("image-below", (count, in_width * depth), np.float32)
+        for source, target in ((plan.rows_low, values), (plan.rows_high, below)):
+            if contiguous:
+                gathered = scratch("image-gathered", (count, in_width * depth), np.uint8)
+                np.take(rows, source[start:stop], axis=0, out=gathered, mode="wrap")
+            else:  # only the sampled rows of the view are read (a block-sized copy)
+                gathered = pixels[source[start:stop]].reshape(count, -1)
+            np.copyto(target, gathered)
+        below -= values
         below *= plan.row_weights[start:stop]
-        rows += below
+        values += below
         left = scratch("image-left", (count, 3 * out_width), np.float32)
         right = scratch("image-right", (count, 3 * out_width), np.float32)
-        np.take(rows, plan.cols_low, axis=1, out=left, mode="wrap")
-        np.take(rows, plan.cols_high, axis=1, out=right, mode="wrap")
+        np.take(values, cols_low, axis=1, out=left, mode="wrap")
+        np.take(values, cols_high, axis=1, out=right, mode="wrap")
         right -= left
-        right *= plan.col_weights
+        right *= col_weights
         left += right
         target = out[0, :, start:stop, :]
         np.multiply(left.reshape(count, 3, out_width).transpose(1, 0, 2), scale, out=target)

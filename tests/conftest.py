@@ -90,3 +90,22 @@ def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", fold=0,
                           train_images=30, test_images=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights path of a tiny random-weight checkpoint (with its json beside it)."""
+    from tests.export.conftest import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """A bundle exported once per session from the tiny checkpoint (parity on 4 episodes)."""
+    from crnet.export.to_onnx import export_bundle
+    from tests.export.conftest import PARITY_EPISODES
+
+    out = tmp_path_factory.mktemp("export") / "bundle"
+    export_bundle(out, tiny_checkpoint, parity_episodes=PARITY_EPISODES, progress=False)
+    return out

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("export/engine_trt.py", "runtime/backends/tensorrt_backend.py",
-           "tests/export/test_tensorrt_suite.py")
+SCANNED = ("engines/engine_trt.py", "runtime/backends/tensorrt_backend.py",
+           "tests/engines/test_tensorrt_suite.py")
 MODULES = ("trt", "cudart")
 # receiver name (a local, or an attribute of self) -> TensorRT class
 RECEIVERS = {

@@ -1,7 +1,7 @@
 """Test doubles for TensorRT objects and cuda-python's runtime, standing in for GPU calls.
 
 Each double is named as such and lists, in DOUBLES, the real class (or module) it mirrors;
-tests/export/test_trt_doubles.py checks every public method's parameter names against the
+tests/engines/test_trt_real_bindings.py checks every public method's parameter names against the
 real bindings' signatures (tests/trt_bindings.py). A test that passes on a double proves the
 project's control flow, never that anything runs on a GPU.
 """

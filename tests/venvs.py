@@ -2,7 +2,8 @@
 
 The wheel is built once per session from a clean copy of the tree (setuptools reuses an
 in-tree build/ directory, stale files included); each environment installs it with the
-extras a test names and nothing else of this interpreter's packages.
+extras a test names and nothing else of this interpreter's packages. ``plain_venv`` and
+``tiny_bundle`` are built once per test process and shared by the modules that use them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IGNORED = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache",
@@ -52,3 +55,24 @@ def make_venv(directory: Path, wheel: Path, extras: str = "") -> Path:
                      requirement], cwd=directory)
     assert installed.returncode == 0, installed.stderr[-3000:]
     return bin_dir
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def plain_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """The plain install (``wheel``, no extras), built once per test process and shared by
+    the modules that test it (a session fixture defined in two modules would build two)."""
+    if "plain" not in _SHARED:
+        _SHARED["plain"] = make_venv(tmp_path_factory.mktemp("plain-install") / "venv", wheel)
+    return _SHARED["plain"]
+
+
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight bundle (tests/runtime/bundles.py), exported once per test process
+    for the tests outside tests/runtime (whose conftest has its own ``runtime_bundle``)."""
+    if "bundle" not in _SHARED:
+        from tests.runtime.bundles import export_tiny_bundle
+
+        _SHARED["bundle"] = export_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+    return _SHARED["bundle"]

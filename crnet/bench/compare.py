@@ -38,6 +38,9 @@ from crnet.bench.timing import (
     torch_forward,
 )
 
+COMPARED_PRECISIONS = ("fp32", "fp16", "int8")
+TORCH_FORWARD = "torch full forward"  # the row of the PyTorch model's whole forward
+
 
 @dataclass(frozen=True)
 class CpuPath:
@@ -50,21 +53,26 @@ class CpuPath:
 
 
 def cpu_paths(bundle_precisions: list[str]) -> list[CpuPath]:
-    """The paths --compare times: those whose library is installed, whose variant the
-    bundle has, and (bf16) whose CPU lists BF16."""
-    from crnet.runtime.backends.base import backend_class
+    """The paths --compare times: each installed CPU backend of the registry but the
+    reference (timed as the torch forward), for each variant the bundle has, and for a
+    backend with an inference precision hint, each hint this CPU can run (fp16 variants:
+    the first hint only)."""
+    from crnet.runtime.backends.base import REFERENCE_BACKEND, backend_class, backends_where
 
     paths: list[CpuPath] = []
-    if backend_class("onnxruntime").is_available()[0]:
-        paths += [CpuPath(f"onnxruntime {p}", "onnxruntime", p)
-                  for p in ("fp32", "fp16", "int8") if p in bundle_precisions]
-    openvino = backend_class("openvino")
-    if openvino.is_available()[0]:
-        hints = ["f32", "bf16"] if openvino.supports_bf16() else ["f32"]
-        paths += [CpuPath(f"openvino {p} ({hint})", "openvino", p,
-                          {"inference_precision": hint})
-                  for p in ("fp32", "fp16", "int8") if p in bundle_precisions
-                  for hint in (hints if p != "fp16" else ["f32"])]
+    for name in backends_where("runs_on_cpu", installed=True):
+        if name == REFERENCE_BACKEND:
+            continue
+        hints = backend_class(name).usable_inference_precisions()
+        for precision in COMPARED_PRECISIONS:
+            if precision not in bundle_precisions:
+                continue
+            if not hints:
+                paths.append(CpuPath(f"{name} {precision}", name, precision))
+                continue
+            paths += [CpuPath(f"{name} {precision} ({hint})", name, precision,
+                              {"inference_precision": hint})
+                      for hint in (hints if precision != "fp16" else hints[:1])]
     return paths
 
 
@@ -94,7 +102,7 @@ def run_compare(bundle: str | Path, *, threads: int | None = None, iterations: i
             calls[f"{path.label} | raw"] = _raw_call(segmenter.backend, tensor, support)
             calls[f"{path.label} | segment"] = _segment_call(segmenter, query)
         if torch:
-            calls["torch full forward | raw"] = torch_forward(
+            calls[f"{TORCH_FORWARD} | raw"] = torch_forward(
                 bundle, support_images, support_masks, query, threads)
         times = interleaved_times(calls, iterations, warmup, progress)
         described = {label: segmenter.describe() for label, segmenter in segmenters.items()}
@@ -112,7 +120,7 @@ def run_compare(bundle: str | Path, *, threads: int | None = None, iterations: i
         row: dict[str, Any] = {"path": label, "timed": kind, "latency_ms": latency,
                                "queries_per_s": 1e3 / latency["p50"]}
         if flops is not None:
-            per_query = (flops["forward"] if label.startswith("torch") else
+            per_query = (flops["forward"] if label == TORCH_FORWARD else
                          flops["encode"] + (flops["refine_query"] or flops["refine"]))
             row["gflops"] = per_query / (latency["p50"] / 1e3) / 1e9
             row["fraction_of_peak"] = row["gflops"] / peak
@@ -157,7 +165,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Ratios the issue's targets are stated in: each segment path against the torch
     forward, and each path's segment call against its raw engine call."""
     by_key = {(row["path"], row["timed"]): row["latency_ms"]["p50"] for row in rows}
-    torch_ms = by_key.get(("torch full forward", "raw"))
+    torch_ms = by_key.get((TORCH_FORWARD, "raw"))
     summary: dict[str, Any] = {}
     for (path, timed), ms in by_key.items():
         if timed != "segment":
@@ -181,7 +189,7 @@ def format_compare(report: dict[str, Any]) -> str:
              "| path | timed | p50 ms | p90 ms | queries/s | GFLOP/s | % of sgemm peak | "
              "vs torch |", "|---|---|---|---|---|---|---|---|"]
     torch_ms = next((row["latency_ms"]["p50"] for row in report["rows"]
-                     if row["path"].startswith("torch")), None)
+                     if row["path"] == TORCH_FORWARD), None)
     for row in report["rows"]:
         latency = row["latency_ms"]
         gflops = f"{row['gflops']:.1f}" if "gflops" in row else "-"

@@ -19,27 +19,30 @@ refine (the whole refine where the backend runs both branches). The achieved GFL
 ``segment`` and of the torch forward, are set against a numpy float32 matmul peak
 measured in a subprocess with the same thread count. The support and queries come from
 the test episodes of ``--dataset`` (synthetic-5i, or pascal-5i/folder under
-``--data-root``). A benchmark prints numbers; nothing here asserts a time.
+``--data-root``); where scikit-image, which synthetic-5i draws its textures from, is not
+installed (the plain install), numpy-generated frames of the same size stand in for it
+(bench.timing.bench_inputs), and the report's ``episodes`` says which were used. Nothing
+but the torch comparison needs torch, so the plain install runs it with any backend
+installed there. A benchmark prints numbers; nothing here asserts a time.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crnet.bench.timing import (
+    bench_inputs,
     interleaved_times,
-    load_queries,
     matmul_peak_gflops,
     memory_mb,
     model_flops,
@@ -47,11 +50,10 @@ from crnet.bench.timing import (
     time_calls,
     torch_forward,
 )
-from crnet.data.evaluation import DATASETS
-from crnet.evaluate import BACKENDS
-from crnet.runtime.errors import UsageError
-from crnet.runtime.files import check_writable_file, write_json_atomic
+from crnet.data.options import EpisodeSource
+from crnet.runtime.errors import CrnetError, UsageError
 from crnet.runtime.layout import PRECISIONS
+from crnet.runtime.progress import track
 
 SOAK_DEFAULT = 5000
 SOAK_LIMIT_MB = 50.0
@@ -89,27 +91,26 @@ def stage_times(segmenter: Any, queries: list[np.ndarray], iterations: int, warm
 
 
 def runs_query_branch_only(backend_info: dict[str, Any]) -> bool:
-    """Whether the backend's segment() skips the support branch of the refine: the torch
-    backend always does (``refine_query``), onnxruntime when it could cut the graph
-    (``describe()["query_refine"]``), openvino when it fused the query graph
-    (``describe()["query_graph"]``), tensorrt never (its refine engine is the full graph)."""
-    if backend_info.get("backend") == "torch":
-        return True
-    if backend_info.get("backend") == "openvino":
-        return bool(backend_info.get("query_graph", {}).get("fused", False))
-    return bool(backend_info.get("query_refine", {}).get("pruned", False))
+    """Whether the backend that ``describe()``d itself as ``backend_info`` skips the
+    support branch of the refine per query (its class answers: Backend.runs_query_branch_only;
+    an unknown backend: no)."""
+    from crnet.runtime.backends.base import BackendError, backend_class
+
+    try:
+        cls = backend_class(str(backend_info.get("backend")))
+    except (BackendError, ImportError):
+        return False
+    return cls.runs_query_branch_only(backend_info)
 
 
 def soak(segment: Callable[[np.ndarray], object], queries: list[np.ndarray], calls: int,
          progress: bool) -> dict[str, Any]:
     """``calls`` segment() calls; resident memory before, after, its growth and maximum."""
-    from tqdm import tqdm
-
     gc.collect()
     start = memory_mb("VmRSS")
     highest = start
     began = time.perf_counter()
-    for index in tqdm(range(calls), desc="soak", disable=not progress, leave=False):
+    for index in track(range(calls), progress, "soak"):
         segment(queries[index % len(queries)])
         if index % 100 == 0:
             highest = max(highest, memory_mb("VmRSS"))
@@ -147,52 +148,98 @@ def _measure(segmenter: Any, support_images: list[np.ndarray],
     }
 
 
-def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32", *,
-              iterations: int = 100, warmup: int = 10, threads: int | None = None,
-              shots: int = 1, compare_torch: bool | None = None, soak_calls: int = 0,
-              fold: int = 0, seed: int = 0, progress: bool = True,
-              dataset: str = "synthetic-5i", data_root: Path | None = None
-              ) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `crnet bench` measures and on which episodes."""
+
+    backend: str = "auto"
+    """A registered backend name, or auto (the runtime's choice for the precision)."""
+    precision: str = "fp32"
+    """The bundle variant timed: fp32, fp16 or int8."""
+    iterations: int = 100
+    """Timed segment() calls (and torch forwards)."""
+    warmup: int = 10
+    """Untimed calls before each timing."""
+    threads: int | None = None
+    """Intra-op threads of the backend, torch and the matmul peak; None: all cores."""
+    shots: int = 1
+    """Support images encoded."""
+    compare_torch: bool | None = None
+    """Time the PyTorch forward too; None: where torch imports."""
+    soak_calls: int = 0
+    """segment() calls of the memory soak (0: none)."""
+    data: EpisodeSource = field(default_factory=lambda: EpisodeSource(fold=0))
+    """Whose test episodes give the support and queries."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name, value, low in (("iterations", self.iterations, 1),
+                                 ("warmup", self.warmup, 0), ("shots", self.shots, 1),
+                                 ("soak_calls", self.soak_calls, 0),
+                                 ("threads", self.threads, 1)):
+            if value is not None and value < low:
+                raise UsageError(f"bench {name} must be at least {low}, got {value}")
+
+
+def run_bench(bundle: str | Path, options: BenchOptions | None = None) -> dict[str, Any]:
     """Run the benchmark and return its JSON-ready report (see the module docstring)."""
-    from crnet.runtime import Segmenter
     from crnet.runtime.bundle import Bundle
     from crnet.runtime.segmenter import choose_backend
 
-    if iterations < 1 or warmup < 0:
-        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {iterations}, {warmup}")
+    options = options or BenchOptions()
     torch_present = importlib.util.find_spec("torch") is not None
-    if compare_torch is None:
-        compare_torch = torch_present
+    compare_torch = torch_present if options.compare_torch is None else options.compare_torch
     if compare_torch and not torch_present:
-        raise ValueError("--compare-torch needs torch (pip install torch==2.13.0)")
-    threads = threads or os.cpu_count() or 1
+        raise CrnetError("--compare-torch needs torch, which is not installed; install the "
+                         "export extra: pip install 'crnet-deploy[export]'")
+    threads = options.threads or os.cpu_count() or 1
     bundle = Path(bundle)
-    name = choose_backend(backend, Bundle.load(bundle, verify=False), precision)
-    options = {"threads": threads} if name in ("onnxruntime", "openvino", "torch") else {}
-    support_images, support_masks, queries = load_queries(shots, 8, fold, seed, dataset,
-                                                          data_root)
-    with Segmenter(bundle, backend=name, precision=precision, **options) as segmenter:
-        report = _measure(segmenter, support_images, support_masks, queries, iterations,
-                          warmup, progress)
-        report.update({"bundle": str(bundle), "threads": threads, "shots": shots,
-                       "episodes": {"dataset": dataset, "split": "test", "fold": fold,
-                                    "seed": seed, "data_root": None if data_root is None
-                                    else str(Path(data_root).resolve())}})
-        if soak_calls:
-            report["soak"] = soak(segmenter.segment, queries, soak_calls, progress)
+    name = choose_backend(options.backend, Bundle.load(bundle, verify=False),
+                          options.precision)
+    report, manifest = _bench_segmenter(bundle, name, threads, compare_torch, options)
+    _add_flops(report, manifest, threads)
+    report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                         "python": platform.python_version(), "numpy": np.__version__}
+    return report
+
+
+def _bench_segmenter(bundle: Path, name: str, threads: int, compare_torch: bool,
+                     options: BenchOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Time one Segmenter (module docstring); the report and the bundle's manifest."""
+    from crnet.runtime import Segmenter
+    from crnet.runtime.backends.base import backend_class
+
+    data, progress = options.data, options.progress
+    extra = {"threads": threads} if backend_class(name).takes_threads else {}
+    support_images, support_masks, queries, inputs = bench_inputs(
+        options.shots, 8, data.fold_or(0), data.seed, data.dataset, data.data_root)
+    with Segmenter(bundle, backend=name, precision=options.precision, **extra) as segmenter:
+        report = _measure(segmenter, support_images, support_masks, queries,
+                          options.iterations, options.warmup, progress)
+        report.update({"bundle": str(bundle), "threads": threads, "shots": options.shots,
+                       "episodes": {**inputs, "data_root": data.resolved_root}})
+        if options.soak_calls:
+            report["soak"] = soak(segmenter.segment, queries, options.soak_calls, progress)
         if compare_torch:
             forward = torch_forward(bundle, support_images, support_masks, queries[0],
                                     threads)
             times = interleaved_times(
                 {"segment": lambda _: segmenter.segment(queries[0]), "torch": forward},
-                iterations, warmup, progress)
+                options.iterations, options.warmup, progress)
             report["torch_forward_ms"] = percentiles(times["torch"])
             report["segment_interleaved_ms"] = percentiles(times["segment"])
             report["speedup_vs_torch"] = (report["torch_forward_ms"]["p50"]
                                           / report["segment_interleaved_ms"]["p50"])
             report["speedup_target"] = SPEEDUP_TARGET
         manifest = segmenter.bundle.manifest if segmenter.bundle is not None else {}
+    return report, manifest
 
+
+def _add_flops(report: dict[str, Any], manifest: dict[str, Any], threads: int) -> None:
+    """The matmul peak, and where the manifest has FLOPs, the achieved GFLOP/s."""
     latency = report["latency_ms"]
     flops = model_flops(manifest)
     peak_gflops = matmul_peak_gflops(threads)
@@ -212,9 +259,6 @@ def run_bench(bundle: str | Path, backend: str = "auto", precision: str = "fp32"
         if "torch_forward_ms" in report:
             report["torch_achieved_gflops"] = (
                 flops["forward"] / (report["torch_forward_ms"]["p50"] / 1e3) / 1e9)
-    report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                         "python": platform.python_version(), "numpy": np.__version__}
-    return report
 
 
 def _format_stages(stages: dict[str, dict[str, float]]) -> str:
@@ -223,6 +267,14 @@ def _format_stages(stages: dict[str, dict[str, float]]) -> str:
             f"{p50['inference']:.2f} ms, postprocess {p50['postprocess']:.2f} ms\n"
             f"                   (run apart: backbone {p50['backbone']:.2f} ms + refine "
             f"{p50['refine']:.2f} ms)")
+
+
+def describe_inputs(episodes: dict[str, Any]) -> str:
+    """Which images were timed, in words (the report's ``episodes``)."""
+    if "note" in episodes:
+        return str(episodes["note"])
+    return (f"{episodes.get('dataset')} test episodes, fold {episodes.get('fold')}, "
+            f"seed {episodes.get('seed')}")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -238,6 +290,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"(segment_stream {report['stream_throughput_qps']:.1f}/s)",
         _format_stages(report["stages_ms"]),
         f"  support encode   p50 {report['support_encode_ms']['p50']:.2f} ms",
+        f"  inputs           {describe_inputs(report.get('episodes', {}))}",
         f"  peak resident    {report['peak_rss_mb']:.0f} MB",
     ]
     if "achieved_gflops" in report:
@@ -268,129 +321,3 @@ def format_report(report: dict[str, Any]) -> str:
             f"growth {soak_report['growth_mb']:+.1f} MB (limit {SOAK_LIMIT_MB:.0f} MB: "
             f"{'PASS' if soak_report['passed'] else 'FAIL'})")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`crnet bench`: benchmark a bundle; exits 1 when the soak's memory growth is too large."""
-    parser = argparse.ArgumentParser(prog="crnet bench", description=main.__doc__)
-    parser.add_argument("bundle", type=Path, help="bundle directory (from crnet export)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    parser.add_argument("--json", type=Path, default=None, help="write the report here")
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads for the backend, torch and the matmul peak "
-                             "(default: all cores)")
-    parser.add_argument("--shots", type=int, default=1)
-    parser.add_argument("--compare-torch", action=argparse.BooleanOptionalAction, default=None,
-                        help="time CRNet.forward in torch too (default: when torch imports)")
-    parser.add_argument("--soak", type=int, nargs="?", const=SOAK_DEFAULT, default=0,
-                        metavar="N", help=f"N segment calls watching memory "
-                                          f"(default N {SOAK_DEFAULT})")
-    parser.add_argument("--fold", type=int, default=0, choices=range(4))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compare", action="store_true",
-                        help="time every installed CPU path side by side (torch, onnxruntime "
-                             "fp32/int8, openvino f32/bf16/int8) in one process "
-                             "(crnet/bench_compare.py); --backend/--precision are ignored")
-    parser.add_argument("--under-load", action="store_true",
-                        help="per-episode evaluation time quiet and beside a CPU hog on one "
-                             "core, alternating (crnet/under_load.py)")
-    parser.add_argument("--episodes-per-round", type=int, default=5,
-                        help="--under-load: episodes per quiet or loaded block")
-    parser.add_argument("--rounds", type=int, default=8, help="--under-load: rounds")
-    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS,
-                        help="whose test episodes give the support and queries "
-                             "(default synthetic-5i)")
-    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
-                        help="dataset directory (pascal-5i: the VOC2012 root; folder)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    from crnet.data.evaluation import missing_data_root
-
-    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
-        parser.error(problem)
-    if args.iterations < 1 or args.warmup < 0:
-        parser.error("--iterations must be >= 1 and --warmup >= 0")
-    if args.json is not None:
-        check_writable_file(args.json, "--json")  # before the run, not after it
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
-    if args.soak < 0:
-        parser.error("--soak must be >= 0")
-
-    from crnet.runtime.backends.base import BackendError
-    from crnet.runtime.bundle import BundleError
-
-    if args.compare:
-        return _main_compare(args)
-    if args.under_load:
-        return _main_under_load(args)
-    try:
-        report = run_bench(args.bundle, args.backend, args.precision,
-                           iterations=args.iterations, warmup=args.warmup,
-                           threads=args.threads, shots=args.shots,
-                           compare_torch=args.compare_torch, soak_calls=args.soak,
-                           fold=args.fold, seed=args.seed, progress=not args.no_progress,
-                           dataset=args.dataset, data_root=args.data_root)
-    except (BundleError, BackendError):
-        raise
-    except ValueError as error:  # a bad option value found while setting the bench up
-        raise UsageError(str(error)) from error
-    print(format_report(report))
-    if args.json is not None:
-        write_json_atomic(args.json, report)
-        print(f"wrote {args.json}")
-    if "soak" in report and not report["soak"]["passed"]:
-        return 1
-    return 0
-
-
-def _main_under_load(args: argparse.Namespace) -> int:
-    from crnet.bench.under_load import format_under_load, run_under_load
-    from crnet.runtime.backends.base import BackendError
-    from crnet.runtime.bundle import BundleError
-
-    if args.episodes_per_round < 1 or args.rounds < 1:
-        print("crnet bench: --episodes-per-round and --rounds must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        report = run_under_load(args.bundle, threads=args.threads,
-                                episodes_per_round=args.episodes_per_round,
-                                rounds=args.rounds, fold=args.fold, seed=args.seed,
-                                progress=not args.no_progress)
-    except (BundleError, BackendError, ValueError, OSError) as error:
-        print(f"crnet bench: {error}", file=sys.stderr)
-        return 1
-    print(format_under_load(report))
-    if args.json is not None:
-        write_json_atomic(args.json, report)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _main_compare(args: argparse.Namespace) -> int:
-    from crnet.bench.compare import format_compare, run_compare
-    from crnet.runtime.backends.base import BackendError
-    from crnet.runtime.bundle import BundleError
-
-    try:
-        report = run_compare(args.bundle, threads=args.threads, iterations=args.iterations,
-                             warmup=args.warmup, shots=args.shots, fold=args.fold,
-                             seed=args.seed, torch=args.compare_torch is not False,
-                             progress=not args.no_progress)
-    except (BundleError, BackendError, ValueError, OSError) as error:
-        print(f"crnet bench: {error}", file=sys.stderr)
-        return 1
-    print(format_compare(report))
-    if args.json is not None:
-        write_json_atomic(args.json, report)
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    from crnet.cli.exit_codes import run_command
-
-    sys.exit(run_command("crnet bench", main))

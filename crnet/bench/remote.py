@@ -7,17 +7,12 @@ throughput, p50/p99 latency and errors (and writes them as JSON with ``--json``)
 
 from __future__ import annotations
 
-import argparse
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from crnet.runtime.files import write_json_atomic
 
 
 @dataclass
@@ -96,39 +91,3 @@ def bench_remote(url: str, clients: int, requests: int, size: tuple[int, int] = 
         "per_client": [asdict(result) | {"latencies_ms": len(result.latencies_ms)}
                        for result in results],
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `crnet bench-remote`."""
-    parser = argparse.ArgumentParser(prog="crnet bench-remote",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", help="host:port (HTTP) or grpc://host:port of `crnet serve`")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1],
-                        help="concurrent clients; several values run one after another")
-    parser.add_argument("--requests", type=int, default=200, help="segment calls per client")
-    parser.add_argument("--size", type=int, nargs=2, default=(321, 321),
-                        metavar=("HEIGHT", "WIDTH"), help="query and support image size")
-    parser.add_argument("--max-seconds", type=float, default=120.0,
-                        help="stop each run after this long")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args(argv)
-    if min(args.clients) < 1 or args.requests < 1:
-        parser.error("--clients and --requests must be at least 1")
-    runs = []
-    print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} "
-          f"{'p99 ms':>8}")
-    for clients in args.clients:
-        run = bench_remote(args.url, clients, args.requests, tuple(args.size), args.max_seconds)
-        runs.append(run)
-        print(f"{clients:>7} {run['completed']:>8} {run['errors']:>6} "
-              f"{run['throughput_rps']:>8.1f} {run['p50_ms'] or float('nan'):>8.2f} "
-              f"{run['p99_ms'] or float('nan'):>8.2f}", flush=True)
-        for error in run["first_errors"]:
-            print(f"  error: {error}", file=sys.stderr)
-    if args.json:
-        write_json_atomic(args.json, {"runs": runs})
-    return 1 if any(run["errors"] for run in runs) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

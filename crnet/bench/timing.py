@@ -1,6 +1,6 @@
 """Timing helpers shared by `crnet bench` and `crnet bench --compare`: percentiles,
 interleaved blocks, the numpy sgemm peak, FLOPs of a bundle, episode queries and the
-PyTorch full forward. (Kept apart so bench.py and bench_compare.py import it, not each
+PyTorch full forward. (Kept apart so latency.py and compare.py import it, not each
 other.)"""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from crnet.runtime.progress import Progress, bar, track
 
 MATMUL_SIZE = 1024
 INTERLEAVE_BLOCK = 10
@@ -60,14 +62,12 @@ def percentiles(times_s: Sequence[float]) -> dict[str, float]:
 
 
 def time_calls(call: Callable[[int], object], iterations: int, warmup: int,
-               progress: bool = False, description: str = "") -> list[float]:
+               progress: bool | Progress = False, description: str = "") -> list[float]:
     """Durations in seconds of ``call(i)`` for i in range(iterations), after ``warmup``."""
-    from tqdm import tqdm
-
     for index in range(warmup):
         call(index)
     times = []
-    for index in tqdm(range(iterations), desc=description, disable=not progress, leave=False):
+    for index in track(range(iterations), progress, description):
         start = time.perf_counter()
         call(index)
         times.append(time.perf_counter() - start)
@@ -127,6 +127,61 @@ def load_queries(shots: int, count: int, fold: int, seed: int,
     return list(first.support_images), list(first.support_masks), queries
 
 
+GENERATED_SIZE = (321, 321)
+"""Height and width of the generated frames: the size of a synthetic-5i image."""
+
+
+def synthetic_available() -> bool:
+    """Whether synthetic-5i can be drawn here: it takes its textures from scikit-image
+    (the ``export`` extra), which the plain install does not have."""
+    return importlib.util.find_spec("skimage") is not None
+
+
+def generated_frames(shots: int, count: int, seed: int = 0,
+                     size: tuple[int, int] = GENERATED_SIZE
+                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Support images, their 0/1 masks and ``count`` query images made with numpy alone:
+    a smooth colour gradient with noise, holding an ellipse of another colour (the mask).
+    Timing does not depend on the pictures, so these stand in for episodes where no dataset
+    can be drawn; the same seed gives the same frames."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    cols = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    def frame() -> tuple[np.ndarray, np.ndarray]:
+        low, high, ink = (rng.uniform(0, 255, 3).astype(np.float32) for _ in range(3))
+        image = low + (high - low) * (0.5 * rows + 0.5 * cols)
+        centre = rng.uniform(0.3, 0.7, 2) * (height, width)
+        radii = rng.uniform(0.15, 0.3, 2) * (height, width)
+        mask = (((y - centre[0]) / radii[0]) ** 2 + ((x - centre[1]) / radii[1]) ** 2) <= 1
+        image[mask] = ink
+        image += rng.normal(0.0, 8.0, size=image.shape).astype(np.float32)
+        return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+    supports = [frame() for _ in range(shots)]
+    queries = [frame()[0] for _ in range(count)]
+    return [image for image, _ in supports], [mask for _, mask in supports], queries
+
+
+def bench_inputs(shots: int, count: int, fold: int, seed: int,
+                 dataset: str = "synthetic-5i", data_root: Path | None = None
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """The support, its masks and ``count`` queries a benchmark times, and what they are:
+    ``dataset``'s test episodes (load_queries), or, for synthetic-5i where scikit-image is
+    not installed (the plain install), ``generated_frames`` of the same size."""
+    if dataset == "synthetic-5i" and not synthetic_available():
+        images, masks, queries = generated_frames(shots, count, seed)
+        return images, masks, queries, {
+            "dataset": "generated", "seed": seed,
+            "note": "numpy-generated frames (synthetic-5i needs scikit-image, from the "
+                    "export extra)"}
+    images, masks, queries = load_queries(shots, count, fold, seed, dataset, data_root)
+    return images, masks, queries, {"dataset": dataset, "split": "test", "fold": fold,
+                                    "seed": seed}
+
+
 def torch_forward(bundle_root: Path, support_images: list[np.ndarray],
                   support_masks: list[np.ndarray], query: np.ndarray, threads: int
                   ) -> Callable[[int], object]:
@@ -160,20 +215,18 @@ def torch_forward(bundle_root: Path, support_images: list[np.ndarray],
 
 
 def interleaved_times(calls: dict[str, Callable[[int], object]], iterations: int, warmup: int,
-                      progress: bool, block: int = INTERLEAVE_BLOCK) -> dict[str, list[float]]:
+                      progress: bool | Progress, block: int = INTERLEAVE_BLOCK
+                      ) -> dict[str, list[float]]:
     """Durations of several calls, alternated in blocks of ``block`` calls so that they share
     the machine's load (other processes, thermal state) instead of meeting it at different
     times. Blocks rather than single calls: each runtime's thread pool spins for a while
     after a call, and alternating call by call would time one pool against the other's
     spinning threads on the same cores."""
-    from tqdm import tqdm
-
     for index in range(warmup):
         for call in calls.values():
             call(index)
     times: dict[str, list[float]] = {name: [] for name in calls}
-    with tqdm(total=iterations * len(calls), desc="vs torch", disable=not progress,
-              leave=False) as bar:
+    with bar(progress, iterations * len(calls), "vs torch") as running:
         for first in range(0, iterations, block):
             indices = range(first, min(first + block, iterations))
             for name, call in calls.items():
@@ -182,5 +235,5 @@ def interleaved_times(calls: dict[str, Callable[[int], object]], iterations: int
                     start = time.perf_counter()
                     call(index)
                     times[name].append(time.perf_counter() - start)
-                    bar.update(1)
+                    running.update(1)
     return times

@@ -83,29 +83,35 @@ def predictors(bundle: Path, threads: int, options: dict[str, dict[str, Any]] | 
     Segmenters to close."""
     from crnet.data.evaluation import segmenter_predictor
     from crnet.runtime import Segmenter
-    from crnet.runtime.backends.base import backend_class
+    from crnet.runtime.backends.base import (
+        CPU_BUILD_BACKEND,
+        REFERENCE_BACKEND,
+        backends_where,
+    )
     from crnet.runtime.bundle import Bundle
 
     options = options or {}
     precisions = Bundle.load(bundle, verify=False).precisions
-    wanted = [("torch fp32", "torch", "fp32"), ("onnxruntime fp32", "onnxruntime", "fp32")]
+    reference, cpu_build = REFERENCE_BACKEND, CPU_BUILD_BACKEND
+    wanted = [(f"{reference} fp32", reference, "fp32"), (f"{cpu_build} fp32", cpu_build, "fp32")]
     if "int8" in precisions:
-        wanted.append(("onnxruntime int8", "onnxruntime", "int8"))
-        if backend_class("openvino").is_available()[0]:
-            wanted.append(("openvino int8", "openvino", "int8"))
+        wanted.append((f"{cpu_build} int8", cpu_build, "int8"))
+        wanted += [(f"{name} int8", name, "int8")
+                   for name in backends_where("optional_cpu_engine", installed=True)]
     segmenters, calls = [], {}
     for label, backend, precision in wanted:
         segmenter = Segmenter(bundle, backend=backend, precision=precision, threads=threads,
                               **options.get(backend, {}))
         segmenters.append(segmenter)
         calls[label] = segmenter_predictor(segmenter)
-    deploy_parts = [calls[label] for label in calls if not label.startswith("openvino")]
+    deploy_parts = [calls[label] for label, backend, _ in wanted
+                    if backend in (reference, cpu_build)]
 
     def deploy_episode(episode: Any) -> None:
         for predict in deploy_parts:
             predict(episode)
 
-    calls["deploy (torch + onnxruntime variants)"] = deploy_episode
+    calls[f"deploy ({reference} + {cpu_build} variants)"] = deploy_episode
     return calls, segmenters
 
 

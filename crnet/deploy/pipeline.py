@@ -15,35 +15,29 @@ Stages, each reusing its artifacts when their inputs are unchanged (by sha256):
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from crnet.data.evaluation import DATASETS
-from crnet.data.pictures import (
-    PREDICTION_COLOR,
-    SUPPORT_COLOR,
-    TRUTH_COLOR,
-    grid,
-    overlay,
-    save_png,
-)
+from crnet.calibration.options import Fp16Options, Int8Options
+from crnet.data.options import EpisodeSource
+from crnet.deploy.options import DeployOptions
+from crnet.deploy.report import render_report, save_pictures
 from crnet.evaluate import load_gates
 from crnet.runtime.errors import CrnetError
 from crnet.runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
-from crnet.runtime.layout import GRAPHS, MANIFEST, PRECISIONS, graph_file
+from crnet.runtime.layout import GRAPHS, MANIFEST, graph_file
 
 PICTURE_EPISODES = 6
 # A model costing more than this per query (manifest "flops"."segment") gets the smaller
-# episode budgets below: crnet-lite costs ~1 GFLOP per query, crnet-r50 ~78.
+# episode budgets below (crnet-r50 does; crnet-lite stays well under it).
 LARGE_MODEL_FLOPS = 10e9
 BUDGETS: dict[str, dict[str, int]] = {
     "small": {"check_episodes": 32, "calibration_episodes": 64, "sensitivity_episodes": 64,
@@ -119,74 +113,82 @@ def _fp32_hashes(manifest: dict[str, Any]) -> dict[str, str]:
     return {name: files.get(name, "") for name in (graph_file(g, "fp32") for g in GRAPHS)}
 
 
-def _data_stamp(dataset: str, data_root: Path | None, fold: int) -> dict[str, Any]:
-    return {"dataset": dataset, "fold": fold,
-            "data_root": None if data_root is None else str(Path(data_root).resolve())}
+def quantize_options(options: DeployOptions, fold: int, budget: dict[str, Any]
+                     ) -> dict[str, Fp16Options | Int8Options]:
+    """The fp16 and int8 options of this run: ``options.fp16``/``options.int8`` with the
+    run's data (the fold's train split, the calibration seed), progress and the budget's
+    episode counts."""
+    from crnet.calibration.options import DEFAULT_CALIBRATION_SEED
+
+    data = options.data.with_fold(fold).with_seed(DEFAULT_CALIBRATION_SEED)
+    int8 = options.int8
+    return {
+        "fp16": replace(options.fp16, data=data, progress=options.progress,
+                        check_episodes=budget["check_episodes"]),
+        "int8": replace(int8, data=data, progress=options.progress,
+                        calibration_episodes=budget["calibration_episodes"],
+                        sensitivity=replace(int8.sensitivity,
+                                            episodes=budget["sensitivity_episodes"])),
+    }
 
 
-def quantize_stage(bundle_dir: Path, precisions: list[str], log: Log,
-                   progress: bool = True, *, fold: int | None = None,
-                   dataset: str = "synthetic-5i", data_root: Path | None = None,
-                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Add fp16/int8 variants unless present and made from the current fp32 graphs with
-    the same data (calibrated and checked on ``dataset``'s base-class train episodes of
-    ``fold``, default: the checkpoint's). ``options``: extra quantize_bundle options per
-    precision."""
-    from crnet.calibration.quantize import default_fold, quantize_bundle, ranges_fit
+def quantize_stage(bundle_dir: Path, precisions: Sequence[str],
+                   variants: dict[str, Fp16Options | Int8Options], log: Log
+                   ) -> dict[str, Any]:
+    """Add the fp16/int8 variants of ``precisions`` (with ``variants[precision]``) unless
+    present and made from the current fp32 graphs with the same data."""
+    return {precision: _quantize_variant(bundle_dir, precision, variants[precision], log)
+            for precision in precisions if precision != "fp32"}
+
+
+def _quantize_variant(bundle_dir: Path, precision: str, options: Fp16Options | Int8Options,
+                      log: Log) -> dict[str, Any]:
+    """One variant: reused when made from the current fp32 graphs on ``options.data``
+    (its dataset's train split, base classes of its fold), else (re)made."""
+    from crnet.calibration.options import Int8Options
+    from crnet.calibration.precision import quantize_bundle
+    from crnet.calibration.ranges import ranges_fit
+    from crnet.calibration.variants import default_fold
     from crnet.runtime.bundle import Bundle, update_manifest
 
-    results: dict[str, Any] = {}
-    for precision in precisions:
-        if precision == "fp32":
-            continue
-        bundle = Bundle.load(bundle_dir)
-        manifest = bundle.manifest
-        fold = default_fold(bundle) if fold is None else fold
-        data = _data_stamp(dataset, data_root, fold)
-        variant = manifest.get("variants", {}).get(precision)
-        made_from = (variant or {}).get("how", {}).get("deploy_fp32_sha256")
-        made_on = (variant or {}).get("how", {}).get(
-            "deploy_data", _data_stamp("synthetic-5i", None, default_fold(bundle)))
-        if variant and made_from == _fp32_hashes(manifest) and made_on == data:
-            log(f"  reuse {precision} variant (made from the current fp32 graphs, "
-                f"{dataset} fold {fold})")
-            results[precision] = {"reused": True}
-            continue
-        started = time.perf_counter()
-        extra = dict((options or {}).get(precision, {}))
-        if precision == "int8" and not ranges_fit(
-                bundle_dir, dataset=dataset, fold=fold, data_root=data_root,
-                episodes=extra.get("calibration_episodes"),
-                method=extra.get("calibration_method")):
-            log("  saved int8 ranges came from other data or settings: recalibrating")
-            extra["recalibrate"] = True
-        stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, progress=progress,
-                                             fold=fold, dataset=dataset, data_root=data_root,
-                                             **extra))
+    bundle = Bundle.load(bundle_dir)
+    manifest = bundle.manifest
+    data = options.data.stamp()
+    variant = manifest.get("variants", {}).get(precision)
+    how = (variant or {}).get("how", {})
+    made_on = how.get("deploy_data", EpisodeSource(fold=default_fold(bundle)).stamp())
+    if variant and how.get("deploy_fp32_sha256") == _fp32_hashes(manifest) and made_on == data:
+        log(f"  reuse {precision} variant (made from the current fp32 graphs, "
+            f"{options.data.dataset} fold {options.data.fold})")
+        return {"reused": True}
+    started = time.perf_counter()
+    if isinstance(options, Int8Options) and not ranges_fit(bundle_dir, options):
+        log("  saved int8 ranges came from other data or settings: recalibrating")
+        options = replace(options, recalibrate=True)
+    stamp = _fp32_hashes(quantize_bundle(bundle_dir, precision, options))
 
-        def record(manifest: dict[str, Any], precision: str = precision,
-                   stamp: dict[str, str] = stamp, data: dict[str, Any] = data) -> None:
-            manifest["variants"][precision]["how"]["deploy_fp32_sha256"] = stamp
-            manifest["variants"][precision]["how"]["deploy_data"] = data
+    def record(manifest: dict[str, Any]) -> None:
+        manifest["variants"][precision]["how"]["deploy_fp32_sha256"] = stamp
+        manifest["variants"][precision]["how"]["deploy_data"] = data
 
-        update_manifest(bundle_dir, record)
-        seconds = time.perf_counter() - started
-        log(f"  {precision}: done in {seconds:.1f} s")
-        results[precision] = {"reused": False, "seconds": seconds}
-    return results
+    update_manifest(bundle_dir, record)
+    seconds = time.perf_counter() - started
+    log(f"  {precision}: done in {seconds:.1f} s")
+    return {"reused": False, "seconds": seconds}
 
 
-def build_stage(bundle_dir: Path, precisions: list[str], log: Log) -> dict[str, Any]:
-    """TensorRT engines where TensorRT imports, else the ONNX Runtime CPU build."""
-    from crnet.runtime.backends.base import backend_class
+def build_stage(bundle_dir: Path, precisions: Sequence[str], log: Log) -> dict[str, Any]:
+    """Engines of the registry's engine backend (TensorRT) where it imports, else the
+    build of its CPU build backend (ONNX Runtime)."""
+    from crnet.runtime.backends.base import CPU_BUILD_BACKEND, ENGINE_BACKEND, backend_class
 
-    available, reason = backend_class("tensorrt").is_available()
+    available, reason = backend_class(ENGINE_BACKEND).is_available()
     if available:
         from crnet.engines.build_engine import build_bundle
 
         for precision in precisions:
             build_bundle(bundle_dir, precision, log=lambda line: log(f"  {line}"))
-        return {"target": "tensorrt", "backend": "tensorrt"}
+        return {"target": ENGINE_BACKEND, "backend": ENGINE_BACKEND}
     log(f"  TensorRT not available ({reason}); building the ONNX Runtime CPU target")
     from crnet.engines.engine_ort import build_ort_bundle
     from crnet.runtime.bundle import Bundle
@@ -198,7 +200,8 @@ def build_stage(bundle_dir: Path, precisions: list[str], log: Log) -> dict[str, 
             log(f"  reuse ONNX Runtime build of {precision}")
             continue
         build_ort_bundle(bundle_dir, precision, log=lambda line: log(f"  {line}"))
-    return {"target": "onnxruntime-cpu", "backend": "onnxruntime", "tensorrt": reason}
+    return {"target": f"{CPU_BUILD_BACKEND}-cpu", "backend": CPU_BUILD_BACKEND,
+            ENGINE_BACKEND: reason}
 
 
 def _episode_key(bundle_dir: Path, precision: str, backend: str, settings: dict[str, Any]
@@ -213,66 +216,40 @@ def _episode_key(bundle_dir: Path, precision: str, backend: str, settings: dict[
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fold: int,
-                   shots: int, episodes: int, seed: int, cache_dir: Path, log: Log,
-                   progress: bool, dataset: str = "synthetic-5i",
-                   data_root: Path | None = None, extra_backends: Sequence[str] = ()
+def gate_settings(options: DeployOptions, fold: int) -> dict[str, Any]:
+    """The test episodes deploy gates on, as the eval records and the cache key name them."""
+    data = options.data
+    return {"fold": fold, "shots": options.shots, "episodes": options.episodes,
+            "seed": data.seed, "dataset": data.dataset, "split": "test",
+            "data_root": data.resolved_root}
+
+
+def evaluate_stage(bundle_dir: Path, backends: Sequence[str], options: DeployOptions,
+                   fold: int, cache_dir: Path, log: Log
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One pass over the episodes scoring the reference and every variant (crnet eval's
-    path: data.evaluation), on ``backend`` and on each of ``extra_backends`` (e.g.
-    openvino where it is installed), gated as crnet eval gates them.
+    """One pass over the fold's test episodes scoring the reference and every variant
+    (crnet eval's path: data.evaluation) on the main backend (``backends[0]``) and on each
+    extra one (e.g. an optional CPU engine where installed), gated as crnet eval gates them.
 
     Returns (records per variant, picture rows). Results are cached by the variant's
     graph hashes and the episode settings.
     """
-    from crnet.data.evaluation import (
-        EvalResult,
-        episode_source,
-        evaluate_many,
-        gate_record,
-        segmenter_predictor,
-    )
-    from crnet.runtime import Segmenter
+    from crnet.data.evaluation import EvalResult, gate_record
+    from crnet.runtime.backends.base import REFERENCE_BACKEND
 
-    settings = {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
-                "dataset": dataset, "split": "test",
-                "data_root": None if data_root is None else str(Path(data_root).resolve())}
-    variants = {"reference": ("torch", "fp32"), **{p: (backend, p) for p in precisions},
-                **{f"{extra} {p}": (extra, p) for extra in extra_backends for p in precisions}}
-    cached: dict[str, dict[str, Any]] = {}
-    predictors: dict[str, Any] = {}
-    pending: dict[str, tuple[Path, str, str]] = {}
-    segmenters: list[Any] = []
-    for name, (variant_backend, precision) in variants.items():
-        key = _episode_key(bundle_dir, precision, variant_backend, settings)
-        path = cache_dir / f"eval-{key}.json"
-        if path.exists():
-            cached[name] = json.loads(path.read_text())
-            log(f"  reuse evaluation of {variant_backend} {precision} ({path.name})")
-        else:
-            segmenter = Segmenter(bundle_dir, backend=variant_backend, precision=precision)
-            segmenters.append(segmenter)
-            predictors[name] = segmenter_predictor(segmenter)
-            pending[name] = (path, segmenter.backend_name, precision)
+    settings = gate_settings(options, fold)
+    main, *extras = backends
+    variants = {"reference": (REFERENCE_BACKEND, "fp32"),
+                **{p: (main, p) for p in options.precisions},
+                **{f"{extra} {p}": (extra, p) for extra in extras for p in options.precisions}}
+    cached = {name: _cached_result(_cache_path(cache_dir, bundle_dir, precision, backend,
+                                               settings), log, backend, precision)
+              for name, (backend, precision) in variants.items()}
+    missing = {name: variants[name] for name, result in cached.items() if result is None}
     picture_rows: list[dict[str, Any]] = []
-
-    def keep_picture(index: int, episode: Any, predictions: dict[str, np.ndarray]) -> None:
-        if index < PICTURE_EPISODES:
-            picture_rows.append({"episode": episode, "predictions": predictions})
-
-    if predictors:
-        source = episode_source(dataset, fold, seed, data_root, split="test")
-        results = evaluate_many(predictors, source.episodes(episodes, shots=shots),
-                                total=episodes, progress=progress, description="evaluate",
-                                on_episode=keep_picture,
-                                classes=getattr(source, "classes", None))
-        for name, result in results.items():
-            path, backend_name, precision = pending[name]
-            cached[name] = {"backend": backend_name, "precision": precision,
-                            **result.to_dict(), **settings}
-            write_json_atomic(path, cached[name])
-    for segmenter in segmenters:  # release sessions and compiled models now, not at GC
-        segmenter.close()
+    if missing:
+        cached.update(_evaluate_missing(bundle_dir, missing, options, fold, settings,
+                                        cache_dir, picture_rows))
     reference = EvalResult.from_dict(cached["reference"])
     gates = load_gates()
     records = [gate_record(EvalResult.from_dict(cached[name]), reference,
@@ -282,248 +259,203 @@ def evaluate_stage(bundle_dir: Path, backend: str, precisions: list[str], *, fol
     return records, picture_rows
 
 
-def bench_stage(bundle_dir: Path, backend: str, precisions: list[str], iterations: int,
-                threads: int | None, log: Log, progress: bool,
-                extra_backends: Sequence[str] = (), *, fold: int = 0,
-                dataset: str = "synthetic-5i", data_root: Path | None = None
-                ) -> dict[str, Any]:
-    """crnet bench per variant, on the fold's test episodes (keyed by precision;
-    ``"<backend> <precision>"`` for the extra backends); the torch comparison once, on the
-    main backend's fp32."""
-    from crnet.bench.latency import run_bench
+def _cache_path(cache_dir: Path, bundle_dir: Path, precision: str, backend: str,
+                settings: dict[str, Any]) -> Path:
+    """Where the evaluation of one variant on ``settings``' episodes is cached."""
+    return cache_dir / f"eval-{_episode_key(bundle_dir, precision, backend, settings)}.json"
 
+
+def _cached_result(path: Path, log: Log, backend: str, precision: str
+                   ) -> dict[str, Any] | None:
+    """A cached evaluation of one variant, or None."""
+    if not path.exists():
+        return None
+    log(f"  reuse evaluation of {backend} {precision} ({path.name})")
+    return json.loads(path.read_text())
+
+
+def _evaluate_missing(bundle_dir: Path, missing: dict[str, tuple[str, str]],
+                      options: DeployOptions, fold: int, settings: dict[str, Any],
+                      cache_dir: Path, picture_rows: list[dict[str, Any]]
+                      ) -> dict[str, dict[str, Any]]:
+    """Score the variants without a cached result in one pass (keeping the first episodes'
+    predictions in ``picture_rows``); write and return their results."""
+    from crnet.data.evaluation import evaluate_many, segmenter_predictor
+    from crnet.runtime import Segmenter
+
+    def keep_picture(index: int, episode: Any, predictions: dict[str, np.ndarray]) -> None:
+        if index < PICTURE_EPISODES:
+            picture_rows.append({"episode": episode, "predictions": predictions})
+
+    segmenters = {name: Segmenter(bundle_dir, backend=backend, precision=precision)
+                  for name, (backend, precision) in missing.items()}
+    try:
+        source = options.data.with_fold(fold).open("test")
+        results = evaluate_many({name: segmenter_predictor(segmenter)
+                                 for name, segmenter in segmenters.items()},
+                                source.episodes(options.episodes, shots=options.shots),
+                                total=options.episodes, progress=options.progress,
+                                description="evaluate", on_episode=keep_picture,
+                                classes=getattr(source, "classes", None))
+    finally:
+        for segmenter in segmenters.values():  # release sessions now, not at GC
+            segmenter.close()
+    written = {}
+    for name, result in results.items():
+        backend, precision = missing[name]
+        written[name] = {"backend": segmenters[name].backend_name, "precision": precision,
+                         **result.to_dict(), **settings}
+        write_json_atomic(_cache_path(cache_dir, bundle_dir, precision, backend, settings),
+                          written[name])
+    return written
+
+
+def bench_stage(bundle_dir: Path, backends: Sequence[str], options: DeployOptions, fold: int,
+                iterations: int, log: Log) -> dict[str, Any]:
+    """crnet bench per variant, on the fold's test episodes (keyed by precision on the main
+    backend, ``backends[0]``; ``"<backend> <precision>"`` on the extra ones); the torch
+    comparison once, on the main backend's fp32."""
+    from crnet.bench.latency import BenchOptions, run_bench
+
+    main, *extras = backends
+    runs = [(main, p, p) for p in options.precisions]
+    runs += [(extra, p, f"{extra} {p}") for extra in extras for p in options.precisions]
+    data = options.data.with_fold(fold).with_seed(0)
     results = {}
-    runs = [(backend, p, p) for p in precisions]
-    runs += [(extra, p, f"{extra} {p}") for extra in extra_backends for p in precisions]
-    for run_backend, precision, key in runs:
-        report = run_bench(bundle_dir, run_backend, precision, iterations=iterations,
-                           warmup=max(3, iterations // 10), threads=threads, shots=1,
-                           compare_torch=key == "fp32", soak_calls=0, fold=fold, seed=0,
-                           progress=progress, dataset=dataset, data_root=data_root)
+    for backend, precision, key in runs:
+        report = run_bench(bundle_dir, BenchOptions(
+            backend=backend, precision=precision, iterations=iterations,
+            warmup=max(3, iterations // 10), threads=options.threads, shots=1,
+            compare_torch=key == "fp32", soak_calls=0, data=data, progress=options.progress))
         results[key] = report
         latency = report.get("latency_ms", {}).get("p50", float("nan"))
-        log(f"  {run_backend} {precision}: p50 {latency:.2f} ms per query")
+        log(f"  {backend} {precision}: p50 {latency:.2f} ms per query")
     return results
 
 
 def extra_cpu_backends(main_backend: str) -> list[str]:
-    """CPU backends deploy also evaluates and benchmarks, where installed: openvino."""
-    from crnet.runtime.backends.base import backend_class
+    """The optional CPU engines deploy also evaluates and benchmarks, where installed
+    (the registry's ``optional_cpu_engine`` backends other than the main one)."""
+    from crnet.runtime.backends.base import backends_where
 
-    if main_backend == "openvino" or not backend_class("openvino").is_available()[0]:
-        return []
-    return ["openvino"]
-
-
-def save_pictures(out_dir: Path, rows: list[dict[str, Any]], precisions: list[str]
-                  ) -> list[str]:
-    """One overlay grid per episode: support, truth, PyTorch, each variant."""
-    names = []
-    for index, row in enumerate(rows):
-        episode, predictions = row["episode"], row["predictions"]
-        tiles = [
-            overlay(episode.support_images[0], episode.support_masks[0], SUPPORT_COLOR, 0.35),
-            overlay(episode.query_image, episode.query_mask, TRUTH_COLOR),
-            overlay(episode.query_image, predictions["reference"].astype(np.uint8),
-                    PREDICTION_COLOR),
-            *[overlay(episode.query_image, predictions[p].astype(np.uint8), PREDICTION_COLOR)
-              for p in precisions],
-        ]
-        titles = ["support", "ground truth", "pytorch fp32", *precisions]
-        name = f"pictures/episode-{index:02d}.png"
-        save_png(out_dir / name, grid([tiles], titles=titles, tile=180))
-        names.append(name)
-    return names
+    return [name for name in backends_where("optional_cpu_engine", installed=True)
+            if name != main_backend]
 
 
-def _stage_split(bench: dict[str, Any]) -> str:
-    """The bench's per-stage p50s as "0.33 / 3.10 / 0.17", or "-"."""
-    stages = bench.get("stages_ms")
-    if not stages:
-        return "-"
-    return " / ".join(f"{stages[name]['p50']:.2f}" for name in
-                      ("preprocess", "inference", "postprocess") if name in stages)
-
-
-def render_report(report: dict[str, Any]) -> str:
-    """report.md: what was built, how accurate and how fast each variant is."""
-    lines = [
-        "# crnet deploy report", "",
-        f"Checkpoint sha256 `{report['checkpoint_sha256']}`; bundle `{report['bundle']}`; "
-        f"target **{report['build']['target']}**; machine {report['machine']}.", "",
-        f"## Accuracy ({report['settings'].get('dataset', 'synthetic-5i')} fold "
-        f"{report['settings']['fold']} test episodes, "
-        f"{report['settings']['shots']}-shot, {report['settings']['episodes']} episodes, "
-        f"seed {report['settings']['seed']}; reference: PyTorch fp32)", "",
-        "| variant | backend | mIoU | FB-IoU | delta mIoU | gate | result |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    reference = report["accuracy"][0]
-    lines.append(f"| pytorch fp32 (reference) | torch | {reference['reference_miou']:.2f} | "
-                 f"{reference['reference_fbiou']:.2f} | - | - | - |")
-    for record in report["accuracy"]:
-        verdict = {True: "pass", False: "**FAIL**", None: "-"}[record["passed"]]
-        lines.append(
-            f"| {record['precision']} | {record['backend']} | {record['miou']:.2f} | "
-            f"{record['fbiou']:.2f} | {record['delta_miou']:+.2f} | "
-            f"{record['max_abs_delta_miou']} | {verdict} |"
-        )
-    calibration = report.get("calibration", {})
-    if calibration:
-        lines += ["", "Data: gated on the test split (novel classes); reduced precision "
-                      "calibrated and checked on the train split (base classes) only:", ""]
-        names = {"int8_calibration": "int8 calibration", "int8_sensitivity":
-                 "int8 sensitivity", "fp16_check": "fp16 check"}
-        for key, record in calibration.items():
-            lines.append(f"* {names.get(key, key)}: {record.get('episodes', '?')} episodes of "
-                         f"{record.get('data', record.get('dataset'))}")
-    lines += ["", "## Speed (runtime.Segmenter, cached 1-shot support)", "",
-              "| variant | p50 ms | p90 ms | p99 ms | queries/s | support encode ms | "
-              "p50 ms: preprocess / inference / postprocess |",
-              "|---|---|---|---|---|---|---|"]
-    for precision, bench in report["bench"].items():
-        latency = bench.get("latency_ms", {})
-        lines.append(
-            f"| {precision} | {latency.get('p50', float('nan')):.2f} | "
-            f"{latency.get('p90', float('nan')):.2f} | {latency.get('p99', float('nan')):.2f} | "
-            f"{bench.get('throughput_qps', float('nan')):.1f} | "
-            f"{bench.get('support_encode_ms', {}).get('p50', float('nan')):.2f} | "
-            f"{_stage_split(bench)} |"
-        )
-    fp32_bench = report["bench"].get("fp32", {})
-    if "speedup_vs_torch" in fp32_bench:
-        lines += ["", f"PyTorch full forward on (support, query): "
-                      f"{fp32_bench['torch_forward_ms']['p50']:.2f} ms p50; the fp32 "
-                      f"Segmenter with a cached support is "
-                      f"**{fp32_bench['speedup_vs_torch']:.2f}x** faster per query "
-                      f"(target {fp32_bench.get('speedup_target')}x)."]
-    lines += ["", "## Pictures", "",
-              "Support (mask in yellow), ground truth (green), then each model's "
-              "prediction (red).", ""]
-    lines += [f"![episode {i}]({name})" for i, name in enumerate(report["pictures"])]
-    lines += ["", "## Stages", "",
-              "| stage | seconds | CPU seconds | peak resident MB (so far) | load (1 min) | "
-              "reused |", "|---|---|---|---|---|---|"]
-    for stage, info in report["stages"].items():
-        lines.append(f"| {stage} | {info['seconds']:.1f} | {info.get('cpu_seconds', '-')} | "
-                     f"{info.get('peak_rss_mb', '-')} | {info.get('load_1min', '-')} | "
-                     f"{info.get('reused', '')} |")
-    lines += ["", f"Total: {report['total_seconds']:.0f} s. Reproduce: `{report['command']}`", ""]
-    return "\n".join(lines)
-
-
-def deploy(out_dir: Path, checkpoint: Path | None = None, *, episodes: int = 1000,
-           fold: int | None = None, shots: int = 1, seed: int = 0,
-           bench_iterations: int | None = None,
-           precisions: list[str] | None = None, parity_episodes: int = 64,
-           threads: int | None = None, progress: bool = True, log: Log = print,
-           command: str = "crnet deploy", dataset: str = "synthetic-5i",
-           data_root: Path | None = None,
-           quantize_options: dict[str, dict[str, Any]] | None = None,
-           calibration_episodes: int | None = None, sensitivity_episodes: int | None = None,
-           check_episodes: int | None = None) -> dict[str, Any]:
+def deploy(out_dir: Path, options: DeployOptions | None = None, log: Log = print
+           ) -> dict[str, Any]:
     """Run every stage into ``out_dir``; return the report (also written to disk).
 
-    ``fold`` (default: the checkpoint's training fold): the variants are calibrated on its
-    base classes (``dataset``'s train split) and gated on its novel classes (test split).
-    Episode counts and ``bench_iterations`` left None come from BUDGETS by the model's
-    FLOPs per query. ``quantize_options``: extra calibration.quantize options per
-    precision (they win over the budget).
+    The variants are calibrated on the base classes of ``options.data``'s fold (its train
+    split) and gated on its novel classes (test split).
     """
-    precisions = precisions or list(PRECISIONS)
     from crnet.models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_info
 
-    read_checkpoint_info(checkpoint or DEFAULT_CHECKPOINT)  # a bad checkpoint: nothing written
+    options = options or DeployOptions()
+    read_checkpoint_info(options.checkpoint or DEFAULT_CHECKPOINT)  # a bad one: no files
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle_dir = out_dir / "bundle"
     started = time.perf_counter()
     stages: dict[str, dict[str, Any]] = {}
 
     begin = _stage(log, 1, "export")
-    exported = export_stage(bundle_dir, checkpoint, log, parity_episodes, progress)
+    exported = export_stage(bundle_dir, options.checkpoint, log, options.parity_episodes,
+                            options.progress)
     stages["export"] = {**_finish(begin), "reused": exported["reused"]}
-
-    if fold is None:
-        from crnet.calibration.quantize import default_fold
-        from crnet.runtime.bundle import Bundle
-
-        fold = default_fold(Bundle.load(bundle_dir, verify=False))
-        log(f"  fold {fold} (the checkpoint's training fold)")
-
-    budget = choose_budget(bundle_dir, {
-        "calibration_episodes": calibration_episodes,
-        "sensitivity_episodes": sensitivity_episodes, "check_episodes": check_episodes,
-        "bench_iterations": bench_iterations})
-    log(f"  budget ({budget['model']} model, {budget['gflops_per_query']} GFLOP per query): "
-        f"{budget['calibration_episodes']} calibration, {budget['sensitivity_episodes']} "
-        f"sensitivity, {budget['check_episodes']} fp16-check episodes, "
-        f"{budget['bench_iterations']} bench iterations")
-    options = {"fp16": {"check_episodes": budget["check_episodes"]},
-               "int8": {"calibration_episodes": budget["calibration_episodes"],
-                        "sensitivity_episodes": budget["sensitivity_episodes"]}}
-    for precision, extra in (quantize_options or {}).items():
-        options.setdefault(precision, {}).update(extra)
+    fold = _choose_fold(bundle_dir, options, log)
+    budget = choose_budget(bundle_dir, options.budget_overrides())
+    _log_budget(budget, log)
 
     begin = _stage(log, 2, "quantize (fp16, int8)")
-    quantized = quantize_stage(bundle_dir, precisions, log, progress, fold=fold,
-                               dataset=dataset, data_root=data_root, options=options)
+    quantized = quantize_stage(bundle_dir, options.precisions,
+                               quantize_options(options, fold, budget), log)
     stages["quantize"] = {**_finish(begin),
                           "reused": all(q.get("reused") for q in quantized.values())}
 
     begin = _stage(log, 3, "build")
-    built = build_stage(bundle_dir, precisions, log)
+    built = build_stage(bundle_dir, options.precisions, log)
     stages["build"] = _finish(begin)
+    backends = [built["backend"], *extra_cpu_backends(built["backend"])]
 
-    begin = _stage(log, 4, f"evaluate against PyTorch ({episodes} {dataset} test episodes "
-                           f"of fold {fold})")
-    extras = extra_cpu_backends(built["backend"])
-    accuracy, picture_rows = evaluate_stage(
-        bundle_dir, built["backend"], precisions, fold=fold, shots=shots, episodes=episodes,
-        seed=seed, cache_dir=out_dir / "cache", log=log, progress=progress,
-        dataset=dataset, data_root=data_root, extra_backends=extras,
-    )
-    from crnet.runtime.bundle import record_gates
-
-    # the runtime's backend="auto" takes only a backend whose run of the variant passed
-    record_gates(bundle_dir, accuracy)
+    begin = _stage(log, 4, f"evaluate against PyTorch ({options.episodes} "
+                           f"{options.data.dataset} test episodes of fold {fold})")
+    accuracy, picture_rows = _evaluate_and_record(bundle_dir, backends, options, fold,
+                                                  out_dir / "cache", log)
     stages["evaluate"] = _finish(begin)
-    from crnet.data.evaluation import format_table
-
-    log(format_table(accuracy))
 
     begin = _stage(log, 5, "benchmark")
-    bench = bench_stage(bundle_dir, built["backend"], precisions, budget["bench_iterations"],
-                        threads, log, progress, extra_backends=extras, fold=fold,
-                        dataset=dataset, data_root=data_root)
+    bench = bench_stage(bundle_dir, backends, options, fold, budget["bench_iterations"], log)
     stages["bench"] = _finish(begin)
 
     begin = _stage(log, 6, "report")
-    pictures = save_pictures(out_dir, picture_rows, precisions) if picture_rows else [
-        str(p.relative_to(out_dir)) for p in sorted((out_dir / "pictures").glob("*.png"))
-    ]
     report = {
-        "checkpoint_sha256": exported["checkpoint_sha256"],
-        "bundle": str(bundle_dir),
+        "checkpoint_sha256": exported["checkpoint_sha256"], "bundle": str(bundle_dir),
         "build": built, "quantize": quantized, "export": exported,
-        "settings": {"fold": fold, "shots": shots, "episodes": episodes, "seed": seed,
-                     "dataset": dataset, "split": "test",
-                     "data_root": None if data_root is None else str(data_root.resolve())},
-        "calibration": _calibration_records(bundle_dir),
-        "budget": budget,
-        "accuracy": accuracy, "bench": bench, "pictures": pictures,
+        "settings": gate_settings(options, fold),
+        "calibration": _calibration_records(bundle_dir), "budget": budget,
+        "accuracy": accuracy, "bench": bench,
+        "pictures": _pictures(out_dir, picture_rows, options.precisions),
         "machine": f"{platform.machine()}, {platform.python_version()}, "
                    f"{_cpu_count()} cores",
-        "manifest_sha256": sha256_file(bundle_dir / MANIFEST),
-        "command": command,
+        "manifest_sha256": sha256_file(bundle_dir / MANIFEST), "command": options.command,
     }
     stages["report"] = _finish(begin)
+    return _write_report(out_dir, report, stages, started, log)
+
+
+def _choose_fold(bundle_dir: Path, options: DeployOptions, log: Log) -> int:
+    """``options.data.fold``, else the fold the checkpoint was trained on."""
+    if options.data.fold is not None:
+        return options.data.fold
+    from crnet.calibration.variants import default_fold
+    from crnet.runtime.bundle import Bundle
+
+    fold = default_fold(Bundle.load(bundle_dir, verify=False))
+    log(f"  fold {fold} (the checkpoint's training fold)")
+    return fold
+
+
+def _log_budget(budget: dict[str, Any], log: Log) -> None:
+    log(f"  budget ({budget['model']} model, {budget['gflops_per_query']} GFLOP per query): "
+        f"{budget['calibration_episodes']} calibration, {budget['sensitivity_episodes']} "
+        f"sensitivity, {budget['check_episodes']} fp16-check episodes, "
+        f"{budget['bench_iterations']} bench iterations")
+
+
+def _evaluate_and_record(bundle_dir: Path, backends: Sequence[str], options: DeployOptions,
+                         fold: int, cache_dir: Path, log: Log
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """evaluate_stage, then the gates recorded in the bundle and the table logged."""
+    from crnet.data.evaluation import format_table
+    from crnet.runtime.bundle import record_gates
+
+    accuracy, picture_rows = evaluate_stage(bundle_dir, backends, options, fold, cache_dir,
+                                            log)
+    # the runtime's backend="auto" takes only a backend whose run of the variant passed
+    record_gates(bundle_dir, accuracy)
+    log(format_table(accuracy))
+    return accuracy, picture_rows
+
+
+def _pictures(out_dir: Path, picture_rows: list[dict[str, Any]], precisions: Sequence[str]
+              ) -> list[str]:
+    """The overlay pictures of this run, or those of an earlier one when every evaluation
+    came from the cache."""
+    if picture_rows:
+        return save_pictures(out_dir, picture_rows, list(precisions))
+    return [str(p.relative_to(out_dir)) for p in sorted((out_dir / "pictures").glob("*.png"))]
+
+
+def _write_report(out_dir: Path, report: dict[str, Any], stages: dict[str, Any],
+                  started: float, log: Log) -> dict[str, Any]:
+    """Add the stage timings and the verdict; write report.json and report.md."""
     report["stages"] = stages
     report["total_seconds"] = time.perf_counter() - started
-    report["passed"] = all(r["passed"] is not False for r in accuracy)
+    report["passed"] = all(r["passed"] is not False for r in report["accuracy"])
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", render_report(report).encode())
     log(f"\nwrote {out_dir / 'report.md'}, {out_dir / 'report.json'} and "
-        f"{len(pictures)} pictures in {report['total_seconds']:.0f} s")
+        f"{len(report['pictures'])} pictures in {report['total_seconds']:.0f} s")
     return report
 
 
@@ -569,76 +501,3 @@ def _cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`crnet deploy`: export, quantize, build, evaluate, benchmark, report."""
-    parser = argparse.ArgumentParser(prog="crnet deploy", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint (default: the bundled trained crnet-lite)")
-    parser.add_argument("--out", type=Path, default=Path("deploy-out"),
-                        help="output directory (default deploy-out/)")
-    parser.add_argument("--episodes", type=int, default=1000,
-                        help="test episodes for the accuracy check (default 1000)")
-    parser.add_argument("--dataset", default="synthetic-5i", choices=DATASETS,
-                        help="calibrate on its train split (base classes of --fold), gate and "
-                             "bench on its test split (default synthetic-5i)")
-    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
-                        help="dataset directory (pascal-5i: the VOC2012 root; folder)")
-    parser.add_argument("--fold", type=int, default=None, choices=range(4),
-                        help="default: the checkpoint's training fold")
-    parser.add_argument("--shots", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precisions", default="fp32,fp16,int8")
-    parser.add_argument("--bench-iterations", type=int, default=None,
-                        help="default: 50, or 10 for a model over 10 GFLOP per query")
-    parser.add_argument("--calibration-episodes", type=int, default=None,
-                        help="int8 calibration episodes (default: 64, or 16 for a model over "
-                             "10 GFLOP per query)")
-    parser.add_argument("--sensitivity-episodes", type=int, default=None,
-                        help="int8 sensitivity episodes (default: 64, or 16 likewise)")
-    parser.add_argument("--check-episodes", type=int, default=None,
-                        help="fp16 check episodes (default: 32, or 8 likewise)")
-    parser.add_argument("--parity-episodes", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    unknown = sorted(set(precisions) - set(PRECISIONS))
-    if unknown or "fp32" not in precisions:
-        parser.error(f"--precisions must list fp32 and any of {PRECISIONS}, got {precisions}")
-    counts = (args.bench_iterations, args.calibration_episodes, args.sensitivity_episodes,
-              args.check_episodes)
-    if args.episodes < 1 or args.shots < 1 or any(c is not None and c < 1 for c in counts):
-        parser.error("--episodes, --shots, --bench-iterations and the --*-episodes counts "
-                     "must be >= 1")
-    from crnet.data.evaluation import missing_data_root
-
-    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
-        parser.error(problem)
-    command = "crnet deploy " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        report = deploy(args.out, args.checkpoint, episodes=args.episodes, fold=args.fold,
-                        shots=args.shots, seed=args.seed, bench_iterations=args.bench_iterations,
-                        precisions=precisions, parity_episodes=args.parity_episodes,
-                        threads=args.threads, progress=not args.no_progress,
-                        command=command.strip(), dataset=args.dataset,
-                        data_root=args.data_root,
-                        calibration_episodes=args.calibration_episodes,
-                        sensitivity_episodes=args.sensitivity_episodes,
-                        check_episodes=args.check_episodes)
-    except CrnetError:
-        raise
-    except (ValueError, RuntimeError) as error:  # a library's rejection, reported in one line
-        raise DeployError(str(error)) from error
-    if not report["passed"]:
-        from crnet.evaluate import print_gate_hints
-
-        print_gate_hints(report["accuracy"], report["bundle"])
-    return 0 if report["passed"] else 1
-
-
-if __name__ == "__main__":
-    from crnet.cli.exit_codes import run_command
-
-    sys.exit(run_command("crnet deploy", main))

@@ -19,15 +19,13 @@ Needs the ``serve`` extra: ``pip install -e ".[serve]"`` (nvidia-pytriton).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
-import signal
-import sys
 import sysconfig
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,10 @@ SUPPORT_MODEL = "crnet_support"
 SEGMENT_MODEL = "crnet_segment"
 ERROR_TAG = "[crnet:{kind}] "
 DEFAULT_STORE_METRICS_PORT = 8003
+DEFAULT_HOST = "127.0.0.1"
+"""Where `crnet serve` listens unless told: loopback, as the endpoints have no
+authentication; a server for other machines names its address (``--host 0.0.0.0``)."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class RequestError(Exception):
@@ -208,14 +210,35 @@ def start_store_metrics(store: SupportStore, host: str, port: int) -> ThreadingH
     return server
 
 
+def triton_settings(host: str, http_port: int, grpc_port: int, metrics_port: int,
+                    log_verbose: int = 0) -> dict[str, Any]:
+    """The keyword arguments of pytriton's TritonConfig: every endpoint on ``host``."""
+    return {"http_address": host, "http_port": http_port, "grpc_address": host,
+            "grpc_port": grpc_port, "metrics_address": host, "metrics_port": metrics_port,
+            "log_verbose": log_verbose, "exit_timeout_secs": 5}
+
+
 def triton_config(host: str, http_port: int, grpc_port: int, metrics_port: int,
                   log_verbose: int = 0) -> Any:
     """A pytriton TritonConfig listening on ``host`` at the three ports."""
     from pytriton.triton import TritonConfig
 
-    return TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
-                        grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
-                        log_verbose=log_verbose, exit_timeout_secs=5)
+    return TritonConfig(**triton_settings(host, http_port, grpc_port, metrics_port,
+                                          log_verbose))
+
+
+def listening_line(options: ServeOptions) -> str:
+    """Where the server listens, as printed at start: the host and each port; a host other
+    than loopback gets a reminder that the endpoints are unauthenticated."""
+    store = (f"{options.host}:{options.store_metrics_port}"
+             if options.store_metrics_port >= 0 else "off")
+    line = (f"crnet serve: listening on {options.host}: http {options.host}:"
+            f"{options.http_port}, grpc {options.host}:{options.grpc_port}, metrics "
+            f"{options.host}:{options.metrics_port}, store metrics {store}")
+    if options.host not in LOOPBACK_HOSTS:
+        line += (" (reachable from other machines, without authentication; --host "
+                 f"{DEFAULT_HOST} keeps it to this one)")
+    return line
 
 
 def serve_problem() -> str | None:
@@ -238,35 +261,34 @@ def serve_problem() -> str | None:
     return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line options of `crnet serve`."""
-    parser = argparse.ArgumentParser(
-        prog="crnet serve", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("bundle", type=Path, help="bundle directory (crnet export)")
-    parser.add_argument("--backend", default="auto", help="Segmenter backend")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="onnxruntime intra-op threads (default: its own)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002, help="Triton's metrics")
-    parser.add_argument("--store-metrics-port", type=int, default=DEFAULT_STORE_METRICS_PORT,
-                        help="the support store's Prometheus metrics (-1: off)")
-    parser.add_argument("--instances", type=int, default=2,
-                        help="concurrent instances of crnet_segment")
-    parser.add_argument("--store-max-entries", type=int, default=DEFAULT_MAX_ENTRIES,
-                        help="support sets held at most (least recently used out)")
-    parser.add_argument("--store-max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
-                        help="MiB of support features held at most")
-    parser.add_argument("--store-ttl-s", type=float, default=DEFAULT_TTL_S,
-                        help="drop a support set unused this long (0: never)")
-    parser.add_argument("--log-verbose", type=int, default=0, help="Triton's log level")
-    return parser
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `crnet serve` serves, where, and how much it keeps."""
+
+    bundle: Path
+    backend: str = "auto"
+    precision: str = "fp32"
+    threads: int | None = None
+    """onnxruntime intra-op threads (None: its own)."""
+    host: str = DEFAULT_HOST
+    """The address every endpoint listens on (loopback: this machine only)."""
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    """Triton's metrics."""
+    store_metrics_port: int = DEFAULT_STORE_METRICS_PORT
+    """The support store's Prometheus metrics (-1: off)."""
+    instances: int = 2
+    """Concurrent instances of crnet_segment."""
+    store_max_entries: int = DEFAULT_MAX_ENTRIES
+    store_max_mb: float = DEFAULT_MAX_BYTES / 2**20
+    store_ttl_s: float = DEFAULT_TTL_S
+    """Drop a support set unused this long (0: never)."""
+    log_verbose: int = 0
+    """Triton's log level."""
 
 
-def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> None:
+def serve(args: ServeOptions, ready: Callable[[], None] | None = None) -> None:
     """Load the Segmenter, start Triton with the two models, block until SIGINT/SIGTERM."""
     from pytriton.triton import Triton
 
@@ -282,6 +304,7 @@ def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> 
                if args.store_metrics_port >= 0 else None)
     config = triton_config(args.host, args.http_port, args.grpc_port, args.metrics_port,
                            args.log_verbose)
+    print(listening_line(args), flush=True)
     try:
         with python_backend_env(), Triton(config=config) as triton:
             bind_models(triton, service, args.instances)
@@ -301,23 +324,12 @@ def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> 
         segmenter.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `crnet serve`."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def serving_problem(bundle: Path) -> str | None:
+    """Why `crnet serve` cannot serve ``bundle`` here (the serve extra, the bundle), or None."""
     problem = serve_problem()
     if problem is not None:
-        print(f"crnet serve: {problem}", file=sys.stderr)
-        return 2
-    if not (args.bundle / "manifest.json").is_file():
-        print(f"crnet serve: {args.bundle} is not a bundle (no manifest.json); make one "
-              "with `python export/to_onnx.py --out DIR`", file=sys.stderr)
-        return 2
-    # SIGTERM stops the server the way Ctrl-C does (Triton.serve() handles KeyboardInterrupt).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    serve(args)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return problem
+    if not (Path(bundle) / "manifest.json").is_file():
+        return (f"{bundle} is not a bundle (no manifest.json); make one with "
+                "`crnet export --out DIR`")
+    return None

@@ -17,9 +17,7 @@ one, else the full refine plan).
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -160,34 +158,3 @@ def write_repo(bundle_dir: str | Path, out: str | Path, backend: str = "onnxrunt
         write_bytes_atomic(config, bls_config(name, role, parameters, instances).encode())
         written += [version / "model.py", version / "manifest.json", config]
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `crnet triton-repo`."""
-    parser = argparse.ArgumentParser(prog="crnet triton-repo",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("bundle", type=Path, help="bundle directory (crnet export)")
-    parser.add_argument("--out", type=Path, required=True, help="model repository to write")
-    parser.add_argument("--backend", choices=sorted(PLATFORMS), default="onnxruntime")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    parser.add_argument("--instances", type=int, default=1, help="instances of each model")
-    parser.add_argument("--cpu", action="store_true", help="graph models on CPU (KIND_CPU)")
-    parser.add_argument("--store-dir", default="/dev/shm/crnet-supports",
-                        help="support store directory on the server")
-    parser.add_argument("--store-max-entries", type=int, default=DEFAULT_MAX_ENTRIES)
-    parser.add_argument("--store-max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20)
-    args = parser.parse_args(argv)
-    try:
-        written = write_repo(args.bundle, args.out, args.backend, args.precision,
-                             args.store_dir, args.store_max_entries, args.store_max_mb,
-                             args.instances, gpu=not args.cpu)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"crnet triton-repo: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(written)} files to {args.out}: "
-          + ", ".join(sorted({path.relative_to(args.out).parts[0] for path in written})))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -87,7 +87,8 @@ def _pair(values: Sequence[int]) -> tuple[int, int]:
 
 
 class Backend:
-    """Base class: lifecycle, context manager, and the two graph calls.
+    """Base class: lifecycle, context manager, the two graph calls, and the traits the
+    orchestration asks about instead of comparing backend names.
 
     ``thread_safe``: whether run_* may be called from several threads at once; the
     Segmenter serialises calls to a backend that says False.
@@ -96,6 +97,25 @@ class Backend:
     name: ClassVar[str] = "base"
     install_hint: ClassVar[str] = ""
     thread_safe: ClassVar[bool] = False
+    runs_on_cpu: ClassVar[bool] = False
+    """Runs on the host CPU (a side-by-side CPU comparison may time it)."""
+    takes_threads: ClassVar[bool] = False
+    """The constructor takes ``threads`` (intra-op threads)."""
+    optional_cpu_engine: ClassVar[bool] = False
+    """An optional CPU engine: deploy also evaluates and benchmarks it where installed."""
+    inference_precision_hints: ClassVar[tuple[str, ...]] = ()
+    """Values of the constructor's ``inference_precision`` hint; empty: no such option."""
+
+    @classmethod
+    def usable_inference_precisions(cls) -> tuple[str, ...]:
+        """The inference precision hints this machine can run (default: all of them)."""
+        return cls.inference_precision_hints
+
+    @classmethod
+    def runs_query_branch_only(cls, info: dict[str, Any]) -> bool:
+        """Whether a backend that ``describe()``d itself as ``info`` skips the support
+        branch of the refine per query (default: where its query graph was pruned)."""
+        return bool(info.get("query_refine", {}).get("pruned", False))
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32") -> None:
         self.bundle = bundle
@@ -186,6 +206,10 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "openvino": "crnet.runtime.backends.openvino_backend:OpenVinoBackend",
 }
 ENTRY_POINT_GROUP = "crnet_deploy.backends"
+# Roles the orchestration asks the registry for, so that only this module names backends:
+REFERENCE_BACKEND = "torch"  # the PyTorch model every variant is gated against
+ENGINE_BACKEND = "tensorrt"  # deploy builds engines for it where it is available
+CPU_BUILD_BACKEND = "onnxruntime"  # else deploy's CPU build target
 
 
 def _discover() -> dict[str, str]:
@@ -222,6 +246,25 @@ def backend_class(name: str) -> type[Backend]:
                            f"{sorted(REGISTRY)}{hint}")
     module_name, class_name = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def backend_names() -> list[str]:
+    """The registered backend names, sorted."""
+    return sorted(REGISTRY)
+
+
+def backends_where(trait: str, *, installed: bool = False) -> list[str]:
+    """Registered backends whose class sets ``trait`` (a class attribute above) true,
+    sorted; ``installed``: only those whose ``is_available()`` says yes."""
+    names = []
+    for name in backend_names():
+        try:
+            cls = backend_class(name)
+        except (ImportError, BackendError):  # a broken plugin has no traits to ask about
+            continue
+        if getattr(cls, trait) and (not installed or cls.is_available()[0]):
+            names.append(name)
+    return names
 
 
 def availability() -> dict[str, tuple[bool, str]]:

@@ -18,21 +18,22 @@ not import or a graph cannot be cut or chained; there the full graphs run and
 
 int8 on the CPU provider: the bundle's symmetric int8 activations are moved to uint8
 (zero point 128; exactly the same values) in memory before the sessions are created, so
-ONNX Runtime's x86 kernels run U8S8 instead of S8S8 (runtime/qdq_u8.py; 1.8x faster per
-query on an AVX-512 VNNI EPYC, identical logits). ``uint8_activations=False`` keeps the
-graphs as they are; ``describe()["int8_activations"]`` says which ran.
+ONNX Runtime's x86 kernels run U8S8 instead of S8S8 (runtime/qdq_u8.py): the faster
+kernels on x86, with identical logits (docs/benchmarks.md has the figures).
+``uint8_activations=False`` keeps the graphs as they are; ``describe()["int8_activations"]``
+says which ran.
 
 Spinning: ORT's intra-op workers busy-wait for work instead of sleeping. Inside a run that
 keeps the hand-offs between operators fast; between runs it burns the cores other work
 needs (torch, OpenVINO or another ORT session in the same process, other processes on a
-shared machine; ``crnet deploy``'s evaluation ran 2x slower per episode with it). So every
-session spins only while a run is active: ``session.force_spinning_stop`` stops the
-workers spinning the moment the run returns (README, "Sharing a machine"). Measured on
-the 2-core EPYC, crnet-lite at 2 threads, segment p50 interleaved: fp32 3.48 ms vs 4.74
-without spinning and 3.41 spinning between runs too; int8 2.16 vs 2.73 and 2.01.
-``spinning=False`` turns spinning off (``query_spinning`` for the fused query session
-alone); ``spin_between_runs=True`` keeps ORT's default of spinning after a run as well,
-for a machine the application has to itself. ``dynamic_block_base`` sets ORT's
+shared machine, where an evaluation that alternates backends slows down markedly). So
+every session spins only while a run is active: ``session.force_spinning_stop`` stops the
+workers spinning the moment the run returns (docs/backends.md, "Threads and sharing a
+machine"). That keeps almost all of the speed of spinning throughout, and far more than no
+spinning at all (docs/benchmarks.md). ``spinning=False`` turns spinning off
+(``query_spinning`` for the fused query session alone); ``spin_between_runs=True`` keeps
+ORT's default of spinning after a run as well, for a machine the application has to
+itself. ``dynamic_block_base`` sets ORT's
 ``session.dynamic_block_base`` (0: ORT's default static split).
 """
 
@@ -49,6 +50,7 @@ from crnet.runtime.layout import ORT_TRT_CACHE_DIR
 from crnet.runtime.ort_build import ort_build_path
 
 ORT_TRT_CACHE = Path(ORT_TRT_CACHE_DIR)
+CHAIN_MIN_ONNX = (1, 19)
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -59,6 +61,8 @@ class OnnxRuntimeBackend(Backend):
     install_hint = ("Install it with `pip install onnxruntime` (CPU) or "
                     "`pip install onnxruntime-gpu` (CUDA / TensorRT execution providers).")
     thread_safe = True
+    runs_on_cpu = True
+    takes_threads = True
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
                  threads: int | None = None, providers: list[Any] | None = None,
@@ -224,6 +228,11 @@ class OnnxRuntimeBackend(Backend):
         self.sessions["refine_query"] = session
         self.query_refine = {"pruned": True, "nodes": len(refine_query.graph.node),
                              "of_nodes": len(refine.graph.node)}
+        too_old = onnx_too_old_to_chain()
+        if too_old:
+            self.query_refine["chained"] = (f"no ({too_old}; the backbone and the query "
+                                            "refine graph run as two sessions)")
+            return
         try:
             query = chain_backbone(self._load_onnx(self.loaded_paths["backbone"]), refine_query)
             session = ort.InferenceSession(query.SerializeToString(),
@@ -364,6 +373,25 @@ def _check_inputs(session: Any, expected: set[str], what: str) -> None:
     names = {value.name for value in session.get_inputs()}
     if names != expected:
         raise BackendError(f"{what} has inputs {sorted(names)}, expected {sorted(expected)}")
+
+
+def onnx_too_old_to_chain() -> str | None:
+    """Why this onnx cannot chain the backbone to the query refine graph, or None.
+
+    Before onnx 1.19, ``onnx.compose.add_prefix`` renames the backbone's ``feat`` output
+    inside the graph while keeping it as the graph's output name, and ``merge_models``
+    then fails. The chained graph only saves a hand-off per query, so the backends run
+    the graphs separately on an older onnx and say so in ``describe()``."""
+    import onnx
+
+    parts = []
+    for part in onnx.__version__.split(".")[:2]:
+        digits = "".join(char for char in part if char.isdigit())
+        parts.append(int(digits or 0))
+    if tuple(parts) < CHAIN_MIN_ONNX:
+        return (f"onnx {onnx.__version__} cannot chain the graphs (onnx.compose needs "
+                f"onnx >= {'.'.join(map(str, CHAIN_MIN_ONNX))})")
+    return None
 
 
 def _convolutions(model: Any) -> int:

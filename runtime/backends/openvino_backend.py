@@ -24,7 +24,7 @@ after releasing (``keep_signal_stack``).
 
 Threads: ``threads`` sets ``INFERENCE_NUM_THREADS`` (default: all cores); one stream,
 the latency hint, and no CPU pinning, so that a busy core slows one worker instead of
-stalling a pinned one (README.md, "Sharing a machine").
+stalling a pinned one (docs/backends.md, "Threads and sharing a machine").
 """
 
 from __future__ import annotations
@@ -92,6 +92,20 @@ class OpenVinoBackend(Backend):
     install_hint = ("Install it with `pip install 'crnet-deploy[openvino]'` "
                     "(or `pip install openvino`).")
     thread_safe = False  # one infer request per graph
+    runs_on_cpu = True
+    takes_threads = True
+    optional_cpu_engine = True
+    inference_precision_hints = ("f32", "bf16")
+
+    @classmethod
+    def usable_inference_precisions(cls) -> tuple[str, ...]:
+        """f32, and bf16 where the CPU lists BF16."""
+        return cls.inference_precision_hints if cls.supports_bf16() else ("f32",)
+
+    @classmethod
+    def runs_query_branch_only(cls, info: dict[str, Any]) -> bool:
+        """Where the query graph was fused (``describe()["query_graph"]``)."""
+        return bool(info.get("query_graph", {}).get("fused", False))
 
     def __init__(self, bundle: Bundle | None, precision: str = "fp32", *,
                  threads: int | None = None, inference_precision: str = "f32",
@@ -184,8 +198,14 @@ class OpenVinoBackend(Backend):
         try:
             import onnx
 
+            from crnet.runtime.backends.onnxruntime_backend import onnx_too_old_to_chain
             from crnet.runtime.graph_prune import chain_backbone, prune_to_outputs
 
+            too_old = onnx_too_old_to_chain()
+            if too_old:
+                self.query_graph = {"fused": False, "reason": f"{too_old}; queries run the "
+                                    "backbone and the full refine graph"}
+                return
             refine_query = prune_to_outputs(onnx.load(str(self.paths["refine"])),
                                             ["query_logits"])
             query = chain_backbone(onnx.load(str(self.paths["backbone"])), refine_query)

@@ -80,13 +80,15 @@ def copy_bundle(source: Path, destination: Path) -> Path:
 @pytest.fixture(scope="session")
 def quantized_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_q: Path) -> Path:
     """The tiny bundle with fp16 and int8 variants (int8: min-max on a few episodes)."""
-    from crnet.calibration.quantize import quantize_fp16, quantize_int8
+    from crnet.calibration.fp16 import quantize_fp16
+    from crnet.calibration.int8 import quantize_int8
+    from crnet.calibration.options import Fp16Options, Int8Options, SensitivityOptions
 
     bundle = copy_bundle(tiny_bundle_q, tmp_path_factory.mktemp("variants") / "bundle")
-    quantize_fp16(bundle, check_episodes=2, progress=False)
-    quantize_int8(bundle, calibration_method="minmax",
-                  calibration_episodes=CALIBRATION_EPISODES,
-                  sensitivity_episodes=SENSITIVITY_EPISODES, progress=False)
+    quantize_fp16(bundle, Fp16Options(check_episodes=2, progress=False))
+    quantize_int8(bundle, Int8Options(
+        calibration_method="minmax", calibration_episodes=CALIBRATION_EPISODES,
+        sensitivity=SensitivityOptions(episodes=SENSITIVITY_EPISODES), progress=False))
     return bundle
 
 

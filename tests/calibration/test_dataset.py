@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from crnet.calibration.quantize import QuantizeError, quantize_fp16, quantize_int8, ranges_fit
+from crnet.calibration.fp16 import quantize_fp16
+from crnet.calibration.int8 import quantize_int8
+from crnet.calibration.options import Fp16Options, Int8Options, SensitivityOptions
+from crnet.calibration.ranges import ranges_fit
+from crnet.calibration.variants import QuantizeError
 from crnet.data.episodes import fold_classes
+from crnet.data.options import EpisodeSource
 from crnet.runtime.bundle import Bundle
 from tests.calibration.conftest import PascalReads, copy_bundle, split_ids
 
@@ -17,11 +22,11 @@ def test_pascal_calibration_reads_only_base_class_train_images(
         tmp_path: Path) -> None:
     bundle = copy_bundle(tiny_bundle_q, tmp_path / "bundle")
     pascal_reads.phase = "quantize"
-    quantize_fp16(bundle, check_episodes=2, progress=False, dataset="pascal-5i",
-                  data_root=voc_root)
-    manifest = quantize_int8(bundle, calibration_method="minmax", calibration_episodes=4,
-                             sensitivity_episodes=3, progress=False, dataset="pascal-5i",
-                             data_root=voc_root)
+    pascal = EpisodeSource(dataset="pascal-5i", data_root=voc_root)
+    quantize_fp16(bundle, Fp16Options(check_episodes=2, progress=False, data=pascal))
+    manifest = quantize_int8(bundle, Int8Options(
+        calibration_method="minmax", calibration_episodes=4,
+        sensitivity=SensitivityOptions(episodes=3), progress=False, data=pascal))
 
     train, test = split_ids(voc_root, "train_aug.txt"), split_ids(voc_root, "val.txt")
     read = pascal_reads.ids("quantize")
@@ -35,10 +40,11 @@ def test_pascal_calibration_reads_only_base_class_train_images(
         assert record["fold"] == 0 and record["classes"] == base
         assert record["data_root"] == str(voc_root.resolve())
         assert "pascal-5i fold 0 train split" in record["data"]
-    assert ranges_fit(bundle, dataset="pascal-5i", fold=0, data_root=voc_root)
-    assert not ranges_fit(bundle, dataset="synthetic-5i", fold=0)
+    assert ranges_fit(bundle, Int8Options(data=pascal.with_fold(0)))
+    assert not ranges_fit(bundle, Int8Options(data=EpisodeSource(fold=0)))
     with pytest.raises(QuantizeError, match="dataset 'synthetic-5i'.*--recalibrate"):
-        quantize_int8(bundle, sensitivity=False, progress=False)
+        quantize_int8(bundle, Int8Options(sensitivity=SensitivityOptions(enabled=False),
+                                          progress=False))
     Bundle.load(bundle)
 
 
@@ -52,7 +58,8 @@ def test_pascal_needs_a_data_root(quantized_bundle: Path,
 
 
 def test_saved_synthetic_ranges_default_to_synthetic(quantized_bundle: Path) -> None:
-    assert ranges_fit(quantized_bundle, dataset="synthetic-5i", fold=0)
+    assert ranges_fit(quantized_bundle, Int8Options(data=EpisodeSource(fold=0)))
+    assert not ranges_fit(quantized_bundle, Int8Options(data=EpisodeSource(fold=1)))
     how = Bundle.load(quantized_bundle).manifest["variants"]["int8"]["how"]
     assert how["calibration"]["dataset"] == "synthetic-5i"
     assert how["sensitivity"]["rank_method"] == "full"  # "auto" on a model of few layers

@@ -10,16 +10,21 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from crnet.calibration import quantize
-from crnet.calibration.quantize import (
-    QuantizeError,
-    load_ranges,
-    quantize_int8,
-    save_ranges,
+from crnet.calibration import ranges as ranges_module
+from crnet.calibration.int8 import quantize_int8
+from crnet.calibration.options import (
+    FP16_KEEP_FP32_OPS,
+    Fp16Options,
+    Int8Options,
+    SensitivityOptions,
 )
+from crnet.calibration.precision import quantize_bundle
+from crnet.calibration.ranges import load_ranges, save_ranges
 from crnet.calibration.sensitivity import SensitivitySet
+from crnet.calibration.variants import QuantizeError
 from crnet.cli import main as crnet_main
 from crnet.data.evaluation import evaluate, gate_record, segmenter_predictor
+from crnet.data.options import EpisodeSource
 from crnet.evaluate import load_gates
 from crnet.export.lint import lint_bundle
 from crnet.runtime.bundle import Bundle
@@ -27,6 +32,12 @@ from crnet.runtime.layout import RANGES_FILE, trt_calibration_cache
 from tests.calibration.conftest import CALIBRATION_EPISODES, copy_bundle
 
 GRAPHS = ("backbone", "refine")
+
+
+def without_sensitivity(**options: object) -> Int8Options:
+    """int8 options that quantize every layer, without progress bars."""
+    return Int8Options(sensitivity=SensitivityOptions(enabled=False), progress=False,
+                       **options)
 
 
 def load(bundle: Path, graph: str, precision: str) -> onnx.ModelProto:
@@ -94,7 +105,7 @@ def test_fp16_keeps_fp32_io_and_has_fp16_initializers(quantized_bundle: Path) ->
 def test_kept_fp32_ops_compute_in_fp32(quantized_bundle: Path) -> None:
     model = load(quantized_bundle, "refine", "fp16")
     types = elem_types(model)
-    kept = [n for n in model.graph.node if n.op_type in quantize.FP16_KEEP_FP32_OPS]
+    kept = [n for n in model.graph.node if n.op_type in FP16_KEEP_FP32_OPS]
     assert kept
     for node in kept:
         assert types[node.output[0]] == TensorProto.FLOAT, node.name
@@ -121,7 +132,7 @@ def test_variants_pass_the_lint_and_the_manifest_lists_them(quantized_bundle: Pa
     assert how["sensitivity"]["ranking"] and how["sensitivity"]["steps"]
     assert "onnxruntime" in how["versions"]
     fp16 = bundle.manifest["variants"]["fp16"]["how"]
-    assert fp16["kept_fp32_ops"] == list(quantize.FP16_KEEP_FP32_OPS)
+    assert fp16["kept_fp32_ops"] == list(FP16_KEEP_FP32_OPS)
     assert fp16["versions"]["onnxconverter-common"] != "not installed"
 
 
@@ -147,20 +158,19 @@ def test_saved_ranges_are_reused(quantized_bundle: Path, tmp_path: Path,
     def no_calibration(*args: object, **kwargs: object) -> None:
         raise AssertionError("ranges were recalibrated although the bundle has them")
 
-    monkeypatch.setattr(quantize, "calibrate_ranges", no_calibration)
-    manifest = quantize_int8(bundle, sensitivity=False, progress=False)
+    monkeypatch.setattr(ranges_module, "calibrate_ranges", no_calibration)
+    manifest = quantize_int8(bundle, without_sensitivity())
     assert manifest["variants"]["int8"]["how"]["calibration"]["reused"] is True
     assert (bundle / RANGES_FILE).read_bytes() == saved
     Bundle.load(bundle)
     with pytest.raises(QuantizeError, match="--recalibrate"):
-        quantize_int8(bundle, calibration_method="entropy", sensitivity=False,
-                      progress=False)
+        quantize_int8(bundle, without_sensitivity(calibration_method="entropy"))
 
 
 def test_recalibrate_replaces_the_ranges(quantized_bundle: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(quantized_bundle, tmp_path / "bundle")
-    manifest = quantize_int8(bundle, calibration_method="percentile", calibration_episodes=2,
-                             recalibrate=True, sensitivity=False, progress=False)
+    manifest = quantize_int8(bundle, without_sensitivity(
+        calibration_method="percentile", calibration_episodes=2, recalibrate=True))
     calibration = manifest["variants"]["int8"]["how"]["calibration"]
     assert calibration["reused"] is False and calibration["method"] == "percentile"
     assert json.loads((bundle / RANGES_FILE).read_text())["episodes"] == 2
@@ -192,11 +202,11 @@ def test_gate_fails_with_planted_bad_ranges(quantized_bundle: Path, tmp_path: Pa
     assert 2.0 < reference.miou < 95.0  # the balanced tiny model's masks are not trivial
     good = gate_record(run("int8"), reference, gate)
     plant_bad_ranges(bundle, "refine")
-    quantize_int8(bundle, sensitivity=False, progress=False)
+    quantize_int8(bundle, without_sensitivity())
     bad = gate_record(run("int8"), reference, gate)
     assert abs(bad["delta_miou"]) > gate and bad["passed"] is False
     assert abs(bad["delta_miou"]) > abs(good["delta_miou"])
-    check = SensitivitySet.build(bundle, 0, 6, progress=False)
+    check = SensitivitySet.build(bundle, EpisodeSource(fold=0), 6, progress=False)
     planted = {graph: Bundle.load(bundle).graph_path(graph, "int8") for graph in GRAPHS}
     assert abs(check.score(planted).delta_miou) > gate
 
@@ -213,8 +223,8 @@ def test_sensitivity_keeps_a_broken_layer_in_fp32(quantized_bundle: Path,
     for classifier in classifiers:
         ranges["refine"][classifier.input[0]] = (-1e-6, 1e-6)
     save_ranges(bundle / RANGES_FILE, ranges, provenance)
-    manifest = quantize_int8(bundle, sensitivity_episodes=6, target_delta=0.5,
-                             progress=False)
+    manifest = quantize_int8(bundle, Int8Options(
+        sensitivity=SensitivityOptions(episodes=6, target_delta=0.5), progress=False))
     how = manifest["variants"]["int8"]["how"]
     worst = "refine:model.refinement.classifier.weight"
     assert how["sensitivity"]["ranking"][0]["layer"] == worst
@@ -243,10 +253,11 @@ def test_variants_run_as_one_cut_query_session(quantized_bundle: Path, precision
 
 def test_unknown_precision_and_layer_are_errors(quantized_bundle: Path) -> None:
     with pytest.raises(QuantizeError, match="fp16 or int8"):
-        quantize.quantize_bundle(quantized_bundle, "int4")
+        quantize_bundle(quantized_bundle, "int4")
+    with pytest.raises(QuantizeError, match="takes Int8Options"):
+        quantize_bundle(quantized_bundle, "int8", Fp16Options())
     with pytest.raises(QuantizeError, match="unknown layers"):
-        quantize_int8(quantized_bundle, exclude_layers=["refine:nope"], sensitivity=False,
-                      progress=False)
+        quantize_int8(quantized_bundle, without_sensitivity(exclude_layers=("refine:nope",)))
 
 
 def test_main_reports_errors_without_raising(tmp_path: Path,

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from crnet.calibration.quantize import load_ranges, quantize_int8, save_ranges
+from crnet.calibration.int8 import quantize_int8
+from crnet.calibration.options import Int8Options, SensitivityOptions
+from crnet.calibration.ranges import load_ranges, save_ranges
 from crnet.calibration.sensitivity import _fake_quantize, _weight_amax
 from crnet.runtime.layout import RANGES_FILE
 from tests.calibration.conftest import copy_bundle
@@ -29,8 +31,8 @@ def test_local_ranking_finds_and_keeps_a_broken_layer(quantized_bundle: Path,
                                                       tmp_path: Path) -> None:
     bundle = copy_bundle(quantized_bundle, tmp_path / "bundle")
     plant_broken_classifier(bundle)
-    manifest = quantize_int8(bundle, sensitivity_episodes=6, target_delta=0.5,
-                             sensitivity_rank="local", confirm_layers=2, progress=False)
+    manifest = quantize_int8(bundle, Int8Options(sensitivity=SensitivityOptions(
+        episodes=6, target_delta=0.5, rank="local", confirm_layers=2), progress=False))
     sensitivity = manifest["variants"]["int8"]["how"]["sensitivity"]
     assert sensitivity["rank_method"] == "local" and "normalised MSE" in sensitivity["damage"]
     ranking = sensitivity["ranking"]
@@ -45,9 +47,9 @@ def test_local_ranking_finds_and_keeps_a_broken_layer(quantized_bundle: Path,
 def test_fp32_layer_cap_stops_the_fallback(quantized_bundle: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(quantized_bundle, tmp_path / "bundle")
     plant_broken_classifier(bundle)
-    manifest = quantize_int8(bundle, sensitivity_episodes=6, target_delta=0.5,
-                             sensitivity_rank="local", confirm_layers=0, max_fp32_layers=0,
-                             progress=False)
+    manifest = quantize_int8(bundle, Int8Options(sensitivity=SensitivityOptions(
+        episodes=6, target_delta=0.5, rank="local", confirm_layers=0, max_fp32_layers=0),
+        progress=False))
     sensitivity = manifest["variants"]["int8"]["how"]["sensitivity"]
     assert len(sensitivity["steps"]) == 1 and sensitivity["kept_fp32_layers"] == []
     assert sensitivity["target_met"] is False and "confirmed" not in sensitivity

@@ -7,7 +7,7 @@ import pytest
 
 from crnet.cli import main as crnet_main
 from crnet.data.evaluation import format_table
-from crnet.evaluate import load_gates, main
+from crnet.evaluate import load_gates
 from tests.export.conftest import save_tiny_checkpoint
 
 CONTRACT_KEYS = {"miou", "fbiou", "reference_miou", "delta_miou"}
@@ -25,8 +25,9 @@ def test_eval_of_a_bundle_writes_the_contract_json(checkpoint: Path, tmp_path: P
     bundle = tmp_path / "bundle"
     export_bundle(bundle, checkpoint, parity_episodes=2, progress=False)
     out = tmp_path / "eval.json"
-    code = main(["--bundle", str(bundle), "--backend", "onnxruntime", "--precision", "fp32",
-                 "--episodes", "3", "--json", str(out), "--no-progress"])
+    code = crnet_main(["eval", "--bundle", str(bundle), "--backend", "onnxruntime",
+                       "--precision", "fp32", "--episodes", "3", "--json", str(out),
+                       "--no-progress"])
     record = json.loads(out.read_text())
     assert set(record) >= CONTRACT_KEYS
     assert record["backend"] == "onnxruntime" and record["episodes"] == 3
@@ -37,10 +38,26 @@ def test_eval_of_a_bundle_writes_the_contract_json(checkpoint: Path, tmp_path: P
 
 def test_eval_of_a_checkpoint_with_torch(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
-    assert main(["--checkpoint", str(checkpoint), "--episodes", "2", "--json", str(out),
-                 "--no-progress"]) == 0
+    assert crnet_main(["eval", "--checkpoint", str(checkpoint), "--episodes", "2",
+                       "--fold", "1", "--seed", "3", "--json", str(out), "--no-progress"]) == 0
     record = json.loads(out.read_text())
     assert record["backend"] == "torch" and record["delta_miou"] == 0.0
+    assert {key: record[key] for key in ("dataset", "sampler", "fold", "seed")} == {
+        "dataset": "synthetic-5i", "sampler": "uniform", "fold": 1, "seed": 3}
+
+
+def test_eval_options_carry_one_episode_source(tmp_path: Path) -> None:
+    from crnet.cli import build_parser
+    from crnet.cli.commands.evaluate import options
+    from crnet.data.options import EpisodeSource
+    from crnet.runtime.errors import UsageError
+
+    parser = build_parser("eval")
+    chosen = options(parser.parse_args(["--fold", "2", "--seed", "7", "--episodes", "4"]))
+    assert chosen.data == EpisodeSource(dataset="synthetic-5i", fold=2, seed=7)
+    assert chosen.episodes == 4
+    with pytest.raises(UsageError, match="applies to pascal-5i only"):
+        options(parser.parse_args(["--sampler", "hsnet"]))
 
 
 def test_eval_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,8 +65,7 @@ def test_eval_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str
                        "--backend", "onnxruntime"]) == 1
     error = capsys.readouterr().err
     assert "bundle directory not found" in error and "Traceback" not in error
-    with pytest.raises(SystemExit):
-        main(["--backend", "onnxruntime"])
+    assert crnet_main(["eval", "--backend", "onnxruntime"]) == 2
     assert "needs --bundle" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crnet.data.episodes import DatasetError
 from crnet.data.pascal import Pascal5i
 
 H, W = 48, 64
@@ -150,8 +151,12 @@ def test_pfenet_sampler_walks_images_and_draws_a_present_class(tmp_path) -> None
     for number, class_id in walked:
         assert class_id in FOLD2_IMAGES[number] and 11 <= class_id <= 15
     classes_of_6 = {c for n, c in walked if n == 6}
-    many = {dataset.episode(6 + 7 * k).class_id for k in range(40)}
+    many = {dataset.episode(6 + 7 * k).class_id for k in range(20)}
     assert classes_of_6 <= many and len(many) > 1  # the class is drawn, not fixed
+    assert dataset.episode_limit == 20 * 7  # PFENet's 20 passes over its query images
+    assert len(list(dataset.episodes(200))) == 140
+    with pytest.raises(DatasetError, match="ends after 20 passes"):
+        dataset.episode(140)
 
 
 def test_uniform_sampler_draws_classes_evenly(tmp_path) -> None:
@@ -210,3 +215,42 @@ def test_too_few_images_names_the_class(tmp_path) -> None:
         named = f"class {c} (" in message
         assert named == (c in short), (c, message)
     assert f"has {fewest} images" in message and f"needs {fewest + 1}" in message
+
+
+def test_hsnet_and_pfenet_name_a_class_without_enough_supports(tmp_path) -> None:
+    # fold 2; class 13 is in one image only: no support for it but the query itself
+    _multi_class_tree(tmp_path, [(11,), (11,), (13,), (12,), (12,)])
+    hsnet = Pascal5i(tmp_path, fold=2, sampler="hsnet", min_pixels=1)
+    assert [p.class_id for p in hsnet.plan(2)] == [11, 11]
+    with pytest.raises(DatasetError, match=r"query 2008_000002: class 13 \(horse\) has 0 other"):
+        hsnet.plan(3)
+    pfenet = Pascal5i(tmp_path, fold=2, sampler="pfenet", min_pixels=1)
+    assert len(pfenet.plan(2, shots=1)) == 2
+    with pytest.raises(DatasetError, match=r"class 11 \(diningtable\) has 1 other.*needs 2"):
+        pfenet.plan(1, shots=2)
+
+
+def test_hsnet_list_choice(tmp_path) -> None:
+    _multi_class_tree(tmp_path, FOLD2_IMAGES)
+    assert Pascal5i(tmp_path, fold=2, sampler="hsnet").hsnet_list_source == "rule"
+    with pytest.raises(DatasetError, match="not in .*val.txt; the published list needs"):
+        _ = Pascal5i(tmp_path, fold=2, sampler="hsnet", hsnet_lists="published").hsnet_pairs()
+    with pytest.raises(DatasetError, match="hsnet_lists must be one of"):
+        Pascal5i(tmp_path, fold=2, sampler="hsnet", hsnet_lists="theirs")
+
+
+def test_plan_is_what_the_episodes_load(tmp_path) -> None:
+    _multi_class_tree(tmp_path, FOLD2_IMAGES + [(13, 14), (11, 12)])
+    for sampler in ("uniform", "hsnet", "pfenet"):
+        dataset = Pascal5i(tmp_path, fold=2, sampler=sampler, min_pixels=1)
+        for planned, episode in zip(dataset.plan(12, shots=2), dataset.episodes(12, shots=2),
+                                    strict=True):
+            assert planned.class_id == episode.class_id
+            numbers = [int(name[-6:]) for name in (*planned.supports, planned.query)]
+            loaded = [_query_number_of(image) for image in
+                      (*episode.support_images, episode.query_image)]
+            assert numbers == loaded, sampler
+
+
+def _query_number_of(image: np.ndarray) -> int:
+    return round(float(image.mean()) / 10)

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crnet.cli import main
 from crnet.data.episodes import IGNORE, fold_classes
 from crnet.data.pascal import Pascal5i
-from crnet.data.synthetic import CLASS_NAMES, CLASS_STYLES, Synthetic5i, main
+from crnet.data.synthetic import CLASS_NAMES, CLASS_STYLES, Synthetic5i
 
 SIZE = 321
 
@@ -124,7 +125,7 @@ def test_write_voc_round_trip(tmp_path) -> None:
 
 def test_preview(tmp_path, capsys) -> None:
     out = tmp_path / "grid.png"
-    assert main(["--preview", str(out), "--episodes", "1"]) == 0
+    assert main(["synthetic", "--preview", str(out), "--episodes", "1"]) == 0
     assert out.stat().st_size > 0
 
 

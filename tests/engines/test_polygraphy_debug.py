@@ -28,7 +28,7 @@ pytest.importorskip("polygraphy", reason="pip install polygraphy (in the [test] 
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crnet.calibration.quantize import quantize_bundle
+    from crnet.calibration.precision import quantize_bundle
 
     copy = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("poly") / "bundle"))
     quantize_bundle(copy, "fp16")

@@ -1,7 +1,7 @@
 """The GPU suite of `crnet build`: run it where TensorRT and an NVIDIA GPU are.
 
-    pytest -m tensorrt tests/export/test_tensorrt_suite.py
-    CRNET_TRT_BUNDLE=bundle/ pytest -m tensorrt tests/export/test_tensorrt_suite.py
+    pytest -m tensorrt tests/engines/test_tensorrt_suite.py
+    CRNET_TRT_BUNDLE=bundle/ pytest -m tensorrt tests/engines/test_tensorrt_suite.py
 
 Builds every variant of a bundle (a copy of $CRNET_TRT_BUNDLE, else the tiny exported one),
 then compares TensorRT with ONNX Runtime (CPU) on the same ONNX variant: per output, with
@@ -46,7 +46,7 @@ def trt_bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     source_path = Path(source) if source else request.getfixturevalue("tiny_bundle")
     copy = copy_without_engines(source_path, tmp_path_factory.mktemp("trt") / "bundle")
     if not source:
-        from crnet.calibration.quantize import quantize_bundle
+        from crnet.calibration.precision import quantize_bundle
 
         for precision in ("fp16", "int8"):
             quantize_bundle(copy, precision)

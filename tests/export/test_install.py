@@ -36,14 +36,13 @@ def test_force_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
 
 def test_the_cli_refuses_force_on_a_directory_that_is_not_a_bundle(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from crnet.cli.exit_codes import run_command
+    from crnet.cli import main
 
     out = tmp_path / "v"
     out.mkdir()
     (out / "important.txt").write_text("x")
-    code = run_command("crnet export", to_onnx.main,
-                       ["--out", str(out), "--force", "--preset", "crnet-lite",
-                        "--random-weights", "--no-progress"])
+    code = main(["export", "--out", str(out), "--force", "--preset", "crnet-lite",
+                 "--random-weights", "--no-progress"])
     assert code == 1
     assert "only replaces a bundle" in capsys.readouterr().err
     assert (out / "important.txt").read_text() == "x"

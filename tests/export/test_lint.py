@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from crnet.cli import main as crnet_main
-from crnet.export.lint import ERROR, Finding, format_table, lint_bundle, lint_model, main
+from crnet.export.lint import ERROR, Finding, format_table, lint_bundle, lint_model
 
 
 def make_model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
@@ -135,7 +135,7 @@ def test_exported_bundle_lints_clean(tiny_bundle: Path, capsys: pytest.CaptureFi
                                      ) -> None:
     report = lint_bundle(tiny_bundle)
     assert report.passed and report.graphs == ["backbone.fp32.onnx", "refine.fp32.onnx"]
-    assert main([str(tiny_bundle)]) == 0
+    assert crnet_main(["lint", str(tiny_bundle)]) == 0
     assert "0 error(s)" in capsys.readouterr().out
 
 
@@ -143,7 +143,7 @@ def test_cli_exits_non_zero_on_errors(tmp_path: Path, capsys: pytest.CaptureFixt
                                       ) -> None:
     path = tmp_path / "bad.onnx"
     onnx.save(conv_with_quantized_weight(0, np.array(3, np.int8)), str(path))
-    assert main([str(path), "--json", str(tmp_path / "lint.json")]) == 1
+    assert crnet_main(["lint", str(path), "--json", str(tmp_path / "lint.json")]) == 1
     out = capsys.readouterr().out
     assert "severity" in out and "non-zero zero-point" in out and "FAIL" in out
     assert (tmp_path / "lint.json").exists()

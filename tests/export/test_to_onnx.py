@@ -14,7 +14,7 @@ import torch
 
 from crnet.cli import main as crnet_main
 from crnet.export.parity import ParityError
-from crnet.export.to_onnx import ExportError, export_bundle, failed_dir, main
+from crnet.export.to_onnx import ExportError, export_bundle, failed_dir
 from crnet.models import checkpoint as checkpoint_module
 from crnet.models.checkpoint import CheckpointError, load_checkpoint
 from crnet.runtime.bundle import Bundle, BundleError
@@ -196,8 +196,8 @@ def test_force_replaces_and_failed_parity_leaves_only_dir_failed(
 def test_cli_exports_a_random_weight_preset(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bundle"
-    code = main(["--preset", "crnet-lite", "--random-weights", "--out", str(out),
-                 "--episodes", "2", "--no-progress"])
+    code = crnet_main(["export", "--preset", "crnet-lite", "--random-weights", "--out",
+                       str(out), "--episodes", "2", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert "parity on 2 episodes" in capsys.readouterr().out
     manifest = Bundle.load(out).manifest
@@ -206,7 +206,7 @@ def test_cli_exports_a_random_weight_preset(tmp_path: Path,
     assert (out / "manifest.json").stat().st_mode & 0o044  # readable beyond the owner
 
 
-def test_cli_rejects_random_weights_without_a_preset(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["--random-weights", "--out", str(tmp_path / "b")])
-    assert raised.value.code == 2
+def test_cli_rejects_random_weights_without_a_preset(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert crnet_main(["export", "--random-weights", "--out", str(tmp_path / "b")]) == 2
+    assert "--preset and --random-weights go together" in capsys.readouterr().err

@@ -24,9 +24,10 @@ def tiny_pascal_checkpoint(tiny_config: CRNetConfig, tmp_path: Path) -> Path:
 
 def test_card_for_a_pascal_checkpoint(tiny_pascal_checkpoint: Path, voc_root: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from crnet.models.model_card import main
+    from crnet.cli import main
 
-    assert main(["--checkpoint", str(tiny_pascal_checkpoint), "--dataset", "pascal-5i",
+    assert main(["model-card", "--checkpoint", str(tiny_pascal_checkpoint),
+                 "--dataset", "pascal-5i",
                  "--data-root", str(voc_root), "--episodes", "3", "--swap-episodes", "2"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["dataset"] == "pascal-5i" and figures["episodes"] == 3
@@ -84,13 +85,15 @@ def test_card_for_a_folder_has_no_swap_section(tiny_pascal_checkpoint: Path,
 
 
 def test_card_usage_errors(tiny_pascal_checkpoint: Path) -> None:
-    from crnet.models.model_card import main
+    from crnet.cli import run_subcommand
     from crnet.runtime.errors import UsageError
 
     with pytest.raises(UsageError, match="needs --data-root"):
-        main(["--checkpoint", str(tiny_pascal_checkpoint), "--dataset", "pascal-5i"])
+        run_subcommand("model-card", ["--checkpoint", str(tiny_pascal_checkpoint),
+                                      "--dataset", "pascal-5i"])
     with pytest.raises(UsageError, match="must be >= 1"):
-        main(["--checkpoint", str(tiny_pascal_checkpoint), "--episodes", "0"])
+        run_subcommand("model-card", ["--checkpoint", str(tiny_pascal_checkpoint),
+                                      "--episodes", "0"])
 
 
 def test_the_shipped_card_still_renders_from_its_record(tmp_path: Path) -> None:

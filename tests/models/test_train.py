@@ -44,7 +44,7 @@ def test_the_trained_fold_reaches_calibration_and_parity(tiny_config: CRNetConfi
                                                          tmp_path: Path) -> None:
     """A checkpoint from `crnet train --fold 2` is calibrated and checked on fold 2: the
     fold is read from what training really writes (training.train.fold)."""
-    from crnet.calibration.quantize import default_fold
+    from crnet.calibration.variants import default_fold
     from crnet.export.to_onnx import export_bundle
     from crnet.models.provenance import training_fold
     from crnet.runtime.bundle import Bundle
@@ -157,37 +157,41 @@ def test_resume_without_state_is_an_error(tiny_config: CRNetConfig, tmp_path: Pa
     (["--preset", "crnet-r101"], "unknown preset"),
 ])
 def test_cli_usage_errors_write_nothing(argv: list[str], message: str, tmp_path: Path) -> None:
-    from crnet.models.train import main
+    from crnet.cli import run_subcommand
     from crnet.runtime.errors import UsageError
 
     run_dir = tmp_path / "run"
     with pytest.raises(UsageError, match=message):
-        main([*argv, "--run-dir", str(run_dir)])
+        run_subcommand("train", [*argv, "--run-dir", str(run_dir)])
     assert not run_dir.exists()  # in particular no untrained checkpoint
 
 
 def test_cli_bad_run_dir_resume_and_device(tmp_path: Path) -> None:
-    from crnet.models.train import main
+    from crnet.cli import run_subcommand
     from crnet.models.training import TrainingError
     from crnet.runtime.errors import UsageError
 
     a_file = tmp_path / "file.txt"
     a_file.write_text("not a directory")
     with pytest.raises(UsageError, match="is a file; expected a directory"):
-        main(["--run-dir", str(a_file), "--steps", "1"])
+        run_subcommand("train", ["--run-dir", str(a_file), "--steps", "1"])
     with pytest.raises(TrainingError, match="--resume: no saved state"):
-        main(["--run-dir", str(tmp_path / "empty"), "--resume", "--steps", "1"])
+        run_subcommand("train", ["--run-dir", str(tmp_path / "empty"), "--resume",
+                                 "--steps", "1"])
     with pytest.raises(UsageError, match="--init-trunk .* does not exist"):
-        main(["--run-dir", str(tmp_path / "r"), "--init-trunk", str(tmp_path / "none.pth")])
+        run_subcommand("train", ["--run-dir", str(tmp_path / "r"),
+                                 "--init-trunk", str(tmp_path / "none.pth")])
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="sees no CUDA device"):
-            main(["--run-dir", str(tmp_path / "r"), "--device", "cuda", "--steps", "1"])
+            run_subcommand("train", ["--run-dir", str(tmp_path / "r"), "--device", "cuda",
+                                     "--steps", "1"])
 
 
 def test_cli_recipe_defaults_follow_init_trunk(tmp_path: Path) -> None:
-    from crnet.models.train import build_parser, train_config_from_args
+    from crnet.cli import build_parser
+    from crnet.cli.commands.train import train_config as train_config_from_args
 
-    parser = build_parser()
+    parser = build_parser("train")
     lite = train_config_from_args(parser.parse_args([]))
     assert (lite.recipe, lite.optimizer, lite.lr, lite.batch) == ("scratch", "adamw", 2e-3, 8)
     weights = tmp_path / "resnet50.pth"

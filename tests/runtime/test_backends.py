@@ -19,6 +19,38 @@ def test_registry_and_availability() -> None:
         backend_class("cuda")
 
 
+def test_the_registry_answers_what_orchestration_asks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from crnet.runtime.backends import base
+
+    assert base.backend_names() == ["onnxruntime", "openvino", "tensorrt", "torch"]
+    assert base.backends_where("runs_on_cpu") == ["onnxruntime", "openvino", "torch"]
+    assert base.backends_where("takes_threads") == ["onnxruntime", "openvino", "torch"]
+    assert base.backends_where("optional_cpu_engine") == ["openvino"]
+    assert base.backends_where("inference_precision_hints") == ["openvino"]
+    for role in (base.REFERENCE_BACKEND, base.ENGINE_BACKEND, base.CPU_BUILD_BACKEND):
+        assert role in base.REGISTRY
+    openvino = backend_class("openvino")
+    monkeypatch.setattr(openvino, "is_available", classmethod(lambda cls: (False, "absent")))
+    assert base.backends_where("optional_cpu_engine", installed=True) == []
+    monkeypatch.setattr(openvino, "is_available", classmethod(lambda cls: (True, "here")))
+    assert base.backends_where("optional_cpu_engine", installed=True) == ["openvino"]
+    # a plugin registered under a name the orchestration never spells gets the same questions
+    monkeypatch.setitem(base.REGISTRY, "plugin",
+                        "crnet.runtime.backends.onnxruntime_backend:OnnxRuntimeBackend")
+    assert "plugin" in base.backends_where("takes_threads")
+
+
+def test_backends_say_whether_a_query_skips_the_support_branch() -> None:
+    pruned = {"query_refine": {"pruned": True}}
+    assert backend_class("onnxruntime").runs_query_branch_only(pruned)
+    assert not backend_class("onnxruntime").runs_query_branch_only({})
+    assert backend_class("torch").runs_query_branch_only({})
+    assert backend_class("openvino").runs_query_branch_only({"query_graph": {"fused": True}})
+    assert not backend_class("openvino").runs_query_branch_only(pruned)
+    assert not backend_class("tensorrt").runs_query_branch_only({})
+
+
 def test_lifecycle_and_graph_calls_agree(runtime_bundle: Path) -> None:
     bundle = Bundle.load(runtime_bundle)
     spec = ModelSpec.from_manifest(bundle.manifest)

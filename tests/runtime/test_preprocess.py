@@ -99,3 +99,43 @@ def test_atomic_write_has_normal_permissions(tmp_path) -> None:
     os.umask(umask)
     assert mode == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_rgb_views_read_every_layout_without_copying() -> None:
+    from crnet.runtime.preprocess import channel_order, frame_layout
+
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    rgba = np.concatenate([rgb, np.zeros((12, 16, 1), np.uint8)], axis=2)
+    bgra = np.ascontiguousarray(rgba[..., [2, 1, 0, 3]])
+    for image, channels in ((bgr, "bgr"), (bgr[..., ::-1], "rgb"), (rgb[..., ::-1], "bgr"),
+                            (rgba, "rgb"), (bgra, "BGR"), (rgb[::-1][::-1], "rgb")):
+        view = as_rgb_uint8(image, channels=channels)
+        np.testing.assert_array_equal(view, rgb)
+        assert np.shares_memory(view, image) and not view.flags.writeable
+    pixels, order = frame_layout(bgr[..., ::-1])
+    assert pixels.strides[2] > 0 and order == (2, 1, 0)  # the frame itself, reversed index
+    gray = rgb[:, :, 0]
+    np.testing.assert_array_equal(as_rgb_uint8(gray, channels="bgr"),
+                                  np.repeat(gray[:, :, None], 3, axis=2))
+    assert frame_layout(gray)[1] == (0, 0, 0)
+    assert channel_order("BGR") == "bgr"
+    for wrong in ("hsv", "", None, 3, "auto"):
+        with pytest.raises(InputError, match="channels must be 'rgb' or 'bgr'"):
+            channel_order(wrong)
+
+
+def test_a_mask_must_mark_the_object_and_0_255_says_255_is_ignore() -> None:
+    from crnet.runtime.preprocess import check_marked
+
+    marked = np.zeros((10, 10), np.uint8)
+    marked[2:5, 2:5] = 1
+    check_marked(marked)
+    check_marked(marked > 0)
+    with pytest.raises(InputError, match="is empty"):
+        check_marked(np.zeros((10, 10), bool))
+    with pytest.raises(InputError, match="is empty"):
+        check_marked(np.zeros((10, 10), np.uint8))
+    with pytest.raises(InputError, match=r"only 0 and 255.*'ignore'.*PASCAL.*mask // 255"):
+        check_marked(marked * 255)

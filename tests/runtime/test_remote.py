@@ -1,6 +1,6 @@
 """RemoteSegmenter without a server: argument checks, error mapping, retries.
 
-The tests against a running `crnet serve` are in tests/crnet/test_serve.py.
+The tests against a running `crnet serve` are in tests/crnet/serve/test_server.py.
 """
 
 from __future__ import annotations
@@ -48,17 +48,47 @@ def test_unknown_scheme_is_refused() -> None:
 def test_support_is_stacked_and_checked_like_the_segmenter() -> None:
     image = np.zeros((20, 30), np.uint8)  # grayscale is converted
     mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:10] = True
     images, masks = _stack_support([image, image], [mask, mask])
     assert images.shape == (2, 20, 30, 3) and images.dtype == np.uint8
     assert masks.shape == (2, 20, 30) and masks.dtype == np.uint8
     with pytest.raises(InputError, match="2 support images but 1 support masks"):
         _stack_support([image, image], [mask])
-    with pytest.raises(InputError, match="one size"):
-        _stack_support([image, np.zeros((21, 30), np.uint8)], [mask, np.zeros((21, 30))])
     with pytest.raises(InputError, match="list of arrays"):
         _stack_support(image, [mask])  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="expected \\(20, 30\\)"):
+    with pytest.raises(InputError, match="30x20 but its image is 20x30"):
         _stack_support([image], [np.zeros((30, 20), np.uint8)])
+    with pytest.raises(InputError, match="support mask 0 is empty"):
+        _stack_support([image], [np.zeros((20, 30), np.uint8)])
+    with pytest.raises(InputError, match="255 means 'ignore'.*mask // 255 or mask > 0"):
+        _stack_support([image], [mask.astype(np.uint8) * 255])
+    bgr = np.zeros((20, 30, 3), np.uint8)
+    bgr[..., 0] = 200  # blue in OpenCV's order
+    rgb_images, _ = _stack_support([bgr], [mask], "bgr")
+    assert (rgb_images[0, ..., 2] == 200).all() and (rgb_images[0, ..., 0] == 0).all()
+
+
+def test_supports_of_different_sizes_are_sent_at_one_size() -> None:
+    """Each support is resized to the largest height and width (images bilinear, masks
+    nearest-neighbour so labels stay 0/1/255); one of that size travels unchanged."""
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)
+    big_mask = np.zeros((40, 30), np.uint8)
+    big_mask[10:30, 5:20] = 1
+    small_mask = np.zeros((20, 50), np.uint8)
+    small_mask[4:12, 10:40] = 1
+    small_mask[0, :] = 255
+    images, masks = _stack_support([big, small], [big_mask, small_mask])
+    assert images.shape == (2, 40, 50, 3) and masks.shape == (2, 40, 50)
+    assert set(np.unique(masks[1]).tolist()) == {0, 1, 255}
+    np.testing.assert_array_equal(masks[1][::2, :], small_mask)  # 2x rows, same columns
+    assert abs(float(images[1].mean()) - float(small.mean())) < 2.0  # the same picture
+    # the tall one: its rows kept, its columns stretched from 30 to 50
+    np.testing.assert_array_equal(masks[0][:, 0], big_mask[:, 0])
+    assert masks[0][:, 45].tolist() == big_mask[:, 27].tolist()
+    same = _stack_support([big, big], [big_mask, big_mask])
+    np.testing.assert_array_equal(same[0][1], big)  # one size: sent as it is
 
 
 def test_server_errors_map_to_the_segmenter_exceptions() -> None:
@@ -105,7 +135,7 @@ def test_remote_segmenter_imports_neither_torch_nor_tritonclient_until_used() ->
     import sys
 
     code = (
-        "import sys, runtime\n"
+        "import sys, crnet.runtime\n"
         "assert 'tritonclient' not in sys.modules\n"
         "from crnet.runtime import RemoteSegmenter\n"
         "loaded = [m for m in ('tritonclient', 'torch', 'onnxruntime') if m in sys.modules]\n"

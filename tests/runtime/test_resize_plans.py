@@ -72,6 +72,59 @@ def test_image_plan_reads_views_like_copies(loops: str, block_values: int) -> No
                                       general_path(rgb, (33, 47)))
 
 
+def frame_layouts(rgb: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
+    """The same RGB picture in the layouts and channel orders apps pass."""
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 3, np.uint8)], axis=2)
+    wide = np.zeros((rgb.shape[0] + 4, rgb.shape[1] * 2, 4), np.uint8)
+    wide[2:-2, ::2, 1:] = rgb
+    return {"bgr": (bgr, "bgr"), "bgr[..., ::-1]": (bgr[..., ::-1], "rgb"),
+            "rgb[..., ::-1] as bgr": (rgb[..., ::-1], "bgr"),
+            "rgba": (rgba, "rgb"), "bgra": (np.ascontiguousarray(rgba[..., [2, 1, 0, 3]]), "bgr"),
+            "rows reversed": (np.ascontiguousarray(rgb[::-1])[::-1], "rgb"),
+            "columns reversed": (np.ascontiguousarray(rgb[:, ::-1])[:, ::-1], "rgb"),
+            "column step, channel offset": (wide[2:-2, ::2, 1:], "rgb"),
+            "fortran": (np.asfortranarray(rgb), "rgb")}
+
+
+@pytest.mark.parametrize("size", [(120, 160), (61, 333)])
+def test_every_layout_and_channel_order_gives_the_bits_of_contiguous_rgb(
+        loops: str, block_values: int, size: tuple[int, int]) -> None:
+    rgb = np.random.default_rng(2).integers(0, 256, (*size, 3), dtype=np.uint8)
+    expected = general_path(rgb, (45, 37))
+    for name, (image, channels) in frame_layouts(rgb).items():
+        np.testing.assert_array_equal(
+            preprocess_image(image, (45, 37), MEAN, STD, channels=channels), expected,
+            err_msg=name)
+    gray = rgb[:, :, 1]
+    grey_expected = general_path(np.repeat(gray[:, :, None], 3, axis=2), (45, 37))
+    for image in (gray, gray[:, :, None], gray[::-1].copy()[::-1],
+                  np.broadcast_to(gray[:, :, None], (*size, 3))):
+        for channels in ("rgb", "bgr"):
+            np.testing.assert_array_equal(
+                preprocess_image(image, (45, 37), MEAN, STD, channels=channels),
+                grey_expected)
+
+
+def test_strided_views_are_read_in_place_not_copied_whole(loops: str) -> None:
+    """A 1080p BGR frame viewed as RGB: only a block of rows is ever gathered (a copy of
+    the view would take 6 MB)."""
+    import tracemalloc
+
+    frame = np.random.default_rng(3).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    out = np.empty((1, 3, 193, 193), np.float32)
+    for image, channels in ((frame[..., ::-1], "rgb"), (frame[20:-20, 30:-30], "bgr"),
+                            (np.concatenate([frame, frame[..., :1]], axis=2), "rgb")):
+        preprocess_image(image, (193, 193), MEAN, STD, out=out, channels=channels)  # warm
+        tracemalloc.start()
+        try:
+            preprocess_image(image, (193, 193), MEAN, STD, out=out, channels=channels)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 1e6, f"peak {peak / 1e6:.1f} MB"
+
+
 def test_too_wide_an_image_takes_the_general_path() -> None:
     wide = np.random.default_rng(2).integers(0, 256, (9, 30_000, 3), dtype=np.uint8)
     assert plans.image_plan(9, 30_000, 193, 193) is None

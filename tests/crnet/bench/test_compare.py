@@ -34,9 +34,9 @@ def test_compare_times_every_path_twice_and_torch(compare_bundle: Path, tmp_path
     # pytest process segfaulted (tests/test_openvino_isolated.py).
     out = tmp_path / "compare.json"
     result = subprocess.run(
-        [sys.executable, "-m", "crnet.cli", "bench", str(compare_bundle), "--compare",
+        [sys.executable, "-m", "crnet", "bench", str(compare_bundle), "--compare",
          "--iterations", "3", "--warmup", "1", "--threads", "1", "--no-progress", "--json",
-         str(out)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+         str(out)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3],
         timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())

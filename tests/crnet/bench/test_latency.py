@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from crnet.bench.latency import main, percentiles, runs_query_branch_only
+from crnet.bench.latency import percentiles, runs_query_branch_only
 from crnet.cli import main as crnet_main
 from tests.runtime.bundles import export_tiny_bundle
 
@@ -18,9 +18,9 @@ def bench_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_valid_json(bench_bundle: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    code = main([str(bench_bundle), "--backend", "onnxruntime", "--precision", "fp32",
-                 "--json", str(out), "--iterations", "4", "--warmup", "1", "--threads", "1",
-                 "--soak", "20", "--no-progress"])
+    code = crnet_main(["bench", str(bench_bundle), "--backend", "onnxruntime",
+                       "--precision", "fp32", "--json", str(out), "--iterations", "4",
+                       "--warmup", "1", "--threads", "1", "--soak", "20", "--no-progress"])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["backend"] == "onnxruntime" and report["threads"] == 1
@@ -47,14 +47,43 @@ def test_bench_writes_valid_json(bench_bundle: Path, tmp_path: Path,
 def test_bench_without_torch_comparison_and_errors(bench_bundle: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    assert main([str(bench_bundle), "--backend", "onnxruntime", "--iterations", "2",
-                 "--warmup", "0", "--threads", "1", "--no-compare-torch", "--json", str(out),
-                 "--no-progress"]) == 0
+    assert crnet_main(["bench", str(bench_bundle), "--backend", "onnxruntime",
+                       "--iterations", "2", "--warmup", "0", "--threads", "1",
+                       "--no-compare-torch", "--json", str(out), "--no-progress"]) == 0
     assert "speedup_vs_torch" not in json.loads(out.read_text())
     assert crnet_main(["bench", str(bench_bundle), "--precision", "int8", "--no-progress"]) == 1
     assert "crnet quantize" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(bench_bundle), "--iterations", "0"])
+    assert crnet_main(["bench", str(bench_bundle), "--iterations", "0"]) == 2
+    assert "--iterations must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_times_generated_frames_where_synthetic_cannot_be_drawn(
+        bench_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import crnet.bench.timing as timing
+    from crnet.bench.latency import BenchOptions, format_report, run_bench
+
+    options = BenchOptions(backend="onnxruntime", iterations=2, warmup=0, threads=1,
+                           compare_torch=False, progress=False)
+    assert run_bench(bench_bundle, options)["episodes"]["dataset"] == "synthetic-5i"
+    monkeypatch.setattr(timing, "synthetic_available", lambda: False)  # as without skimage
+    report = run_bench(bench_bundle, options)
+    assert report["episodes"]["dataset"] == "generated"
+    assert report["query_size"] == list(timing.GENERATED_SIZE)
+    assert "inputs           numpy-generated frames" in format_report(report)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"iterations": 0}, "iterations must be at least 1"),
+    ({"warmup": -1}, "warmup must be at least 0"),
+    ({"threads": 0}, "threads must be at least 1"),
+    ({"precision": "int4"}, "precision must be one of"),
+])
+def test_bench_options_refuse_bad_values(values: dict, message: str) -> None:
+    from crnet.bench.latency import BenchOptions
+    from crnet.runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        BenchOptions(**values)
 
 
 def test_percentiles() -> None:
@@ -69,3 +98,5 @@ def test_which_backends_run_the_query_branch_alone() -> None:
     assert not runs_query_branch_only({"backend": "onnxruntime",
                                        "query_refine": {"pruned": False, "reason": "TensorRT EP"}})
     assert not runs_query_branch_only({"backend": "tensorrt"})
+    assert runs_query_branch_only({"backend": "openvino", "query_graph": {"fused": True}})
+    assert not runs_query_branch_only({"backend": "not-registered"})

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from crnet.bench.latency import main
 from crnet.bench.under_load import cpu_hog, format_under_load
+from crnet.cli import main
 from tests.runtime.bundles import export_tiny_bundle
 
 pytestmark = pytest.mark.openvino  # run in their own process: tests/test_openvino_isolated.py
@@ -25,7 +25,7 @@ def test_under_load_prints_quiet_and_loaded(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     bundle = export_tiny_bundle(tmp_path / "bundle")
     out = tmp_path / "load.json"
-    code = main([str(bundle), "--under-load", "--episodes-per-round", "2", "--rounds", "1",
+    code = main(["bench", str(bundle), "--under-load", "--episodes-per-round", "2", "--rounds", "1",
                  "--threads", "1", "--no-progress", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from crnet.deploy.pipeline import deploy, main
+from crnet.calibration.options import Int8Options
+from crnet.cli import main
+from crnet.data.options import EpisodeSource
+from crnet.deploy.options import DeployOptions
+from crnet.deploy.pipeline import deploy
 from crnet.runtime.backends.base import backend_class
 from tests.export.conftest import save_tiny_checkpoint
 
@@ -16,9 +21,10 @@ def test_deploy_writes_the_report_and_reuses_artifacts(tmp_path: Path) -> None:
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "out"
     lines: list[str] = []
-    options = dict(episodes=3, bench_iterations=2, precisions=["fp32", "fp16"],
-                   parity_episodes=2, threads=1, progress=False, log=lines.append)
-    report = deploy(out, checkpoint, **options)
+    options = DeployOptions(checkpoint=checkpoint, episodes=3, bench_iterations=2,
+                            precisions=("fp32", "fp16"), parity_episodes=2, threads=1,
+                            progress=False)
+    report = deploy(out, options, log=lines.append)
 
     assert {p.name for p in out.iterdir()} >= {"bundle", "report.md", "report.json",
                                               "pictures", "cache"}
@@ -62,17 +68,14 @@ def test_deploy_writes_the_report_and_reuses_artifacts(tmp_path: Path) -> None:
     assert picture.size[0] > 4 * picture.size[1]  # support, truth, reference, fp32, fp16
 
     lines.clear()
-    again = deploy(out, checkpoint, **options)
+    again = deploy(out, options, log=lines.append)
     assert again["stages"]["export"]["reused"] and again["stages"]["quantize"]["reused"]
     assert any("reuse evaluation of torch fp32" in line for line in lines)
     assert again["accuracy"] == report["accuracy"]
 
 
 def test_deploy_rejects_bad_arguments(capsys) -> None:
-    import pytest
-
-    with pytest.raises(SystemExit):
-        main(["--precisions", "fp16"])
+    assert main(["deploy", "--precisions", "fp16"]) == 2
     assert "--precisions must list fp32" in capsys.readouterr().err
 
 
@@ -88,12 +91,12 @@ def test_deploy_on_a_voc_tree_calibrates_on_train_and_gates_on_test(
             if line.startswith(f"\n[{number}/6]"):
                 pascal_reads.phase = phase
 
-    quantize_options = {"fp16": {"check_episodes": 2},
-                        "int8": {"calibration_method": "minmax", "calibration_episodes": 4,
-                                 "sensitivity_episodes": 3}}
-    report = deploy(out, checkpoint, episodes=3, bench_iterations=2, parity_episodes=2,
-                    threads=1, progress=False, log=log, dataset="pascal-5i",
-                    data_root=voc_root, quantize_options=quantize_options)
+    options = DeployOptions(checkpoint=checkpoint, episodes=3, bench_iterations=2,
+                            parity_episodes=2, threads=1, progress=False,
+                            data=EpisodeSource(dataset="pascal-5i", data_root=voc_root),
+                            check_episodes=2, calibration_episodes=4, sensitivity_episodes=3,
+                            int8=Int8Options(calibration_method="minmax"))
+    report = deploy(out, options, log=log)
 
     train, test = split_ids(voc_root, "train_aug.txt"), split_ids(voc_root, "val.txt")
     calibration_reads = pascal_reads.ids("quantize")
@@ -120,9 +123,8 @@ def test_deploy_on_a_voc_tree_calibrates_on_train_and_gates_on_test(
 
     pascal_reads.phase = "again"
     lines: list[str] = []
-    again = deploy(out, checkpoint, episodes=3, bench_iterations=2, parity_episodes=2,
-                   threads=1, progress=False, log=lines.append, precisions=["fp32", "int8"],
-                   quantize_options=quantize_options)  # synthetic-5i now: recalibrate
+    again = deploy(out, replace(options, data=EpisodeSource(), precisions=("fp32", "int8")),
+                   log=lines.append)  # synthetic-5i now: recalibrate
     assert any("saved int8 ranges came from other data or settings: recalibrating" in line
                for line in lines)
     calibration = again["calibration"]["int8_calibration"]
@@ -130,20 +132,15 @@ def test_deploy_on_a_voc_tree_calibrates_on_train_and_gates_on_test(
 
 
 def test_deploy_dataset_needs_a_data_root(capsys) -> None:
-    import pytest
-
-    with pytest.raises(SystemExit):
-        main(["--dataset", "pascal-5i"])
+    assert main(["deploy", "--dataset", "pascal-5i"]) == 2
     assert "--dataset pascal-5i needs --data-root DIR" in capsys.readouterr().err
 
 
 def test_deploy_with_a_missing_checkpoint_writes_nothing(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
-    from crnet.cli import main as crnet_main
-
     out = tmp_path / "out"
-    assert crnet_main(["deploy", "--checkpoint", str(tmp_path / "absent.safetensors"),
+    assert main(["deploy", "--checkpoint", str(tmp_path / "absent.safetensors"),
                        "--out", str(out)]) == 1
     assert "checkpoint weights not found" in capsys.readouterr().err
     assert not out.exists()

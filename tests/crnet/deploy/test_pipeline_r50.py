@@ -18,6 +18,8 @@ def test_r50_deploys_on_pascal_with_local_sensitivity(tmp_path: Path, voc_root: 
                                                       pascal_reads) -> None:
     import torch
 
+    from crnet.data.options import EpisodeSource
+    from crnet.deploy.options import DeployOptions
     from crnet.deploy.pipeline import deploy
     from crnet.models.checkpoint import save_checkpoint
     from crnet.models.config import TrainConfig, preset
@@ -36,10 +38,10 @@ def test_r50_deploys_on_pascal_with_local_sensitivity(tmp_path: Path, voc_root: 
             if line.startswith(f"\n[{number}/6]"):
                 pascal_reads.phase = phase
 
-    summary = deploy(out, checkpoint, dataset="pascal-5i", data_root=voc_root, episodes=2,
-                     parity_episodes=2, calibration_episodes=2, sensitivity_episodes=2,
-                     check_episodes=2, bench_iterations=2, threads=2, progress=False,
-                     log=log)
+    summary = deploy(out, DeployOptions(
+        checkpoint=checkpoint, data=EpisodeSource(dataset="pascal-5i", data_root=voc_root),
+        episodes=2, parity_episodes=2, calibration_episodes=2, sensitivity_episodes=2,
+        check_episodes=2, bench_iterations=2, threads=2, progress=False), log=log)
     report = json.loads((out / "report.json").read_text())
     assert summary["passed"] == report["passed"]
     assert report["budget"]["model"] == "large" and report["budget"]["gflops_per_query"] > 10

@@ -24,7 +24,7 @@ from crnet.serve.server import python_backend_env, serve_problem
 from tests.runtime.bundles import export_tiny_bundle
 from tests.venvs import clean_environment
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 STORE_MAX_ENTRIES = 12
 STORE_MAX_MB = 0.05  # ~9 one-shot supports of the tiny model: the bytes bound binds first
 START_TIMEOUT_S = 120.0
@@ -291,11 +291,11 @@ def test_a_server_restart_mid_stream_loses_nothing(server: ServerProcess, local
 
 def test_bench_remote_prints_and_writes_throughput(server: ServerProcess, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from crnet.bench.remote import main
+    from crnet.cli import main
 
     out = tmp_path / "load.json"
-    code = main([server.http_url, "--clients", "1", "2", "--requests", "4", "--size", "64",
-                 "64", "--json", str(out)])
+    code = main(["bench-remote", server.http_url, "--clients", "1", "2", "--requests", "4",
+                 "--size", "64", "64", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     runs = json.loads(out.read_text())["runs"]
@@ -360,3 +360,28 @@ def test_model_callables_register_once_and_answer_with_tagged_errors(local) -> N
         segment([{"support_id": np.array([b"feed"], object), "image": episode.query_image}])
     with pytest.raises(RequestError, match=r"^\[crnet:InputError\] images must be"):
         register([{"images": np.zeros((8, 8, 3), np.uint8), "masks": np.zeros((8, 8), np.uint8)}])
+
+
+def test_serve_listens_on_loopback_unless_host_says_otherwise(tmp_path: Path) -> None:
+    from crnet.cli import build_parser
+    from crnet.cli.commands.serve import options
+    from crnet.serve.server import listening_line, triton_settings
+
+    parser = build_parser("serve")
+    assert "default 127.0.0.1" in " ".join(parser.format_help().split())
+    chosen = options(parser.parse_args([str(tmp_path)]))
+    assert chosen.host == "127.0.0.1"
+    settings = triton_settings(chosen.host, chosen.http_port, chosen.grpc_port,
+                               chosen.metrics_port)
+    assert {settings[k] for k in ("http_address", "grpc_address", "metrics_address")} == {
+        "127.0.0.1"}
+    assert listening_line(chosen) == (
+        "crnet serve: listening on 127.0.0.1: http 127.0.0.1:8000, grpc 127.0.0.1:8001, "
+        "metrics 127.0.0.1:8002, store metrics 127.0.0.1:8003")
+
+    opened = options(parser.parse_args([str(tmp_path), "--host", "0.0.0.0",
+                                        "--store-metrics-port", "-1"]))
+    assert triton_settings(opened.host, 1, 2, 3)["grpc_address"] == "0.0.0.0"
+    line = listening_line(opened)
+    assert line.startswith("crnet serve: listening on 0.0.0.0: http 0.0.0.0:8000")
+    assert "store metrics off" in line and "without authentication" in line

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from crnet.cli import main
 from crnet.serve.support_store import DirectorySupportStore, UnknownSupportError
-from crnet.serve.triton_repo import main, write_repo
+from crnet.serve.triton_repo import write_repo
 from tests.runtime.bundles import export_tiny_bundle
 
 GRAPH_MODELS = ("crnet_backbone", "crnet_query_refine")
@@ -30,8 +31,8 @@ def repo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def repo(repo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("repo") / "models"
     store = tmp_path_factory.mktemp("store")
-    assert main([str(repo_bundle), "--out", str(out), "--cpu", "--store-dir", str(store),
-                 "--store-max-entries", "3"]) == 0
+    assert main(["triton-repo", str(repo_bundle), "--out", str(out), "--cpu",
+                 "--store-dir", str(store), "--store-max-entries", "3"]) == 0
     return out
 
 
@@ -259,7 +260,7 @@ def test_python_backend_repo_runs_under_pytritons_tritonserver(
     from crnet.data.synthetic import Synthetic5i
     from crnet.runtime import RemoteSegmenter, Segmenter
     from crnet.runtime.remote import RemoteError
-    from tests.crnet.test_serve import free_port
+    from tests.crnet.serve.test_server import free_port
     from tests.venvs import clean_environment
 
     repo = tmp_path / "models"

@@ -1,42 +1,42 @@
-"""`crnet train`: the command line of episodic training (the loop is models.training).
+"""`crnet train`: episodic training of CRNet on the base classes of a fold.
 
-Light on import, so `crnet train --help` works without torch; the training itself needs
-the `[export]` extra (torch, safetensors).
-
-The recipe (``--recipe``) defaults by ``--init-trunk``: with an ImageNet ResNet-50 file it
-is ``canet`` (the paper's way: frozen trunk, SGD lr 0.0025 momentum 0.9 weight decay 5e-4,
-batch 4, 321x321), without one ``scratch`` (the shipped crnet-lite's: AdamW from random
-weights). Each recipe setting has its own flag; a flag left out takes the recipe's value.
+The loop is models.training; this module turns the options into a TrainConfig. The recipe
+(``--recipe``) defaults by ``--init-trunk``: with an ImageNet ResNet-50 file it is ``canet``
+(the paper's way: frozen trunk, SGD lr 0.0025 momentum 0.9 weight decay 5e-4, batch 4,
+321x321), without one ``scratch`` (the shipped crnet-lite's: AdamW from random weights).
+Each recipe setting has its own flag; a flag left out takes the recipe's value. Training
+needs the `[export]` extra (torch, safetensors); `--help` does not.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
-from crnet.models.config import RECIPES, TrainConfig, preset
+from crnet.cli.arguments import (
+    add_data_group,
+    add_preset,
+    add_threads,
+    add_warmup,
+    at_least,
+    check_data_root,
+)
 from crnet.runtime.errors import UsageError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `crnet train`, with TrainConfig's defaults."""
-    from crnet.data.evaluation import DATASETS
+    from crnet.models.config import RECIPES, TrainConfig
 
-    parser = argparse.ArgumentParser(
-        prog="crnet train",
-        description="Episodic training of CRNet on the base classes of a fold.",
-        epilog="Recipes (a flag left out takes the recipe's value): "
-               + "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-                           for name, values in RECIPES.items()))
+    parser.description = "Episodic training of CRNet on the base classes of a fold."
+    parser.epilog = ("Recipes (a flag left out takes the recipe's value): "
+                     + "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                                 for name, values in RECIPES.items()))
     defaults = TrainConfig()
-    parser.add_argument("--preset", default=defaults.preset)
-    parser.add_argument("--dataset", default=defaults.dataset, choices=DATASETS)
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="VOC2012 root with SegmentationClassAug (pascal-5i) or a folder "
-                             "of class directories (folder)")
-    parser.add_argument("--fold", type=int, default=defaults.fold, choices=range(4))
+    add_preset(parser, default=defaults.preset)
+    add_data_group(parser, fold=defaults.fold, seed=defaults.seed)
     parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"))
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: float16 autocast + GradScaler on CUDA, "
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", default=None, choices=("sgd", "adamw"))
     parser.add_argument("--momentum", type=float, default=None)
     parser.add_argument("--weight-decay", type=float, default=None)
-    parser.add_argument("--warmup", type=int, default=None, help="linear warm-up steps")
+    add_warmup(parser, default=None, help="linear warm-up steps")
     parser.add_argument("--min-lr-ratio", type=float, default=None,
                         help="cosine floor as a fraction of --lr (1 = constant rate)")
     parser.add_argument("--clip-norm", type=float, default=None, help="0 = no clipping")
@@ -62,20 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="freeze the trunk (BatchNorm in eval mode, no gradients)")
     parser.add_argument("--query-loss-weight", type=float, default=None)
     parser.add_argument("--support-loss-weight", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
     parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes)
     parser.add_argument("--save-every", type=int, default=defaults.save_every)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
+    add_threads(parser, default=defaults.threads, help="torch threads (0: torch's default)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="where state and the final checkpoint go (default runs/PRESET-foldF)")
     parser.add_argument("--resume", action="store_true", help="continue from run-dir/state.json")
-    return parser
 
 
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+def train_config(args: argparse.Namespace) -> Any:
     """The TrainConfig of parsed options: the recipe's values, overridden by given flags."""
-    from crnet.models.config import ConfigError
+    from crnet.models.config import ConfigError, TrainConfig, preset
 
     try:
         preset(args.preset)
@@ -85,12 +83,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("--eval-every", args.eval_every),
                         ("--eval-episodes", args.eval_episodes),
                         ("--save-every", args.save_every)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    from crnet.data.evaluation import missing_data_root
-
-    if (problem := missing_data_root(args.dataset, args.data_root)) is not None:
-        raise UsageError(problem)
+        at_least(flag, value, 1)
+    check_data_root(args.dataset, args.data_root)
     recipe = args.recipe or ("canet" if args.init_trunk is not None else "scratch")
     try:
         config = TrainConfig.for_recipe(
@@ -116,10 +110,9 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`crnet train --preset P --dataset D --data-root DIR --fold F --run-dir R`."""
-    args = build_parser().parse_args(argv)
-    train_config = train_config_from_args(args)
+def run(args: argparse.Namespace) -> int:
+    """Train, then print the final record as JSON."""
+    config = train_config(args)
     run_dir = args.run_dir or Path("runs") / f"{args.preset}-fold{args.fold}"
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--run-dir {run_dir} is a file; expected a directory")
@@ -127,12 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--init-trunk {args.init_trunk} does not exist or is not a file")
     from crnet.models.training import train
 
-    final = train(train_config, run_dir, resume=args.resume)
+    final = train(config, run_dir, resume=args.resume)
     print(json.dumps(final, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    from crnet.cli.exit_codes import run_command
-
-    sys.exit(run_command("crnet train", main))

@@ -1,0 +1,73 @@
+"""`crnet serve BUNDLE`: Triton Inference Server (through PyTriton) with cached supports.
+
+The server is crnet.serve.server (models, support store, metrics); needs the ``serve``
+extra: ``pip install -e ".[serve]"`` (nvidia-pytriton).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from crnet.cli.arguments import add_bundle, add_runtime_group, add_store_arguments
+from crnet.runtime.errors import UsageError
+
+if TYPE_CHECKING:
+    from crnet.serve.server import ServeOptions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bundle, the runtime group, ports and the support store's bounds."""
+    from crnet.serve.server import DEFAULT_HOST, DEFAULT_STORE_METRICS_PORT
+    from crnet.serve.support_store import DEFAULT_TTL_S
+
+    parser.description = ("Serve a bundle with Triton Inference Server (through PyTriton): "
+                          "crnet_support caches a support set, crnet_segment segments a query "
+                          "against it.")
+    add_bundle(parser)
+    add_runtime_group(parser, threads_help="onnxruntime intra-op threads (default: its own)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address every endpoint listens on (default {DEFAULT_HOST}: "
+                             "this machine only; the endpoints have no authentication, so "
+                             "open them to other machines, e.g. --host 0.0.0.0, only on a "
+                             "trusted network)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Triton's metrics")
+    parser.add_argument("--store-metrics-port", type=int, default=DEFAULT_STORE_METRICS_PORT,
+                        help="the support store's Prometheus metrics (-1: off)")
+    add_store_arguments(parser, instances=2,
+                        instances_help="concurrent instances of crnet_segment (default 2)")
+    parser.add_argument("--store-ttl-s", type=float, default=DEFAULT_TTL_S,
+                        help="drop a support set unused this long (0: never)")
+    parser.add_argument("--log-verbose", type=int, default=0, help="Triton's log level")
+
+
+def options(args: argparse.Namespace) -> ServeOptions:
+    """The ServeOptions of parsed arguments (what serve() and PyTriton are given)."""
+    from crnet.serve.server import ServeOptions
+
+    return ServeOptions(
+        bundle=args.bundle, backend=args.backend, precision=args.precision,
+        threads=args.threads, host=args.host, http_port=args.http_port,
+        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        store_metrics_port=args.store_metrics_port, instances=args.instances,
+        store_max_entries=args.store_max_entries, store_max_mb=args.store_max_mb,
+        store_ttl_s=args.store_ttl_s, log_verbose=args.log_verbose)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; prints where it listens at start."""
+    from crnet.serve.server import serve, serving_problem
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    problem = serving_problem(args.bundle)
+    if problem is not None:
+        raise UsageError(problem)
+    chosen = options(args)
+    # SIGTERM stops the server the way Ctrl-C does (Triton.serve() handles KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    serve(chosen)
+    return 0
