@@ -42,6 +42,7 @@ import numpy as np
 
 from crnet.bench.timing import (
     bench_inputs,
+    checkpoint_copy,
     interleaved_times,
     matmul_peak_gflops,
     memory_mb,
@@ -168,6 +169,8 @@ class BenchOptions:
     """Time the PyTorch forward too; None: where torch imports."""
     soak_calls: int = 0
     """segment() calls of the memory soak (0: none)."""
+    batch_sizes: tuple[int, ...] = ()
+    """Batch sizes N whose segment_batch throughput is measured (empty: none)."""
     data: EpisodeSource = field(default_factory=lambda: EpisodeSource(fold=0))
     """Whose test episodes give the support and queries."""
     progress: bool = True
@@ -179,7 +182,8 @@ class BenchOptions:
         for name, value, low in (("iterations", self.iterations, 1),
                                  ("warmup", self.warmup, 0), ("shots", self.shots, 1),
                                  ("soak_calls", self.soak_calls, 0),
-                                 ("threads", self.threads, 1)):
+                                 ("threads", self.threads, 1),
+                                 *(("batch size", size, 1) for size in self.batch_sizes)):
             if value is not None and value < low:
                 raise UsageError(f"bench {name} must be at least {low}, got {value}")
 
@@ -191,10 +195,16 @@ def run_bench(bundle: str | Path, options: BenchOptions | None = None) -> dict[s
 
     options = options or BenchOptions()
     torch_present = importlib.util.find_spec("torch") is not None
-    compare_torch = torch_present if options.compare_torch is None else options.compare_torch
+    has_checkpoint = checkpoint_copy(Path(bundle)).exists()
+    compare_torch = (torch_present and has_checkpoint if options.compare_torch is None
+                     else options.compare_torch)
     if compare_torch and not torch_present:
         raise CrnetError("--compare-torch needs torch, which is not installed; install the "
                          "export extra: pip install 'crnet-deploy[export]'")
+    if compare_torch and not has_checkpoint:
+        raise CrnetError(f"--compare-torch needs the bundle's checkpoint copy, which {bundle} "
+                         "does not hold (a slimmed bundle; `crnet bundle slim "
+                         "--keep-checkpoint` keeps it)")
     threads = options.threads or os.cpu_count() or 1
     bundle = Path(bundle)
     name = choose_backend(options.backend, Bundle.load(bundle, verify=False),
@@ -223,6 +233,9 @@ def _bench_segmenter(bundle: Path, name: str, threads: int, compare_torch: bool,
                        "episodes": {**inputs, "data_root": data.resolved_root}})
         if options.soak_calls:
             report["soak"] = soak(segmenter.segment, queries, options.soak_calls, progress)
+        if options.batch_sizes:
+            report["batches"] = batch_throughput(segmenter, queries, options.batch_sizes,
+                                                 options.iterations, options.warmup)
         if compare_torch:
             forward = torch_forward(bundle, support_images, support_masks, queries[0],
                                     threads)
@@ -277,6 +290,26 @@ def describe_inputs(episodes: dict[str, Any]) -> str:
             f"seed {episodes.get('seed')}")
 
 
+def batch_throughput(segmenter: Any, queries: list[np.ndarray], sizes: tuple[int, ...],
+                     iterations: int, warmup: int) -> list[dict[str, Any]]:
+    """Queries/s of ``segment_batch`` for each batch size N (the queries cycled to N), with
+    the p50 of one call; ``iterations`` queries are timed per size (at least one call)."""
+    rows = []
+    for size in sizes:
+        batch = [queries[index % len(queries)] for index in range(size)]
+        for _ in range(max(1, warmup // size)):
+            segmenter.segment_batch(batch)
+        calls = max(1, iterations // size)
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            segmenter.segment_batch(batch)
+            times.append(time.perf_counter() - started)
+        rows.append({"batch": size, "calls": calls, "call_ms": percentiles(times),
+                     "queries_per_s": size * calls / sum(times)})
+    return rows
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable lines for the terminal."""
     latency = report["latency_ms"]
@@ -313,6 +346,9 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(
                 f"                   torch: {report['flops']['forward'] / 1e9:.2f} GFLOP/forward "
                 f"-> {report['torch_achieved_gflops']:.1f} GFLOP/s")
+    for row in report.get("batches", []):
+        lines.append(f"  batch {row['batch']:<3}        {row['queries_per_s']:.1f} queries/s "
+                     f"(segment_batch p50 {row['call_ms']['p50']:.2f} ms per call)")
     if "soak" in report:
         soak_report = report["soak"]
         lines.append(

@@ -182,6 +182,17 @@ def bench_inputs(shots: int, count: int, fold: int, seed: int,
                                     "seed": seed}
 
 
+def checkpoint_copy(bundle_root: Path) -> Path:
+    """The bundle's copy of its source checkpoint's weights (a slimmed bundle may lack it)."""
+    import json
+
+    from crnet.runtime.layout import MANIFEST
+
+    manifest = json.loads((Path(bundle_root) / MANIFEST).read_text())
+    return Path(bundle_root) / manifest.get("checkpoint", {}).get(
+        "weights", "checkpoint.safetensors")
+
+
 def torch_forward(bundle_root: Path, support_images: list[np.ndarray],
                   support_masks: list[np.ndarray], query: np.ndarray, threads: int
                   ) -> Callable[[int], object]:
@@ -190,13 +201,9 @@ def torch_forward(bundle_root: Path, support_images: list[np.ndarray],
     import torch
 
     from crnet.models.checkpoint import load_checkpoint
-    from crnet.runtime.bundle import Bundle
     from crnet.runtime.preprocess import mask_at_input_size, preprocess_image
 
-    bundle = Bundle.load(bundle_root, verify=False)
-    weights = bundle.root / bundle.manifest.get("checkpoint", {}).get(
-        "weights", "checkpoint.safetensors")
-    model, info = load_checkpoint(weights)
+    model, info = load_checkpoint(checkpoint_copy(bundle_root))
     config = info.config
     torch.set_num_threads(threads)
     supports = torch.from_numpy(np.concatenate([

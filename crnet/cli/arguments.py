@@ -80,6 +80,28 @@ def add_sampler(parser: Container) -> None:
     parser.add_argument("--sampler", default="uniform", choices=SAMPLERS, help=SAMPLER_HELP)
 
 
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """``1,4,8`` as (1, 4, 8); argparse reports a bad value as a usage error."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected batch sizes like 1,4,8, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got {text!r}")
+    return sizes
+
+
+def add_batch(parser: Container, *, sizes: bool = False, help: str) -> None:
+    """--batch: how many episodes or queries go through the network at once (``sizes``: a
+    comma-separated list of batch sizes to measure, e.g. 1,4,8)."""
+    if sizes:
+        parser.add_argument("--batch", type=batch_sizes, default=(), metavar="N[,N...]",
+                            help=help)
+    else:
+        parser.add_argument("--batch", type=int, default=None, help=help)
+
+
 def add_shots(parser: Container, *, default: int = 1) -> None:
     """--shots: support images per episode."""
     parser.add_argument("--shots", type=int, default=default,

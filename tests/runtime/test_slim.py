@@ -232,3 +232,15 @@ def test_plain_install_loads_verifies_and_segments_the_slim_bundle(
     with Segmenter(slim_int8, backend="onnxruntime", precision="int8", threads=1) as here:
         here.set_support([image], [mask])
         assert np.array_equal(np.load(out), here.segment(image))
+
+
+def test_bench_on_a_slim_bundle_leaves_torch_out_unless_asked(
+        slim_int8: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crnet.cli import main as crnet_main
+
+    arguments = ["bench", str(slim_int8), "--backend", "onnxruntime", "--precision", "int8",
+                 "--iterations", "2", "--warmup", "0", "--threads", "1", "--no-progress"]
+    assert crnet_main(arguments) == 0  # torch is installed here, the checkpoint is not
+    assert "vs torch" not in capsys.readouterr().out
+    assert crnet_main([*arguments, "--compare-torch"]) == 1
+    assert "--keep-checkpoint" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from crnet.cli.arguments import (
+    add_batch,
     add_bundle,
     add_data_group,
     add_json,
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soak", type=int, nargs="?", const=SOAK_DEFAULT, default=0,
                         metavar="N", help=f"N segment calls watching memory "
                                           f"(default N {SOAK_DEFAULT})")
+    add_batch(parser, sizes=True, help="also time segment_batch with these batch sizes and "
+                                       "print queries/s for each, e.g. --batch 1,4,8")
     add_data_group(parser, dataset_help="whose test episodes give the support and queries "
                                         "(default synthetic-5i)")
     parser.add_argument("--compare", action="store_true",
@@ -65,7 +68,8 @@ def options(args: argparse.Namespace) -> Any:
     return BenchOptions(
         backend=args.backend, precision=args.precision, iterations=args.iterations,
         warmup=args.warmup, threads=args.threads, shots=args.shots,
-        compare_torch=args.compare_torch, soak_calls=args.soak, progress=not args.no_progress,
+        compare_torch=args.compare_torch, soak_calls=args.soak, batch_sizes=args.batch,
+        progress=not args.no_progress,
         data=EpisodeSource(dataset=args.dataset, data_root=args.data_root, fold=args.fold,
                            seed=args.seed))
 

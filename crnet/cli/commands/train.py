@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crnet.cli.arguments import (
+    add_batch,
     add_data_group,
     add_preset,
     add_threads,
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=None, choices=sorted(RECIPES),
                         help="canet with --init-trunk, else scratch")
     parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch", type=int, default=None, help="episodes per step")
+    add_batch(parser, help="episodes per step")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--optimizer", default=None, choices=("sgd", "adamw"))
     parser.add_argument("--momentum", type=float, default=None)

@@ -72,8 +72,27 @@ def test_bench_times_generated_frames_where_synthetic_cannot_be_drawn(
     assert "inputs           numpy-generated frames" in format_report(report)
 
 
+def test_bench_prints_queries_per_second_for_each_batch_size(
+        bench_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert crnet_main(["bench", str(bench_bundle), "--backend", "onnxruntime",
+                       "--iterations", "8", "--warmup", "0", "--threads", "1",
+                       "--no-compare-torch", "--batch", "1,4,8", "--json", str(out),
+                       "--no-progress"]) == 0
+    rows = json.loads(out.read_text())["batches"]
+    assert [row["batch"] for row in rows] == [1, 4, 8]
+    assert [row["calls"] for row in rows] == [8, 2, 1]
+    assert all(row["queries_per_s"] > 0 and row["call_ms"]["p50"] > 0 for row in rows)
+    printed = capsys.readouterr().out
+    assert all(f"batch {size:<3}" in printed for size in (1, 4, 8))
+    assert crnet_main(["bench", str(bench_bundle), "--batch", "4,x"]) == 2
+    assert crnet_main(["bench", str(bench_bundle), "--batch", "0"]) == 2
+    assert "batch sizes must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("values", "message"), [
     ({"iterations": 0}, "iterations must be at least 1"),
+    ({"batch_sizes": (4, 0)}, "batch size must be at least 1"),
     ({"warmup": -1}, "warmup must be at least 0"),
     ({"threads": 0}, "threads must be at least 1"),
     ({"precision": "int4"}, "precision must be one of"),

@@ -65,8 +65,9 @@ class ServerProcess:
     def start(self) -> None:
         self.starts += 1
         log = self.log_dir / f"serve-{self.starts}.log"
+        # no --host: the server must listen on loopback by default
         command = [str(self.bin_dir / "crnet"), "serve", str(self.bundle),
-                   "--host", "127.0.0.1", "--http-port", str(self.ports["http"]),
+                   "--http-port", str(self.ports["http"]),
                    "--grpc-port", str(self.ports["grpc"]),
                    "--metrics-port", str(self.ports["metrics"]),
                    "--store-metrics-port", str(self.ports["store"]),
@@ -161,6 +162,39 @@ def test_served_masks_equal_the_local_segmenter(server: ServerProcess, local, pr
         np.testing.assert_allclose(probability, want_probability, atol=1e-6)
         streamed = list(segmenter.segment_stream([episode.query_image] * 3))
     assert all(np.array_equal(result, want_mask) for result in streamed)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on ``port`` (from /proc/net/tcp*)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if fields[3] == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if width == 8:
+                    found.add(".".join(str(b) for b in reversed(raw)))
+                else:  # four little-endian 32-bit words
+                    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+                    found.add(socket.inet_ntop(socket.AF_INET6, b"".join(words)))
+    return found
+
+
+def test_the_default_server_listens_on_loopback_only(server: ServerProcess) -> None:
+    log = (server.log_dir / f"serve-{server.starts}.log").read_text()
+    assert "crnet serve: listening on 127.0.0.1" in log
+    for name in ("http", "grpc", "metrics", "store"):
+        addresses = listening_addresses(server.ports[name])
+        assert addresses, f"nothing listens on the {name} port"
+        assert addresses <= {"127.0.0.1", "::1"}, (name, addresses)
+
+
+def test_listening_addresses_sees_a_socket_on_every_interface() -> None:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        assert listening_addresses(sock.getsockname()[1]) == {"0.0.0.0"}
 
 
 def test_bad_inputs_get_the_segmenters_messages_and_the_server_keeps_serving(
