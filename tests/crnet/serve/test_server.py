@@ -6,6 +6,7 @@ the serve extra, where pip keeps PyTriton's numpy<2), as a user would install it
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -181,13 +182,20 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped IPv6 loopback (::ffff:127.0.0.1, as gRPC binds)."""
+    ip = ipaddress.ip_address(address)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
 def test_the_default_server_listens_on_loopback_only(server: ServerProcess) -> None:
     log = (server.log_dir / f"serve-{server.starts}.log").read_text()
     assert "crnet serve: listening on 127.0.0.1" in log
     for name in ("http", "grpc", "metrics", "store"):
         addresses = listening_addresses(server.ports[name])
         assert addresses, f"nothing listens on the {name} port"
-        assert addresses <= {"127.0.0.1", "::1"}, (name, addresses)
+        assert all(is_loopback(address) for address in addresses), (name, addresses)
 
 
 def test_listening_addresses_sees_a_socket_on_every_interface() -> None:
@@ -195,6 +203,8 @@ def test_listening_addresses_sees_a_socket_on_every_interface() -> None:
         sock.bind(("0.0.0.0", 0))
         sock.listen()
         assert listening_addresses(sock.getsockname()[1]) == {"0.0.0.0"}
+    assert not is_loopback("0.0.0.0") and not is_loopback("::")
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("::1") and is_loopback("127.0.0.1")
 
 
 def test_bad_inputs_get_the_segmenters_messages_and_the_server_keeps_serving(
