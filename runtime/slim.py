@@ -29,7 +29,6 @@ half-written at ``out``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from crnet.runtime.files import (
     fsync_path,
     make_owned_directory,
     replace_durably,
+    sha256_file,
     sha256_regular_file,
     write_json_atomic,
 )
@@ -211,8 +211,7 @@ def _slim_manifest(manifest: dict[str, Any], precision: str, backend: str, keep:
     slim[SLIM_KEY] = {
         "precision": precision, "backend": backend,
         "checkpoint": "checkpoint" in slim,
-        "source_manifest_sha256": hashlib.sha256(
-            (source / MANIFEST).read_bytes()).hexdigest(),
+        "source_manifest_sha256": sha256_file(source / MANIFEST),
         "removed": sorted(removed), "dropped_sections": dropped,
     }
     return slim, dropped

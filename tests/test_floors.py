@@ -194,19 +194,10 @@ def floors_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny bundle with decisive masks and fp32, fp16 and int8 variants, made with the
     project's own export and calibration in this (full) environment."""
     from crnet.calibration.fp16 import quantize_fp16
-    from crnet.calibration.int8 import quantize_int8
-    from crnet.calibration.options import Fp16Options, Int8Options, SensitivityOptions
-    from crnet.export.to_onnx import export_bundle
-    from crnet.models.checkpoint import save_checkpoint
-    from tests.calibration.conftest import balanced_tiny_model
+    from crnet.calibration.options import Fp16Options
+    from tests.runtime.bundles import export_int8_bundle
 
-    root = tmp_path_factory.mktemp("floors")
-    checkpoint = save_checkpoint(balanced_tiny_model(), root / "tiny", training={"fold": 0})
-    bundle = root / "bundle"
-    export_bundle(bundle, checkpoint, parity_episodes=2, progress=False)
-    quantize_int8(bundle, Int8Options(calibration_method="minmax", calibration_episodes=4,
-                                      sensitivity=SensitivityOptions(enabled=False),
-                                      progress=False))
+    bundle = export_int8_bundle(tmp_path_factory.mktemp("floors"))
     quantize_fp16(bundle, Fp16Options(check_episodes=2, progress=False))
     return bundle
 

@@ -48,6 +48,26 @@ def export_tiny_bundle(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def export_int8_bundle(root: Path) -> Path:
+    """A tiny bundle with decisive masks and an int8 variant (min-max on a few episodes),
+    under ``root``; returns the bundle directory. It uses tests/calibration's balanced
+    model, not ``tiny_model``, whose x200 classifier turns any int8 rounding into mask
+    flips."""
+    from crnet.calibration.int8 import quantize_int8
+    from crnet.calibration.options import Int8Options, SensitivityOptions
+    from crnet.export.to_onnx import export_bundle
+    from crnet.models.checkpoint import save_checkpoint
+    from tests.calibration.conftest import balanced_tiny_model
+
+    checkpoint = save_checkpoint(balanced_tiny_model(), root / "tiny", training={"fold": 0})
+    bundle = root / "bundle"
+    export_bundle(bundle, checkpoint, parity_episodes=2, progress=False)
+    quantize_int8(bundle, Int8Options(calibration_method="minmax", calibration_episodes=4,
+                                      sensitivity=SensitivityOptions(enabled=False),
+                                      progress=False))
+    return bundle
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an RGB uint8 image (test helper)."""
     from crnet.runtime.preprocess import resize_bilinear

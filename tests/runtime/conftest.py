@@ -37,23 +37,10 @@ def ort_segmenter(runtime_bundle: Path, episode):  # noqa: ANN001, ANN201
 
 @pytest.fixture(scope="session")
 def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny bundle with decisive masks (tests/calibration's balanced model: the runtime
-    bundle's x200 classifier turns any int8 rounding into mask flips) and an int8 variant
-    (min-max on a few episodes)."""
-    from crnet.calibration.int8 import quantize_int8
-    from crnet.calibration.options import Int8Options, SensitivityOptions
-    from crnet.export.to_onnx import export_bundle
-    from crnet.models.checkpoint import save_checkpoint
-    from tests.calibration.conftest import balanced_tiny_model
+    """A tiny bundle with decisive masks and an int8 variant (bundles.export_int8_bundle)."""
+    from tests.runtime.bundles import export_int8_bundle
 
-    root = tmp_path_factory.mktemp("int8")
-    checkpoint = save_checkpoint(balanced_tiny_model(), root / "tiny", training={"fold": 0})
-    bundle = root / "bundle"
-    export_bundle(bundle, checkpoint, parity_episodes=2, progress=False)
-    quantize_int8(bundle, Int8Options(calibration_method="minmax", calibration_episodes=4,
-                                      sensitivity=SensitivityOptions(enabled=False),
-                                      progress=False))
-    return bundle
+    return export_int8_bundle(tmp_path_factory.mktemp("int8"))
 
 
 @pytest.fixture
