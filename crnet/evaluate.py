@@ -134,7 +134,10 @@ def evaluate_variants(options: EvalOptions, source: Any = None) -> list[dict[str
     for segmenter in segmenters:
         segmenter.close()  # release sessions / compiled models now, not at GC
     reference = results["reference"]
-    return [gate_record(results.get(precision, reference), reference, gates.get(precision),
+    # a precision without its own predictor is the reference scored against itself: no gate
+    return [gate_record(results.get(precision, reference), reference,
+                        gates.get(precision) if precision in backends else None,
+                        is_reference=precision not in backends,
                         backend=backends.get(precision, REFERENCE_BACKEND), precision=precision,
                         dataset=data.dataset, sampler=data.sampler, fold=data.fold_or(0),
                         shots=options.shots, seed=data.seed,

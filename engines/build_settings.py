@@ -156,6 +156,15 @@ class BuildSettings:
     refit: bool = False
     strip_weights: bool = False
     verbose: bool = False
+    refit_weights: tuple[str, ...] | None = None
+    """Weights (ONNX initializer names) built refittable one by one (REFIT_INDIVIDUAL),
+    for adapters; None: those adaptable_weights() finds for the ONNX."""
+
+    def refittable_weights(self) -> tuple[str, ...]:
+        """``refit_weights``, or the adaptable weights of a bundle's refine graph."""
+        if self.refit_weights is not None:
+            return self.refit_weights
+        return adaptable_weights(self.onnx)
 
     @property
     def precision(self) -> str | None:
@@ -170,6 +179,28 @@ class BuildSettings:
         high = self.max_shapes or opt
         return {name: {"min": list(low[name]), "opt": list(opt[name]), "max": list(high[name])}
                 for name in opt}
+
+
+def adaptable_weights(onnx: Path) -> tuple[str, ...]:
+    """The initializers of a bundle's refine graph (any precision) that an adapter
+    replaces (runtime.adapter: the weights, their fp16 casts, duplicated int8 biases and
+    int8 weight scales), sorted; () for any other ONNX or a bundle without the record."""
+    from crnet.runtime.adapter import AdapterError, adaptable_tensors, graph_overrides
+    from crnet.runtime.bundle import is_bundle
+
+    root = Path(onnx).parent
+    if not Path(onnx).name.startswith("refine.") or not is_bundle(root):
+        return ()
+    try:
+        tensors = adaptable_tensors(Bundle.load(root, verify=False))
+    except AdapterError:
+        return ()
+    import numpy as np
+    import onnx as onnx_module
+
+    graph = onnx_module.load(str(onnx), load_external_data=False).graph
+    shipped = {name: np.zeros(entry["shape"], np.float32) for name, entry in tensors.items()}
+    return tuple(sorted(graph_overrides(graph, shipped, required=False)))
 
 
 def onnx_precision(path: Path) -> str | None:

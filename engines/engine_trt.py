@@ -198,6 +198,8 @@ def _configure(trt: Any, builder: Any, network: Any, settings: BuildSettings,
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
     if settings.refit:
         config.set_flag(trt.BuilderFlag.REFIT)
+    else:
+        _mark_refittable(trt, network, config, settings)
     if settings.strip_weights:
         config.set_flag(trt.BuilderFlag.STRIP_PLAN)
         if not settings.refit:  # trtexec: --stripWeights alone refits identical weights
@@ -219,6 +221,25 @@ def _configure(trt: Any, builder: Any, network: Any, settings: BuildSettings,
             profile.set_shape(name, ranges["min"], ranges["opt"], ranges["max"])
         config.add_optimization_profile(profile)
     return config
+
+
+def _mark_refittable(trt: Any, network: Any, config: Any, settings: BuildSettings) -> None:
+    """Build the adaptable weights (settings.refittable_weights) refittable one by one, so
+    an adapter refits them in place (runtime/backends/tensorrt_backend.py) while every
+    other weight stays constant for the optimiser."""
+    names = settings.refittable_weights()
+    if not names:
+        return
+    if not hasattr(trt.BuilderFlag, "REFIT_INDIVIDUAL"):
+        raise EngineBuildError(f"TensorRT {trt.__version__} cannot mark single weights "
+                               "refittable (needs 10.0 or newer); adapters need it")
+    config.set_flag(trt.BuilderFlag.REFIT_INDIVIDUAL)
+    unmarked = [name for name in names if not network.mark_weights_refittable(name)]
+    if unmarked:
+        raise EngineBuildError(
+            f"TensorRT could not mark {len(unmarked)} adaptable weights of "
+            f"{settings.onnx.name} refittable (e.g. {unmarked[:3]}); the parser did not keep "
+            "them as named weights")
 
 
 def _load_timing_cache(config: Any, settings: BuildSettings, log: Log) -> str:
@@ -346,6 +367,8 @@ def build_engine(settings: BuildSettings, log: Log = print, device: int = 0) -> 
             "builder_optimization_level": settings.builder_optimization_level,
             "memory_pool_limits": dict(settings.mem_pool),
             "refit": settings.refit,
+            "refittable_weights": [] if settings.refit else list(
+                settings.refittable_weights()),
             "strip_weights": settings.strip_weights,
             "timing_cache": str(settings.timing_cache) if settings.timing_cache else None,
             "timing_cache_state": cache_state,

@@ -281,12 +281,14 @@ def export_bundle(
     parity_seed: int = 0,
     progress: bool = True,
     allow_unverified_checkpoint: bool = False,
+    golden: bool = True,
 ) -> dict[str, Any]:
     """Export a checkpoint (the bundled one by default) or an in-memory ``model`` to a bundle.
 
     Checks the graphs (ONNX checker, strict shape inference, ORT at every N and K), runs
     parity against PyTorch on ``parity_episodes`` synthetic-5i episodes and the TensorRT
-    lint, writes the manifest, and installs the bundle atomically. Returns the manifest.
+    lint, records the golden references (``golden``: export.golden, for `crnet verify`),
+    writes the manifest, and installs the bundle atomically. Returns the manifest.
     A checkpoint whose sidecar records no sha256 is refused unless
     ``allow_unverified_checkpoint``; the manifest's ``source_checkpoint.verified`` says so.
     Raises ExportError (ParityError for a parity failure) or CheckpointError.
@@ -314,6 +316,11 @@ def export_bundle(
         # parity runs the unfinished bundle through the runtime's own backends
         parity = check_parity(model, Bundle(temporary, manifest), episodes=parity_episodes,
                               fold=fold, seed=parity_seed, progress=progress)
+        if golden:  # seeded episodes and the torch reference's masks, hashed below
+            from crnet.export.golden import record_golden
+            from crnet.runtime.golden import GOLDEN_KEY
+
+            manifest[GOLDEN_KEY] = record_golden(model, temporary, manifest, fold)
         manifest.update({
             "files": {p.name: sha256_file(p) for p in sorted(temporary.iterdir())
                       if p.is_file()},
@@ -377,9 +384,12 @@ def _export_and_check(model: Any, temporary: Path, opset: int
     if any(version != opset for version in written.values()):
         raise ExportError(f"opset {opset} was requested but the exporter wrote {written}; "
                           f"use --opset {DEFAULT_OPSET}")
+    from crnet.export.adaptable import adaptable_record
+
     checks = {"graphs": {"backbone": validate_graph(paths["backbone"], BATCH_AXIS),
                          "refine": validate_graph(paths["refine"], SHOTS_AXIS)},
-              "dynamic_axes_check": verify_dynamic_axes(paths, model, model.config.max_shots)}
+              "dynamic_axes_check": verify_dynamic_axes(paths, model, model.config.max_shots),
+              "adaptable": adaptable_record(model, paths["refine"])}
     lint = lint_files({path.name: path for path in paths.values()})
     return paths, checks, lint
 
@@ -415,6 +425,7 @@ def _fp32_manifest(config: Any, source: dict[str, Any], opset: int, paths: dict[
                               "verified": source["verified"]},
         "versions": _versions(),
         "dynamic_axes_check": checks["dynamic_axes_check"],
+        "adaptable": checks["adaptable"],  # runtime.adapter: what an adapter may replace
     }
 
 

@@ -32,7 +32,9 @@ FORMAT = "crnet-deploy/checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "crnet-lite-fold0.safetensors"
-MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+# safetensors' own limit (100 MB, not MiB): its loader refuses a longer header as "header
+# too large", so a checkpoint past it could never load
+MAX_HEADER_BYTES = 100_000_000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                        torch.float64: "F64", torch.int64: "I64", torch.int32: "I32",
@@ -170,7 +172,11 @@ def read_safetensors_header(path: str | Path) -> dict[str, dict[str, Any]]:
         if len(head) < 8:
             raise CheckpointError(f"{path} is too short to be a safetensors file")
         (length,) = struct.unpack("<Q", head)
-        if length > min(size - 8, MAX_HEADER_BYTES):
+        if length > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: safetensors header of {length} bytes is over "
+                                  f"safetensors' limit of {MAX_HEADER_BYTES} bytes (100 MB) "
+                                  "for a header")
+        if length > size - 8:
             raise CheckpointError(f"{path}: safetensors header of {length} bytes does not fit "
                                   f"the {size}-byte file (corrupt or not safetensors)")
         raw = handle.read(length)
@@ -249,9 +255,22 @@ def load_checkpoint(path: str | Path | None = None, *, allow_unverified: bool = 
         tensors = load_file(str(info.weights_path))
     except Exception as error:  # safetensors raises its own error types
         raise CheckpointError(f"cannot read {info.weights_path}: {error}") from error
+    check_finite_weights(tensors, info.weights_path)
     load_state(model, tensors, source=info.weights_path)
     model.eval()
     return model, info
+
+
+def check_finite_weights(tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor: a hash only
+    says the file is the one that was saved, not that training produced usable numbers."""
+    for name, tensor in sorted(tensors.items()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{source}: the checkpoint's weights are not finite: tensor {name!r} has "
+                f"{bad} NaN or infinite value(s) of {tensor.numel()} (a diverged or broken "
+                "training run); retrain or pick an earlier checkpoint")
 
 
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:

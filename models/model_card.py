@@ -7,6 +7,11 @@ episodes (seed 0; 1- and 5-shot; the fold defaults to the one the checkpoint was
 on) and writes
 ``<checkpoint stem>.md`` and ``<checkpoint stem>-examples.png`` beside it.
 
+K-shot finetuning (crnet.models.finetune, its defaults): on the first
+``finetune_episodes`` 5-shot episodes (100, or fewer when ``episodes`` is smaller) the
+card scores fusion and finetuning side by side, as `crnet eval --shots 5 --finetune` does
+for the torch reference.
+
 Support-swap evidence: the same queries segmented with their true support and with a
 support of another class present in the query (synthetic-5i: a rendered distractor
 class; pascal-5i: another VOC class in the query image). A folder dataset has no second
@@ -26,6 +31,7 @@ from crnet.data.evaluation import (
     EvalResult,
     episode_source,
     evaluate,
+    evaluate_many,
     segmenter_predictor,
 )
 from crnet.data.pictures import (
@@ -41,6 +47,7 @@ from crnet.models.provenance import training_config, training_dataset, training_
 from crnet.runtime.files import write_bytes_atomic
 
 SWAP_SALT = 7919  # keys the swapped supports' random stream apart from the episodes'
+FINETUNE_EPISODES = 100  # 5-shot finetunes per card (each one adapts the head on 20 pairs)
 
 
 def swapped_support_episodes(dataset: Synthetic5i, count: int) -> tuple[list[Episode],
@@ -97,9 +104,42 @@ def support_swap_pairs(source: Any, count: int) -> tuple[list[Episode], list[Epi
     return [], []
 
 
+def finetune_figures(checkpoint: Path, source: Any, episodes: int,
+                     progress: bool = True) -> dict[str, Any]:
+    """5-shot fusion and 5-shot finetuning (the finetune's defaults, seed = episode index)
+    of the torch reference on the first ``episodes`` episodes of ``source``."""
+    from crnet.models.finetune import finetune, open_source
+    from crnet.runtime import Segmenter
+
+    opened = open_source(checkpoint)
+    fused, tuned = Segmenter.from_checkpoint(checkpoint), Segmenter.from_checkpoint(checkpoint)
+    settings: dict[str, Any] = {}
+    count = iter(range(episodes))
+
+    def predict_tuned(episode: Episode) -> np.ndarray:
+        adapter = finetune(opened, list(episode.support_images), list(episode.support_masks),
+                           seed=next(count))
+        settings.update(adapter.settings)
+        tuned.set_support(list(episode.support_images), list(episode.support_masks),
+                          adapter=adapter)
+        return tuned.segment(episode.query_image)
+
+    results = evaluate_many({"fusion": segmenter_predictor(fused), "finetune": predict_tuned},
+                            source.episodes(episodes, shots=5), total=episodes,
+                            progress=progress, description="5-shot fusion + finetune",
+                            classes=source.classes)
+    return {"finetune_episodes": episodes,
+            "miou_5-shot-fusion-same": results["fusion"].miou,
+            "miou_5-shot-finetune": results["finetune"].miou,
+            "fbiou_5-shot-finetune": results["finetune"].fbiou,
+            "finetune_settings": {key: settings.get(key) for key in
+                                  ("steps", "lr", "optimizer", "parts", "pairs_per_step")}}
+
+
 def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
                progress: bool = True, note: str = "", dataset: str = "synthetic-5i",
-               data_root: Path | None = None, fold: int | None = None) -> dict[str, Any]:
+               data_root: Path | None = None, fold: int | None = None,
+               finetune_episodes: int | None = None) -> dict[str, Any]:
     """Evaluate and write the card and picture beside the checkpoint; return the figures."""
     from crnet.models.checkpoint import read_checkpoint_info
     from crnet.runtime import Segmenter
@@ -117,7 +157,11 @@ def build_card(checkpoint: Path, episodes: int = 1000, swap_episodes: int = 300,
                                             description=f"{shots}-shot",
                                             classes=source.classes)
     true_episodes, swapped = support_swap_pairs(source, swap_episodes)
+    finetuned = finetune_figures(
+        checkpoint, source, min(episodes, FINETUNE_EPISODES) if finetune_episodes is None
+        else finetune_episodes, progress)
     figures: dict[str, Any] = {
+        **finetuned,
         "dataset": dataset, "data_root": None if data_root is None else str(data_root),
         "fold": fold, "episodes": episodes, "seed": 0,
         **{f"miou_{k}": r.miou for k, r in results.items()},
@@ -208,6 +252,8 @@ def render_card(info: Any, figures: dict[str, Any], picture: str, checkpoint: Pa
     swap = _swap_section(figures, dataset, picture,
                          _card_command(rel, dataset, figures, data_flags, fold))
     limits = _limits(dataset)
+    accuracy_rows += _finetune_row(figures, rel, data_flags, fold)
+    limits += " " + _finetune_limit(figures)
     return f"""# Model card: {info.config.name}, {dataset} fold {fold}
 
 CRNet ({info.config.name} preset: {info.config.block} trunk {list(info.config.trunk_blocks)},
@@ -249,8 +295,35 @@ Wall time of the last run segment: {training.get('wall_s_this_run', 0) / 60:.0f}
 
 ## Limits
 
-{limits} K-shot uses prototype fusion, without the paper's k-shot finetuning.
+{limits}
 """
+
+
+def _finetune_row(figures: dict[str, Any], rel: str, data_flags: str, fold: int) -> str:
+    """The accuracy table's 5-shot finetuned row (empty without the figures)."""
+    if "miou_5-shot-finetune" not in figures:
+        return ""
+    count = figures["finetune_episodes"]
+    return (f"\n| 5, finetuned ({count} episodes; fusion on them: "
+            f"{figures['miou_5-shot-fusion-same']:.1f}) | {figures['miou_5-shot-finetune']:.1f} "
+            f"| {figures['fbiou_5-shot-finetune']:.1f} | `crnet eval --backend torch "
+            f"--checkpoint {rel} {data_flags} --fold {fold} --shots 5 --finetune --episodes "
+            f"{count} --seed 0` |")
+
+
+def _finetune_limit(figures: dict[str, Any]) -> str:
+    """The Limits sentence on K-shot: fusion, and the measured finetuning figure."""
+    if "miou_5-shot-finetune" not in figures:
+        return ("K-shot uses prototype fusion; k-shot finetuning (`crnet finetune`) was not "
+                "measured for this card.")
+    settings = figures.get("finetune_settings") or {}
+    gain = figures["miou_5-shot-finetune"] - figures["miou_5-shot-fusion-same"]
+    return (f"K-shot uses prototype fusion by default; the paper's k-shot finetuning "
+            f"(`crnet finetune`, docs/finetuning.md: {settings.get('steps')} "
+            f"{settings.get('optimizer')} steps, lr {settings.get('lr')}) changes 5-shot mIoU "
+            f"by {gain:+.1f} points on the first {figures['finetune_episodes']} episodes "
+            f"({figures['miou_5-shot-fusion-same']:.1f} -> "
+            f"{figures['miou_5-shot-finetune']:.1f}).")
 
 
 def _per_class_rows(figures: dict[str, Any]) -> tuple[str, str]:

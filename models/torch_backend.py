@@ -13,16 +13,20 @@ the Segmenter's (runtime.preprocess), exactly as for every other backend.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crnet.runtime.backends.base import Backend, BackendError, ModelSpec
 from crnet.runtime.bundle import Bundle, relative_member
 from crnet.runtime.layout import CHECKPOINT_WEIGHTS
+
+if TYPE_CHECKING:
+    from crnet.runtime.adapter import Adapter
 
 
 class TorchBackend(Backend):
@@ -67,6 +71,8 @@ class TorchBackend(Backend):
         self.threads = threads
         self.model: Any = None
         self.checkpoint_info: Any = None
+        self.adapter: Adapter | None = None
+        self._shipped: dict[str, Any] | None = None  # adaptable tensors before any adapter
         self.spec = ModelSpec.from_manifest(bundle.manifest) if bundle is not None else None
 
     @classmethod
@@ -104,23 +110,80 @@ class TorchBackend(Backend):
         if self.in_memory_model is not None:
             self.device = torch.device(device)
             self.model = self.in_memory_model.to(self.device).eval()
+            if self.adapter is not None:
+                self._install_adapter()
             return
         # a checkpoint inside a verified bundle is covered by the manifest's hash, also when
         # it was exported with --allow-unverified-checkpoint (its own .json has no sha256)
         in_verified_bundle = self.bundle is not None and getattr(self.bundle, "verified", False)
         model, info = load_checkpoint(self.checkpoint, allow_unverified=in_verified_bundle)
         spec = self.load_spec()
-        if tuple(info.config.input_size) != spec.input_size or \
-                tuple(info.config.feature_size) != spec.feature_size:
+        built = (tuple(info.config.input_size), tuple(info.config.feature_size),
+                 info.config.feature_channels)
+        wanted = (spec.input_size, spec.feature_size, spec.feature_channels)
+        if built != wanted:
             raise BackendError(
-                f"checkpoint {info.weights_path} is for input {info.config.input_size} but the "
-                f"bundle expects {spec.input_size}; the bundle and its checkpoint disagree")
+                f"checkpoint {info.weights_path} is for input, feature size and channels "
+                f"{built} but the bundle expects {wanted}; the bundle and its checkpoint "
+                "disagree")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.checkpoint_info = info
+        if self.adapter is not None:
+            self._install_adapter()
 
     def _deactivate(self) -> None:
         self.model = None
+        self._shipped = None
+
+    def apply_adapter(self, adapter: Adapter | None) -> None:
+        """Run the model with ``adapter``'s tensors in place of the shipped ones (None
+        restores them). Checked against the bundle (or the checkpoint's sha256) first;
+        names map to torch parameters through the bundle's export record."""
+        if adapter is not None:
+            self._check_adapter(adapter)
+        self.adapter = adapter
+        if self.is_active:
+            self._install_adapter()
+
+    def _check_adapter(self, adapter: Adapter) -> None:
+        from crnet.runtime.adapter import AdapterError, check_adapter
+
+        if self.bundle is not None:
+            check_adapter(adapter, self.bundle)
+            return
+        expected = getattr(self.checkpoint_info, "sha256", None)
+        made_for = adapter.identity.get("checkpoint_sha256")
+        if expected and made_for and made_for != expected:
+            raise AdapterError(f"adapter was made for checkpoint {made_for[:12]}..., this "
+                               f"backend runs {expected[:12]}...; finetune this checkpoint")
+
+    def _install_adapter(self) -> None:
+        """Restore the shipped tensors, then copy the adapter's in (on the model's device)."""
+        import torch
+
+        from crnet.models.adapter_tensors import PARTS, apply_tensors
+
+        if self.model is self.in_memory_model:  # never change the caller's model
+            self.model = copy.deepcopy(self.in_memory_model).to(self.device).eval()
+        parameters = dict(self.model.named_parameters())
+        if self._shipped is None:
+            self._shipped = {name: value.detach().clone() for name, value in parameters.items()
+                             if name.split(".")[0] in PARTS}
+        with torch.no_grad():
+            for name, value in self._shipped.items():
+                parameters[name].copy_(value)
+        if self.adapter is not None:
+            apply_tensors(self.model, self.adapter.tensors, self._torch_names())
+
+    def _torch_names(self) -> dict[str, str] | None:
+        """ONNX name -> torch name from the bundle's export record (None: the prefix rule)."""
+        if self.bundle is None:
+            return None
+        from crnet.runtime.adapter import adaptable_tensors
+
+        return {name: str(entry["torch_name"])
+                for name, entry in adaptable_tensors(self.bundle).items()}
 
     def run_backbone(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -162,4 +225,5 @@ class TorchBackend(Backend):
         info = super().describe()
         info["device"] = str(getattr(self, "device", self.device_name or "auto"))
         info["checkpoint"] = str(self.checkpoint) if self.checkpoint else "default"
+        info["adapter"] = None if self.adapter is None else self.adapter.summary()
         return info

@@ -6,7 +6,11 @@ The public API of an application: ``Segmenter`` (in-process, any backend),
 * ``CrnetError``: the base of every error a caller can cause or fix;
 * ``InputError``: an image, mask or support set that cannot be used (also a ValueError);
 * ``UnknownSupportError``: a support id the server does not hold (an InputError);
+* ``RequestLimitError``: a request over the server's limits (id length, pixels, K, request
+  size; an InputError);
 * ``SegmenterClosedError``: a call on a Segmenter after ``close()``;
+* ``SupportReplacedError``: a thread's own support was replaced by another thread's
+  ``set_support`` (an InputError: pass ``support=seg.encode_support(...)`` instead);
 * ``BundleError``: a bundle directory that is missing, incomplete or does not verify;
 * ``BackendError``: a backend that cannot run here or failed (also a RuntimeError);
 * ``RemoteError``: the server failed a request for a reason other than the input (a
@@ -27,13 +31,19 @@ if TYPE_CHECKING:
     from crnet.runtime.bundle import BundleError
     from crnet.runtime.errors import CrnetError, MissingExtraError
     from crnet.runtime.preprocess import InputError
-    from crnet.runtime.remote import RemoteError, RemoteSegmenter, UnknownSupportError
-    from crnet.runtime.segmenter import Segmenter, SegmenterClosedError
+    from crnet.runtime.remote import (
+        RemoteError,
+        RemoteSegmenter,
+        RequestLimitError,
+        UnknownSupportError,
+    )
+    from crnet.runtime.segmenter import Segmenter, SegmenterClosedError, SupportReplacedError
 
 # public name -> the module that defines it (imported on first use of the name)
 _HOMES: dict[str, str] = {
     "Segmenter": "crnet.runtime.segmenter",
     "SegmenterClosedError": "crnet.runtime.segmenter",
+    "SupportReplacedError": "crnet.runtime.segmenter",
     "RemoteSegmenter": "crnet.runtime.remote",
     "CrnetError": "crnet.runtime.errors",
     "MissingExtraError": "crnet.runtime.errors",
@@ -42,6 +52,7 @@ _HOMES: dict[str, str] = {
     "BackendError": "crnet.runtime.backends.base",
     "RemoteError": "crnet.runtime.remote",
     "UnknownSupportError": "crnet.runtime.remote",
+    "RequestLimitError": "crnet.runtime.remote",
 }
 
 __all__ = [
@@ -52,8 +63,10 @@ __all__ = [
     "MissingExtraError",
     "RemoteError",
     "RemoteSegmenter",
+    "RequestLimitError",
     "Segmenter",
     "SegmenterClosedError",
+    "SupportReplacedError",
     "UnknownSupportError",
 ]
 

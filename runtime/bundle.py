@@ -25,6 +25,8 @@ where an io entry is ``{"name", "shape" (ints or axis names), "dtype"}``, and ``
 (written by ``crnet deploy``, read by ``backend="auto"``) says which backend's run of which
 variant passed its accuracy gate, for the graph hashes it names.
 
+Every manifest read here is first checked against its schema (runtime.schema: each field's
+type, range and finiteness, and caps on the manifest's size; docs/bundle-format.md).
 Loading is verified by default: the manifest must list every file a backend loads under
 ``files``; a listed name must be a plain relative path that stays inside the bundle after
 symlinks are resolved, and name a regular file (never a FIFO or device), whose sha256 must
@@ -33,14 +35,12 @@ match. A name that escapes the bundle is refused before anything is read.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from crnet.runtime.errors import CrnetError
 from crnet.runtime.files import (
     exclusive_lock,
     read_json_file,
@@ -48,26 +48,24 @@ from crnet.runtime.files import (
     write_json_atomic,
 )
 from crnet.runtime.layout import GRAPHS, MANIFEST, MANIFEST_LOCK, PRECISIONS, graph_file
+from crnet.runtime.schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_MANIFEST_BYTES,
+    BundleError,
+    check_manifest,
+)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "GRAPHS", "MANIFEST", "PRECISIONS", "Bundle",
            "BundleError", "graph_file", "is_bundle", "manifest_lock", "update_manifest"]
 
-FORMAT = "crnet-deploy/bundle"
-FORMAT_VERSION = 1
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
 GATES_KEY = "gates"
-
-
-class BundleError(CrnetError, ValueError):
-    """A bundle that is missing, incomplete, or whose files do not match the manifest."""
 
 
 def is_bundle(root: str | Path) -> bool:
     """Whether ``root`` is a directory holding this project's manifest (no verification)."""
     try:
-        manifest = read_json_file(Path(root) / MANIFEST)
+        manifest = read_json_file(Path(root) / MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
@@ -94,58 +92,9 @@ def relative_member(root: Path, name: Any, what: str = "file") -> Path:
     return path
 
 
-def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
-    """The keys and types every reader of a manifest relies on; BundleError otherwise."""
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path} holds a JSON {type(manifest).__name__}; expected an object")
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path} is not a {FORMAT} manifest")
-
-    def need(key: str, kind: type, where: dict[str, Any] = manifest, label: str = "") -> Any:
-        value = where.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise BundleError(f"{path}: {label or key} is {value!r}; expected a "
-                              f"{kind.__name__} (re-export the bundle)")
-        return value
-
-    files = need("files", dict)
-    for name, digest in files.items():
-        if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise BundleError(f"{path}: files[{name!r}] is {digest!r}; expected a sha256 hex")
-    variants = need("variants", dict)
-    for precision, variant in variants.items():
-        need(precision, dict, variants, f"variants.{precision}")
-        for graph in GRAPHS:
-            if graph in variant:
-                need(graph, str, variant, f"variants.{precision}.{graph}")
-    graphs = need("graphs", dict)
-    for graph in GRAPHS:
-        entry = need(graph, dict, graphs, f"graphs.{graph}")
-        need("inputs", list, entry, f"graphs.{graph}.inputs")
-        need("outputs", list, entry, f"graphs.{graph}.outputs")
-    for key in ("model", "preprocessing"):
-        need(key, dict)
-    for key in ("input_size", "feature_size"):
-        size = manifest.get(key)
-        if key == "input_size" and size is None:
-            size = manifest["preprocessing"].get("input_size")
-        if not (isinstance(size, list) and len(size) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise BundleError(f"{path}: {key} is {size!r}; expected [height, width]")
-    for key in ("mean", "std"):
-        values = manifest["preprocessing"].get(key, manifest["model"].get(key))
-        if not (isinstance(values, list) and len(values) == 3 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-            raise BundleError(f"{path}: preprocessing.{key} is {values!r}; expected 3 numbers")
-    shots = manifest.get("shots", {})
-    if not isinstance(shots, dict) or not all(
-            isinstance(shots.get(k, 1), int) for k in ("min", "max")):
-        raise BundleError(f"{path}: shots is {shots!r}; expected {{'min': int, 'max': int}}")
-    return manifest
-
-
 def read_manifest(root: Path) -> dict[str, Any]:
-    """Parse and check ``root/manifest.json``; BundleError for anything unreadable."""
+    """Parse ``root/manifest.json`` and check it against the schema (runtime.schema); a
+    BundleError for anything unreadable, over MAX_MANIFEST_BYTES, or not as the schema says."""
     manifest_path = root / MANIFEST
     if not root.is_dir():
         raise BundleError(f"bundle directory not found: {root}")
@@ -154,10 +103,17 @@ def read_manifest(root: Path) -> dict[str, Any]:
             f"{root} has no {MANIFEST}; is it a bundle written by `crnet export`?"
         )
     try:
-        manifest = read_json_file(manifest_path)
+        size = manifest_path.stat().st_size
+    except OSError as error:
+        raise BundleError(f"cannot read {manifest_path}: {error}") from error
+    if size > MAX_MANIFEST_BYTES:  # refused unread: parsing it would cost its size
+        raise BundleError(f"{manifest_path} is {size} bytes; expected at most "
+                          f"{MAX_MANIFEST_BYTES} (a bundle's manifest is tens of kB)")
+    try:
+        manifest = read_json_file(manifest_path, max_bytes=MAX_MANIFEST_BYTES)
     except (OSError, ValueError) as error:
         raise BundleError(f"cannot read {manifest_path}: {error}") from error
-    return _check_manifest(manifest, manifest_path)
+    return check_manifest(manifest, str(manifest_path))
 
 
 @dataclass(frozen=True)
@@ -298,7 +254,8 @@ def record_gates(root: str | Path, records: list[dict[str, Any]]) -> dict[str, A
 
 def update_manifest(root: str | Path, change: Callable[[dict[str, Any]], None],
                     added_files: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Apply ``change`` to the manifest, hash ``added_files``, and rewrite it atomically.
+    """Apply ``change`` to the manifest, hash ``added_files``, check the result against the
+    schema, and rewrite it atomically (a change the schema refuses writes nothing).
 
     Read, change and write happen under the bundle's lock (``manifest_lock``), so two
     writers (two `crnet quantize` runs) serialise instead of losing one's update.
@@ -314,5 +271,8 @@ def update_manifest(root: str | Path, change: Callable[[dict[str, Any]], None],
                 files[name] = sha256_regular_file(path)
             except ValueError as error:
                 raise BundleError(f"{path}: {error}") from error
+        # a change that breaks the schema is refused before anything is written, so no
+        # writer leaves a manifest that the next reader would refuse
+        check_manifest(manifest, f"{root / MANIFEST} (as changed)")
         write_json_atomic(root / MANIFEST, manifest)
     return manifest

@@ -56,14 +56,31 @@ def sha256_regular_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20)
     return digest.hexdigest()
 
 
-def read_json_file(path: str | os.PathLike[str]) -> Any:
+def read_json_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> Any:
     """Parse a JSON file; ValueError (not a traceback) for non-UTF-8, invalid or too
-    deeply nested JSON, and for a path that is not a regular file."""
+    deeply nested JSON, for a path that is not a regular file, and for a file larger than
+    ``max_bytes`` (checked before it is read or parsed)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory, expected a JSON file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags)  # not blocking: a FIFO is refused, never waited on
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError(f"{path} is not a regular file (mode "
+                             f"{stat.filemode(status.st_mode)}), expected a JSON file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        size = status.st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ValueError(f"{path} is {size} bytes, more than the {max_bytes} this "
+                             "reader accepts")
+        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:  # grew while it was read
+        raise ValueError(f"{path} is more than the {max_bytes} bytes this reader accepts")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text: {error}") from None
     except json.JSONDecodeError as error:

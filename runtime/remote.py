@@ -50,6 +50,10 @@ class UnknownSupportError(InputError):
     """A support id the store does not hold (never registered, evicted, expired, restart)."""
 
 
+class RequestLimitError(InputError):
+    """A request over one of the server's bounds (id length, image pixels, K, request size)."""
+
+
 class RemoteError(BackendError):
     """The server failed a request for a reason other than the client's input."""
 
@@ -312,6 +316,8 @@ class _Tagged(Exception):
     def as_exception(self) -> Exception:
         if self.kind == "UnknownSupportError":
             return UnknownSupportError(self.message)
+        if self.kind == "RequestLimitError":
+            return RequestLimitError(self.message)
         if self.kind.endswith("InputError") or self.kind in ("NoSupportError", "ValueError"):
             return InputError(self.message)
         return RemoteError(f"server error ({self.kind}): {self.message}")

@@ -22,10 +22,14 @@ them; per call or for the Segmenter), HxW / HxWx1 grayscale or HxWx4 RGBA / BGRA
 memory layout (crops, steps, ``frame[..., ::-1]``): the resize reads them where they lie,
 in the given channel order, at the cost of a contiguous RGB frame and with the same bits.
 
-Thread safety: ``segment`` may be called from several threads at once. The support state
-is one immutable object swapped atomically by ``set_support``; each ``segment`` call uses
-the support that was current when it started. Backends that are not thread-safe
-(tensorrt: one execution context) are serialised with a lock.
+Thread safety: ``segment`` may be called from several threads at once. Threads that each
+need their own support encode it with ``encode_support`` and pass it to every call
+(``segment(image, support=handle)``; likewise segment_batch and segment_stream). The
+cached support of ``set_support`` is one per Segmenter, swapped atomically: a thread that
+never called ``set_support`` uses the current one (one thread sets it, workers segment);
+a thread that did call it gets its own support or, when another thread has replaced it
+since, SupportReplacedError, never the other thread's support. Backends that are not
+thread-safe (tensorrt: one execution context) are serialised with a lock.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from crnet.runtime.adapter import Adapter, AdapterError, load_adapter
 from crnet.runtime.backends.base import (
     REGISTRY,
     Backend,
@@ -52,6 +57,7 @@ from crnet.runtime.backends.base import (
 )
 from crnet.runtime.bundle import PRECISIONS, Bundle, BundleError
 from crnet.runtime.errors import CrnetError
+from crnet.runtime.golden import GoldenCheck, hash_check_of, startup_check
 from crnet.runtime.preprocess import (
     THRESHOLD,
     InputError,
@@ -75,6 +81,12 @@ class NoSupportError(InputError):
     """segment() called before set_support()."""
 
 
+class SupportReplacedError(InputError):
+    """segment() without ``support=`` in a thread whose set_support() another thread has
+    since replaced: the cached support is one per Segmenter, so threads that each need
+    their own pass ``support=encode_support(...)`` instead."""
+
+
 class SegmenterClosedError(CrnetError, RuntimeError):
     """A call on a Segmenter after close() (or after its ``with`` block)."""
 
@@ -90,6 +102,71 @@ class SupportSet:
     def shots(self) -> int:
         """K, the number of support images."""
         return int(self.feat.shape[0])
+
+
+@dataclass(frozen=True)
+class _Installed:
+    """The cached support, with a token unique to the set_support() call that set it and
+    the name of the thread that called it."""
+
+    support: SupportSet
+    token: object
+    thread: str
+
+
+class _SupportSlot:
+    """A Segmenter's one cached support, and which thread set it.
+
+    Each thread remembers (thread-locally) the token of the support it last set. A thread
+    that has set one only segments with that same support: when another thread has
+    replaced it, ``for_this_thread`` raises SupportReplacedError instead of handing over
+    the other thread's support. A thread that never set one uses whatever is current
+    (one thread sets the support, others segment with it).
+    """
+
+    def __init__(self) -> None:
+        self._installed: _Installed | None = None
+        self._lock = threading.Lock()
+        self._mine = threading.local()
+
+    @property
+    def current(self) -> SupportSet | None:
+        """The cached support, whoever set it; None when there is none."""
+        installed = self._installed
+        return None if installed is None else installed.support
+
+    def install(self, support: SupportSet) -> None:
+        """Make ``support`` the cached one, set by the calling thread."""
+        token = object()
+        with self._lock:
+            self._installed = _Installed(support, token, threading.current_thread().name)
+        self._mine.token = token
+
+    def clear(self) -> None:
+        """Forget the calling thread's support. One another thread has set since is
+        left in place (it is not this thread's to clear)."""
+        mine = getattr(self._mine, "token", None)
+        with self._lock:
+            installed = self._installed
+            if installed is not None and (mine is None or installed.token is mine):
+                self._installed = None
+        self._mine.token = None
+
+    def for_this_thread(self) -> SupportSet:
+        """The support a call without ``support=`` uses in the calling thread."""
+        installed = self._installed  # one read: the support and its owner together
+        if installed is None:
+            raise NoSupportError("no support set: call set_support(images, masks) before "
+                                 "segment(), or pass support=encode_support(images, masks)")
+        mine = getattr(self._mine, "token", None)
+        if mine is not None and installed.token is not mine:
+            here = threading.current_thread().name
+            raise SupportReplacedError(
+                f"thread {here!r} set a support, but thread {installed.thread!r} has "
+                "since replaced it with its own (a Segmenter caches one support); to give "
+                "each thread its own support, pass support=seg.encode_support(images, "
+                "masks) to segment() instead of calling set_support()")
+        return installed.support
 
 
 class Segmenter:
@@ -110,11 +187,17 @@ class Segmenter:
     With "auto", TensorRT plans that cannot run here (stale, built for another GPU,
     TensorRT or platform) fall back to the next backend; the reason is logged and kept in
     ``fallback_reason``; ``choice`` says what was picked and why.
+    ``verify``: True (default) checks every file's sha256 against the manifest, False
+    skips that; "quick" / "full" also run the bundle's golden episodes (5 / all,
+    runtime.golden) at start-up and raise GoldenCheckError (a BundleError) naming the
+    variant when it misses its gate, NoGoldenError for a bundle without them;
+    ``verification`` holds the result.
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto",
                  precision: str = "fp32", *, threshold: float = THRESHOLD,
-                 verify: bool = True, channels: str = "rgb", **backend_options: Any) -> None:
+                 verify: bool | str = True, channels: str = "rgb",
+                 **backend_options: Any) -> None:
         if not isinstance(bundle_dir, str | Path):
             raise InputError(f"bundle_dir must be a path (str or pathlib.Path) to a bundle "
                              f"directory, got {type(bundle_dir).__name__}")
@@ -126,11 +209,11 @@ class Segmenter:
             raise InputError(f"precision must be one of {PRECISIONS} (any case), got "
                              f"{precision!r}")
         precision = precision.lower()
-        _check_flag(verify, "verify")
+        hash_check = hash_check_of(verify)
         _check_threshold(threshold)
         channel_order(channels)
         _check_common_options(backend_options)
-        bundle = Bundle.load(bundle_dir, verify=verify)
+        bundle = Bundle.load(bundle_dir, verify=hash_check)
         name, why = auto_choice(backend, bundle, precision)
         spec = ModelSpec.from_manifest(bundle.manifest)
         try:
@@ -153,6 +236,8 @@ class Segmenter:
                         channels=channels,
                         choice={"requested": backend, "picked": fallback,
                                 "why": f"tensorrt engines cannot run here; {fallback_why}"})
+        # verify="quick"/"full": the golden episodes at start-up (closes self on a failure)
+        self.verification: GoldenCheck | None = startup_check(self, bundle, verify)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str | None = None,
@@ -191,11 +276,12 @@ class Segmenter:
         self.bundle = bundle
         self.choice = choice
         self.fallback_reason = fallback_reason
+        self.verification = None  # the start-up golden check (verify='quick'/'full')
         self.backend = backend
         self.spec = spec
         self.threshold = float(threshold)
-        self._support: SupportSet | None = None
-        self._support_lock = threading.Lock()
+        self._support_slot = _SupportSlot()
+        self.adapter: Adapter | None = None
         self._backend_lock: threading.Lock | contextlib.nullcontext[None] = (
             contextlib.nullcontext() if backend.thread_safe else threading.Lock())
         backend.activate()
@@ -214,8 +300,9 @@ class Segmenter:
 
     @property
     def support(self) -> SupportSet | None:
-        """The current encoded support set, or None before set_support()."""
-        return self._support
+        """The current encoded support set (whichever thread set it), or None before
+        set_support()."""
+        return self._support_slot.current
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description of the backend and model."""
@@ -228,6 +315,7 @@ class Segmenter:
                      "shots": [self.spec.min_shots, self.spec.max_shots]})
         if self.fallback_reason:
             info["fallback_reason"] = self.fallback_reason
+        info["adapter"] = self.adapter.summary() if self.adapter is not None else None
         return info
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -261,18 +349,35 @@ class Segmenter:
 
     # -- support ------------------------------------------------------------------------
 
+    def set_adapter(self, adapter: Adapter | str | Path | None) -> None:
+        """Run the refine graph with an adapter's finetuned tensors (runtime.adapter: an
+        Adapter, or the path of one saved by `crnet finetune`) from the next call on,
+        without re-export or rebuild; None restores the shipped weights. An adapter made
+        for another bundle or checkpoint raises AdapterError and changes nothing.
+        Encoded supports stay valid: support encoding runs only the frozen trunk."""
+        self._check_open()
+        if isinstance(adapter, str | Path):
+            adapter = load_adapter(adapter, self.bundle)
+        elif adapter is not None and not isinstance(adapter, Adapter):
+            raise AdapterError(f"adapter must be an Adapter, the path of a saved adapter or "
+                               f"None, got {type(adapter).__name__}")
+        with self._backend_lock:
+            self.backend.apply_adapter(adapter)
+            self.adapter = adapter
+
     def set_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
-                    channels: str | None = None) -> None:
+                    channels: str | None = None,
+                    adapter: Adapter | str | Path | None = None) -> None:
         """Encode the support set once and cache it for every later segment() call.
 
         The arguments and errors are those of encode_support().
         """
-        support = self.encode_support(images, masks, channels=channels)
-        with self._support_lock:
-            self._support = support
+        support = self.encode_support(images, masks, channels=channels, adapter=adapter)
+        self._support_slot.install(support)
 
     def encode_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
-                       channels: str | None = None) -> SupportSet:
+                       channels: str | None = None,
+                       adapter: Adapter | str | Path | None = None) -> SupportSet:
         """Encode a support set without caching it (for a server holding many of them).
 
         ``images``: K HxWx3 uint8 arrays in ``channels`` order (the Segmenter's unless
@@ -282,9 +387,12 @@ class Segmenter:
         refused (255 is "ignore", so it marks nothing): pass ``mask // 255`` or
         ``mask > 0`` where 255 marks the object. K must lie in the bundle's shot range.
         A shot whose mask has no object pixel, or whose object vanishes at the feature
-        size, raises InputError naming the shot.
+        size, raises InputError naming the shot. ``adapter`` (an Adapter or its path):
+        set_adapter(adapter) first, for this Segmenter; None leaves the current one.
         """
         self._check_open()
+        if adapter is not None:
+            self.set_adapter(adapter)
         order = self._order(channels)
         images, masks = _as_list(images, "images"), _as_list(masks, "masks")
         if len(images) != len(masks):
@@ -317,9 +425,9 @@ class Segmenter:
         return SupportSet(feat=feat, mask=np.ascontiguousarray(np.concatenate(small_masks)))
 
     def clear_support(self) -> None:
-        """Forget the support set."""
-        with self._support_lock:
-            self._support = None
+        """Forget the support set. In a thread that called set_support(), only that
+        thread's support is cleared: one another thread has set since stays in place."""
+        self._support_slot.clear()
 
     # -- query --------------------------------------------------------------------------
 
@@ -408,7 +516,9 @@ class Segmenter:
         returns ``(mask, probability)``: ``probability`` is HxW float32 in [0, 1], the
         softmax foreground probability resized (bilinear) to the image's size, and
         ``mask == (probability > threshold)``. Raises NoSupportError before set_support().
-        ``support``: an encode_support() result to use instead of the cached support.
+        ``support``: an encode_support() result to use instead of the cached support (the
+        way for threads to each use their own; without it, a thread whose set_support()
+        another thread has replaced gets SupportReplacedError, see the module docstring).
         """
         self._check_open()
         _check_flag(return_prob, "return_prob")
@@ -497,9 +607,10 @@ class Segmenter:
         current one runs through the backend. Frames are drawn from ``frames`` in the
         calling thread, one ahead of the frame being inferred. ``support``: an
         encode_support() result used for every frame; without it each frame uses the
-        support current when its inference starts. ``channels`` as in segment(). The
-        arguments are checked at the call; an error of a frame raises at that frame; an
-        error of ``frames`` itself raises after every frame it gave has been yielded.
+        support current when its inference starts, under segment()'s rule for threads.
+        ``channels`` as in segment(). The arguments are checked at the call; an error of a
+        frame raises at that frame; an error of ``frames`` itself raises after every frame
+        it gave has been yielded.
         """
         self._check_open()
         _check_flag(return_prob, "return_prob")
@@ -564,11 +675,7 @@ class Segmenter:
         return support
 
     def _current_support(self) -> SupportSet:
-        support = self._support
-        if support is None:
-            raise NoSupportError("no support set: call set_support(images, masks) before "
-                                 "segment()")
-        return support
+        return self._support_slot.for_this_thread()
 
 
 def _accepted(cls: type[Backend], options: dict[str, Any]) -> dict[str, Any]:

@@ -166,6 +166,8 @@ def _needed_files(manifest: dict[str, Any], precision: str, backend: str,
             if isinstance(plan, str):
                 keep.append(str(engine_layers_path(Path(plan))))
         keep.append(f"engines/refine_query.{precision}.plan")
+    golden = manifest.get("golden")  # golden references: `crnet verify` on the device
+    keep += [golden.get("file")] if isinstance(golden, dict) else []
     if keep_checkpoint:
         checkpoint = manifest.get("checkpoint", {})
         keep += list(checkpoint.values()) if isinstance(checkpoint, dict) else []

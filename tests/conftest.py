@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,16 @@ def serve_venv(tmp_path_factory: pytest.TempPathFactory, crnet_wheel: Path) -> P
     from tests.venvs import make_venv
 
     return make_venv(tmp_path_factory.mktemp("serve-venv") / "venv", crnet_wheel, "serve")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op torch thread (two only contend on a shared 2-core
+    machine); the previous count is put back after the test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,9 @@
 
 Two kinds of access are collected:
 
-* chains rooted at the module names ``trt`` and ``cudart``: ``trt.BuilderFlag.FP16``,
-  ``cudart.cudaStreamCreate`` (every prefix of the chain is checked);
+* chains rooted at the module names ``trt``, ``cudart`` and ``cudadrv`` (the driver API):
+  ``trt.BuilderFlag.FP16``, ``cudart.cudaStreamCreate`` (every prefix of the chain is
+  checked);
 * methods and properties of TensorRT objects, recognised by the receiver's name
   (``config.set_timing_cache``, ``self.context.execute_async_v3``; see RECEIVERS).
 
@@ -21,8 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("engines/engine_trt.py", "runtime/backends/tensorrt_backend.py",
-           "tests/engines/test_tensorrt_suite.py")
-MODULES = ("trt", "cudart")
+           "tests/engines/test_tensorrt_suite.py", "tools/gpu_check.py")
+MODULES = ("trt", "cudart", "cudadrv")
 # receiver name (a local, or an attribute of self) -> TensorRT class
 RECEIVERS = {
     "builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser",
@@ -136,20 +137,20 @@ CHECK_CODE = r"""
 import json, sys
 import tensorrt as trt
 try:
-    from cuda.bindings import runtime as cudart
+    from cuda.bindings import driver as cudadrv, runtime as cudart
 except ImportError:
     try:
-        from cuda import cudart
+        from cuda import cuda as cudadrv, cudart
     except ImportError:
-        cudart = None
+        cudadrv = cudart = None
 accesses = json.loads(open(sys.argv[1]).read())
 missing = []
 for access in accesses:
     root = access["root"]
-    if root == "cudart":
+    if root in ("cudart", "cudadrv"):
         if cudart is None:
             continue
-        obj = cudart
+        obj = cudart if root == "cudart" else cudadrv
     elif root == "trt":
         obj = trt
     else:

@@ -1,8 +1,10 @@
 """Can pip install crnet-deploy, and each main extra, from binary wheels where users are?
 
-For the plain install and the ``export``, ``openvino``, ``gpu``, ``tensorrt-cu12`` and
-``serve`` extras, on CPython 3.10, 3.11 and 3.12, on Linux x86_64 and aarch64 (glibc 2.35:
-Ubuntu 22.04 and JetPack 6; manylinux tags 2_17 to 2_35 accepted), pip resolves the
+For the plain install, the ``export``, ``openvino``, ``tensorrt-cu12`` and ``serve``
+extras, and ``gpu``, the GPU distribution crnet-deploy-gpu (tools/gpu_distribution.py: the
+same requirements with onnxruntime-gpu for onnxruntime), on CPython 3.10, 3.11 and 3.12,
+on Linux x86_64 and aarch64 (glibc 2.35: Ubuntu 22.04 and JetPack 6; manylinux tags 2_17
+to 2_35 accepted), pip resolves the
 requirements pyproject.toml declares with ``pip install --dry-run --ignore-installed
 --only-binary=:all: --python-version X --platform P``. pip reads each candidate's metadata
 with HTTP range requests (``--use-feature=fast-deps``), so no large wheel is downloaded;
@@ -39,6 +41,7 @@ PYTHONS = ("3.10", "3.11", "3.12")
 ARCHES = ("x86_64", "aarch64")
 GLIBC_MINORS = range(35, 16, -1)  # manylinux_2_35 ... manylinux_2_17
 SHALLOW = {"export"}  # resolved with --no-deps (module docstring)
+GPU = "gpu"  # not an extra: the distribution crnet-deploy-gpu
 REPORTED = ("onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "torch", "openvino",
             "tensorrt-cu12", "tensorrt-cu12-libs", "nvidia-pytriton", "tritonclient")
 
@@ -79,14 +82,30 @@ def platform_flags(arch: str) -> list[str]:
     return [flag for tag in tags for flag in ("--platform", tag)]
 
 
+def _gpu_pyproject(text: str) -> str:
+    """tools/gpu_distribution.py's pyproject.toml of crnet-deploy-gpu, from ``text``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_distribution", Path(__file__).resolve().parent / "gpu_distribution.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.gpu_pyproject(text))
+
+
 def requirements(extra: str, python: str) -> list[str]:
-    """pyproject.toml's plain requirements, plus ``extra``'s, whose markers hold on
-    ``python`` (pip would evaluate them for the interpreter running it, not the target)."""
+    """pyproject.toml's plain requirements, plus ``extra``'s (``gpu``: crnet-deploy-gpu's
+    plain requirements), whose markers hold on ``python`` (pip would evaluate them for the
+    interpreter running it, not the target)."""
     import tomllib
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    text = (ROOT / "pyproject.toml").read_text()
+    if extra == GPU:
+        text = _gpu_pyproject(text)
+    project = tomllib.loads(text)["project"]
     lines = list(project["dependencies"])
-    if extra:
+    if extra and extra != GPU:
         lines += project["optional-dependencies"][extra]
     environment = {**default_environment(), "python_version": python,
                    "python_full_version": f"{python}.0", "platform_system": "Linux",
@@ -127,6 +146,9 @@ def resolve(extra: str, python: str, arch: str, timeout: float,
         installed = {item["metadata"]["name"].lower().replace("_", "-"):
                      item["metadata"]["version"]
                      for item in json.loads(report.read_text())["install"]}
+        runtimes = sorted(name for name in installed if name.startswith("onnxruntime"))
+        if len(runtimes) > 1:  # one onnxruntime/ folder: the last one installed wins
+            return "failed", f"ERROR: installs {' and '.join(runtimes)} into one environment"
         picked = [f"{name} {installed[name]}" for name in REPORTED if name in installed]
         return "ok", ", ".join(picked)
 
@@ -156,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     answers = [answered[combo] for combo in combinations]
     unexpected = 0
     for (extra, python, arch), (status, detail) in zip(combinations, answers, strict=True):
-        name = f"crnet-deploy[{extra}]" if extra else "crnet-deploy"
+        name = ("crnet-deploy-gpu" if extra == GPU else
+                f"crnet-deploy[{extra}]" if extra else "crnet-deploy")
         reason = documented(extra, python, arch)
         if status == "ok":
             line = f"ok             {detail}"

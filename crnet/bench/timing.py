@@ -184,11 +184,9 @@ def bench_inputs(shots: int, count: int, fold: int, seed: int,
 
 def checkpoint_copy(bundle_root: Path) -> Path:
     """The bundle's copy of its source checkpoint's weights (a slimmed bundle may lack it)."""
-    import json
+    from crnet.runtime.bundle import read_manifest
 
-    from crnet.runtime.layout import MANIFEST
-
-    manifest = json.loads((Path(bundle_root) / MANIFEST).read_text())
+    manifest = read_manifest(Path(bundle_root))  # checked by the bundle schema
     return Path(bundle_root) / manifest.get("checkpoint", {}).get(
         "weights", "checkpoint.safetensors")
 

@@ -55,6 +55,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("crnet.cli.commands.bundle", "slim a bundle to one precision and backend; verify"),
     "model-card": ("crnet.cli.commands.model_card",
                    "the model card of a checkpoint: accuracy, support swap, examples"),
+    "finetune": ("crnet.cli.commands.finetune",
+                 "k-shot finetuning on labelled supports -> an adapter every backend runs"),
+    "verify": ("crnet.cli.commands.verify",
+               "check deployed variants against the bundle's golden references (no torch)"),
 }
 
 

@@ -176,15 +176,16 @@ def add_runtime_group(parser: argparse.ArgumentParser, *, backend: str = "auto",
     return group
 
 
-def add_backend(parser: Container, *, default: str = "auto", choices: Sequence[str] | None = None,
-                help: str | None = None) -> None:
-    """--backend: a registered runtime backend or auto (choices from the registry)."""
+def add_backend(parser: Container, *, default: str | None = "auto",
+                choices: Sequence[str] | None = None, help: str | None = None) -> None:
+    """--backend: a registered runtime backend or auto (choices from the registry); a
+    ``default`` of None lets the command choose (e.g. every installed backend)."""
     parser.add_argument("--backend", default=default,
                         choices=list(choices) if choices is not None else backend_choices(),
                         help=help or f"runtime backend (default {default})")
 
 
-def add_precision(parser: Container, *, default: str = "fp32",
+def add_precision(parser: Container, *, default: str | None = "fp32",
                   choices: Sequence[str] | None = None, required: bool = False,
                   help: str | None = None) -> None:
     """--precision: which variant of the bundle; ``choices`` narrows or widens the
@@ -204,6 +205,11 @@ def add_threads(parser: Container, *, default: int | None = None, help: str | No
 
 
 # --------------------------------------------------------------------- output group
+
+
+def add_force(parser: Container, *, help: str) -> None:
+    """--force: replace what the command would otherwise refuse to overwrite."""
+    parser.add_argument("--force", action="store_true", help=help)
 
 
 def add_out(parser: Container, *, default: Path | None = None, required: bool = False,
@@ -264,3 +270,38 @@ def check_data_root(dataset: str, data_root: Path | None) -> None:
 
     if (problem := missing_data_root(dataset, data_root)) is not None:
         raise UsageError(problem)
+
+
+# ------------------------------------------------------------------- finetune group
+
+
+FINETUNE_FLAGS = {"finetune_steps": "steps", "finetune_lr": "lr", "finetune_parts": "parts",
+                  "finetune_optimizer": "optimizer", "pairs_per_step": "pairs_per_step",
+                  "finetune_device": "device"}
+"""dest of each finetune flag -> the crnet.models.finetune option it sets (prefixed: `crnet
+train` has its own --steps, --lr, --optimizer and --device)."""
+
+
+def add_finetune_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--finetune-steps, --finetune-lr, --finetune-parts, --finetune-optimizer,
+    --pairs-per-step, --finetune-device: a k-shot finetune (crnet.models.finetune); a flag
+    left out takes the finetune's default."""
+    group = parser.add_argument_group(
+        "finetune", "k-shot finetuning of the parts after the encoder (defaults: "
+                    "crnet.models.finetune.DEFAULTS, chosen in docs/finetuning.md)")
+    group.add_argument("--finetune-steps", type=int, default=None, help="optimiser steps")
+    group.add_argument("--finetune-lr", type=float, default=None, help="learning rate")
+    group.add_argument("--finetune-parts", default=None,
+                       help="comma list of cross_reference, condition, refinement")
+    group.add_argument("--finetune-optimizer", default=None, choices=("adam", "sgd"))
+    group.add_argument("--pairs-per-step", type=int, default=None,
+                       help="support/query pairs per step, drawn by the seed (0: all)")
+    group.add_argument("--finetune-device", default=None, choices=("cpu", "cuda"),
+                       help="where the finetune runs (default cpu)")
+    return group
+
+
+def finetune_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The finetune flags that were given, as keyword overrides of the defaults."""
+    return {option: getattr(args, dest) for dest, option in FINETUNE_FLAGS.items()
+            if getattr(args, dest) is not None}

@@ -42,6 +42,9 @@ class DeployOptions:
     """Timed queries per variant."""
     threads: int | None = None
     """Threads of the benchmark; None: all cores."""
+    finetune_episodes: int = 0
+    """5-shot episodes on which fusion and k-shot finetuning are scored side by side for
+    every variant (crnet.bench.finetune, the finetune's defaults); 0: no such row."""
     fp16: Fp16Options = field(default_factory=Fp16Options)
     """The fp16 options; deploy sets their data, progress and check_episodes."""
     int8: Int8Options = field(default_factory=Int8Options)
@@ -58,6 +61,9 @@ class DeployOptions:
         if unknown or "fp32" not in self.precisions:
             raise UsageError(f"precisions must list fp32 and any of {PRECISIONS}, got "
                              f"{list(self.precisions)}")
+        if self.finetune_episodes < 0:
+            raise UsageError(f"deploy finetune_episodes must be at least 0, got "
+                             f"{self.finetune_episodes}")
         if self.parity_episodes < 0:
             raise UsageError(f"deploy parity_episodes must be at least 0, got "
                              f"{self.parity_episodes}")

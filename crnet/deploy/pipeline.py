@@ -15,8 +15,6 @@ Stages, each reusing its artifacts when their inputs are unchanged (by sha256):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -28,14 +26,18 @@ import numpy as np
 
 from crnet.calibration.options import Fp16Options, Int8Options
 from crnet.data.options import EpisodeSource
+from crnet.deploy.cache import CachedEvaluation
 from crnet.deploy.options import DeployOptions
-from crnet.deploy.report import render_report, save_pictures
+from crnet.deploy.report import render_report, save_pictures, speed_verdict
 from crnet.evaluate import load_gates
 from crnet.runtime.errors import CrnetError
 from crnet.runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
 from crnet.runtime.layout import GRAPHS, MANIFEST, graph_file
 
 PICTURE_EPISODES = 6
+PICTURES_DIR = "pictures"
+PICTURE_PATTERN = "episode-*.png"
+REPORT_FILES = ("report.md", "report.json")
 # A model costing more than this per query (manifest "flops"."segment") gets the smaller
 # episode budgets below (crnet-r50 does; crnet-lite stays well under it).
 LARGE_MODEL_FLOPS = 10e9
@@ -89,7 +91,9 @@ def export_stage(bundle_dir: Path, checkpoint: Path | None, log: Log,
         bundle = Bundle.load(bundle_dir)
         if bundle.manifest.get("source_checkpoint", {}).get("sha256") == info.sha256:
             log(f"  reuse {bundle_dir} (same checkpoint {info.sha256[:12]}, hashes verified)")
-            return {"reused": True, "checkpoint_sha256": info.sha256}
+            _add_missing_golden(bundle, log)
+            return {"reused": True, "checkpoint_sha256": info.sha256,
+                    "parity": bundle.manifest.get("parity", {})}
         log("  checkpoint changed: re-exporting")
     except BundleError as error:
         if bundle_dir.exists():
@@ -101,6 +105,17 @@ def export_stage(bundle_dir: Path, checkpoint: Path | None, log: Log,
     parity = manifest.get("parity", {})
     log(f"  exported {bundle_dir}; parity: {_parity_line(parity)}")
     return {"reused": False, "checkpoint_sha256": info.sha256, "parity": parity}
+
+
+def _add_missing_golden(bundle: Any, log: Log) -> None:
+    """Record golden references into a reused bundle exported without them, so every
+    deployed bundle can be checked by `crnet verify`."""
+    from crnet.export.golden import add_golden
+    from crnet.runtime.golden import has_golden
+
+    if not has_golden(bundle):
+        entry = add_golden(bundle.root)
+        log(f"  recorded {entry['episodes']} golden episodes for crnet verify")
 
 
 def _parity_line(parity: dict[str, Any]) -> str:
@@ -204,18 +219,6 @@ def build_stage(bundle_dir: Path, precisions: Sequence[str], log: Log) -> dict[s
             ENGINE_BACKEND: reason}
 
 
-def _episode_key(bundle_dir: Path, precision: str, backend: str, settings: dict[str, Any]
-                 ) -> str:
-    from crnet.runtime.bundle import Bundle
-
-    manifest = Bundle.load(bundle_dir, verify=False).manifest
-    variant = manifest["variants"][precision]
-    hashes = [manifest["files"].get(variant[g], "") for g in ("backbone", "refine")]
-    payload = json.dumps({"hashes": hashes, "backend": backend, "precision": precision,
-                          **settings}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
 def gate_settings(options: DeployOptions, fold: int) -> dict[str, Any]:
     """The test episodes deploy gates on, as the eval records and the cache key name them."""
     data = options.data
@@ -231,8 +234,10 @@ def evaluate_stage(bundle_dir: Path, backends: Sequence[str], options: DeployOpt
     (crnet eval's path: data.evaluation) on the main backend (``backends[0]``) and on each
     extra one (e.g. an optional CPU engine where installed), gated as crnet eval gates them.
 
-    Returns (records per variant, picture rows). Results are cached by the variant's
-    graph hashes and the episode settings.
+    Returns (records per variant, picture rows: the first PICTURE_EPISODES episodes with
+    every variant's mask). Each variant's result and picture masks are cached under a key
+    of everything they depend on (crnet.deploy.cache); only the variants without a usable
+    entry are evaluated.
     """
     from crnet.data.evaluation import EvalResult, gate_record
     from crnet.runtime.backends.base import REFERENCE_BACKEND
@@ -242,50 +247,83 @@ def evaluate_stage(bundle_dir: Path, backends: Sequence[str], options: DeployOpt
     variants = {"reference": (REFERENCE_BACKEND, "fp32"),
                 **{p: (main, p) for p in options.precisions},
                 **{f"{extra} {p}": (extra, p) for extra in extras for p in options.precisions}}
-    cached = {name: _cached_result(_cache_path(cache_dir, bundle_dir, precision, backend,
-                                               settings), log, backend, precision)
-              for name, (backend, precision) in variants.items()}
-    missing = {name: variants[name] for name, result in cached.items() if result is None}
-    picture_rows: list[dict[str, Any]] = []
+    inputs = _evaluation_inputs(bundle_dir, variants, options, settings)
+    pictures = min(PICTURE_EPISODES, options.episodes)
+    found = {name: _cached(cache_dir, inputs[name], pictures, variants[name], log)
+             for name in variants}
+    missing = {name: variants[name] for name, entry in found.items() if entry is None}
+    episodes: list[Any] = []
     if missing:
-        cached.update(_evaluate_missing(bundle_dir, missing, options, fold, settings,
-                                        cache_dir, picture_rows))
-    reference = EvalResult.from_dict(cached["reference"])
+        found.update(_evaluate_missing(bundle_dir, missing, options, fold, settings,
+                                       {name: inputs[name] for name in missing}, cache_dir,
+                                       episodes))
+    entries = {name: entry for name, entry in found.items() if entry is not None}
+    if not episodes:  # every result came from the cache: draw the same episodes again
+        source = options.data.with_fold(fold).open("test")
+        episodes = list(source.episodes(pictures, shots=options.shots))
+    rows = [{"episode": episode,
+             "predictions": {name: entry.pictures[index] for name, entry in entries.items()}}
+            for index, episode in enumerate(episodes[:pictures])]
+    reference = EvalResult.from_dict(entries["reference"].result)
     gates = load_gates()
-    records = [gate_record(EvalResult.from_dict(cached[name]), reference,
-                           gates.get(variants[name][1]), backend=cached[name]["backend"],
+    records = [gate_record(EvalResult.from_dict(entries[name].result), reference,
+                           gates.get(variants[name][1]),
+                           backend=entries[name].result["backend"],
                            precision=variants[name][1], **settings)
                for name in variants if name != "reference"]
-    return records, picture_rows
+    return records, rows
 
 
-def _cache_path(cache_dir: Path, bundle_dir: Path, precision: str, backend: str,
-                settings: dict[str, Any]) -> Path:
-    """Where the evaluation of one variant on ``settings``' episodes is cached."""
-    return cache_dir / f"eval-{_episode_key(bundle_dir, precision, backend, settings)}.json"
+def _evaluation_inputs(bundle_dir: Path, variants: dict[str, tuple[str, str]],
+                       options: DeployOptions, settings: dict[str, Any]
+                       ) -> dict[str, dict[str, Any]]:
+    """The cache inputs of each variant (crnet.deploy.cache.evaluation_inputs)."""
+    from crnet.deploy.cache import evaluation_inputs
+    from crnet.runtime.backends.base import backend_class
+    from crnet.runtime.bundle import Bundle
+
+    manifest = Bundle.load(bundle_dir, verify=False).manifest
+    versions = {backend: backend_class(backend).is_available()[1]
+                for backend, _ in variants.values()}
+    episodes = {**settings, "sampler": options.data.sampler}
+    return {name: evaluation_inputs(manifest, backend, versions[backend], precision,
+                                    episodes, min(PICTURE_EPISODES, options.episodes))
+            for name, (backend, precision) in variants.items()}
 
 
-def _cached_result(path: Path, log: Log, backend: str, precision: str
-                   ) -> dict[str, Any] | None:
-    """A cached evaluation of one variant, or None."""
-    if not path.exists():
-        return None
-    log(f"  reuse evaluation of {backend} {precision} ({path.name})")
-    return json.loads(path.read_text())
+def _cached(cache_dir: Path, inputs: dict[str, Any], pictures: int,
+            variant: tuple[str, str], log: Log) -> CachedEvaluation | None:
+    """The usable cache entry of one variant, or None."""
+    from crnet.deploy.cache import entry_path, read_entry
+
+    path = entry_path(cache_dir, inputs)
+    entry, why = read_entry(path, inputs, pictures)
+    backend, precision = variant
+    if entry is not None:
+        log(f"  reuse evaluation of {backend} {precision} ({path.name})")
+    elif path.exists():
+        log(f"  cached evaluation of {backend} {precision} {why}: evaluating again")
+    return entry
 
 
 def _evaluate_missing(bundle_dir: Path, missing: dict[str, tuple[str, str]],
                       options: DeployOptions, fold: int, settings: dict[str, Any],
-                      cache_dir: Path, picture_rows: list[dict[str, Any]]
-                      ) -> dict[str, dict[str, Any]]:
-    """Score the variants without a cached result in one pass (keeping the first episodes'
-    predictions in ``picture_rows``); write and return their results."""
+                      inputs: dict[str, dict[str, Any]], cache_dir: Path,
+                      episodes: list[Any]) -> dict[str, CachedEvaluation | None]:
+    """Score the variants without a usable cache entry in one pass (appending the first
+    picture episodes to ``episodes``); cache and return their entries."""
     from crnet.data.evaluation import evaluate_many, segmenter_predictor
+    from crnet.deploy.cache import entry_path, write_entry
     from crnet.runtime import Segmenter
 
+    pictures = min(PICTURE_EPISODES, options.episodes)
+    masks: dict[str, list[np.ndarray]] = {name: [] for name in missing}
+
     def keep_picture(index: int, episode: Any, predictions: dict[str, np.ndarray]) -> None:
-        if index < PICTURE_EPISODES:
-            picture_rows.append({"episode": episode, "predictions": predictions})
+        if index < pictures:
+            episodes.append(episode)
+            for name, mask in predictions.items():
+                masks[name].append(np.asarray(mask, dtype=bool))
 
     segmenters = {name: Segmenter(bundle_dir, backend=backend, precision=precision)
                   for name, (backend, precision) in missing.items()}
@@ -300,13 +338,12 @@ def _evaluate_missing(bundle_dir: Path, missing: dict[str, tuple[str, str]],
     finally:
         for segmenter in segmenters.values():  # release sessions now, not at GC
             segmenter.close()
-    written = {}
+    written: dict[str, CachedEvaluation | None] = {}
     for name, result in results.items():
-        backend, precision = missing[name]
-        written[name] = {"backend": segmenters[name].backend_name, "precision": precision,
-                         **result.to_dict(), **settings}
-        write_json_atomic(_cache_path(cache_dir, bundle_dir, precision, backend, settings),
-                          written[name])
+        record = {"backend": segmenters[name].backend_name, "precision": missing[name][1],
+                  **result.to_dict(), **settings}
+        write_entry(entry_path(cache_dir, inputs[name]), inputs[name], record, masks[name])
+        written[name] = CachedEvaluation(result=record, pictures=masks[name])
     return written
 
 
@@ -354,6 +391,7 @@ def deploy(out_dir: Path, options: DeployOptions | None = None, log: Log = print
     options = options or DeployOptions()
     read_checkpoint_info(options.checkpoint or DEFAULT_CHECKPOINT)  # a bad one: no files
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_previous_report(out_dir, log)
     bundle_dir = out_dir / "bundle"
     started = time.perf_counter()
     stages: dict[str, dict[str, Any]] = {}
@@ -382,6 +420,7 @@ def deploy(out_dir: Path, options: DeployOptions | None = None, log: Log = print
     accuracy, picture_rows = _evaluate_and_record(bundle_dir, backends, options, fold,
                                                   out_dir / "cache", log)
     stages["evaluate"] = _finish(begin)
+    finetune = finetune_rows(bundle_dir, built["backend"], options, fold, log)
 
     begin = _stage(log, 5, "benchmark")
     bench = bench_stage(bundle_dir, backends, options, fold, budget["bench_iterations"], log)
@@ -393,14 +432,35 @@ def deploy(out_dir: Path, options: DeployOptions | None = None, log: Log = print
         "build": built, "quantize": quantized, "export": exported,
         "settings": gate_settings(options, fold),
         "calibration": _calibration_records(bundle_dir), "budget": budget,
-        "accuracy": accuracy, "bench": bench,
+        "accuracy": accuracy, "bench": bench, "finetune": finetune,
         "pictures": _pictures(out_dir, picture_rows, options.precisions),
         "machine": f"{platform.machine()}, {platform.python_version()}, "
                    f"{_cpu_count()} cores",
         "manifest_sha256": sha256_file(bundle_dir / MANIFEST), "command": options.command,
+        "speed_target_met": _speed_target_met(bench, log),
     }
     stages["report"] = _finish(begin)
     return _write_report(out_dir, report, stages, started, log)
+
+
+def finetune_rows(bundle_dir: Path, backend: str, options: DeployOptions, fold: int,
+                  log: Log) -> list[dict[str, Any]] | None:
+    """5-shot fusion and finetuning side by side for every variant on ``backend``, each
+    gated against the finetuned PyTorch reference (crnet.bench.finetune); None when
+    ``options.finetune_episodes`` is 0."""
+    if not options.finetune_episodes:
+        return None
+    from dataclasses import replace
+
+    from crnet.bench.finetune import evaluate_finetune, format_finetune_table
+    from crnet.evaluate import EvalOptions
+
+    records = evaluate_finetune(EvalOptions(
+        bundle=bundle_dir, backend=backend, precision=",".join(options.precisions),
+        data=replace(options.data, fold=fold), shots=5, episodes=options.finetune_episodes,
+        progress=options.progress))
+    log(format_finetune_table(records))
+    return records
 
 
 def _choose_fold(bundle_dir: Path, options: DeployOptions, log: Log) -> int:
@@ -437,13 +497,38 @@ def _evaluate_and_record(bundle_dir: Path, backends: Sequence[str], options: Dep
     return accuracy, picture_rows
 
 
+def remove_previous_report(out_dir: Path, log: Log) -> None:
+    """Remove the report and pictures of an earlier run before this one changes anything,
+    so that ``out_dir`` never holds a report that does not describe its bundle: each run
+    writes them again, from its own results, at its end."""
+    old = [out_dir / name for name in REPORT_FILES if (out_dir / name).is_file()]
+    pictures = out_dir / PICTURES_DIR
+    if pictures.is_dir():
+        old += sorted(pictures.glob(PICTURE_PATTERN))
+    for path in old:
+        path.unlink(missing_ok=True)
+    if pictures.is_dir() and not any(pictures.iterdir()):
+        pictures.rmdir()
+    if old:
+        log(f"  removed the previous report and pictures from {out_dir} (remade at the end)")
+
+
 def _pictures(out_dir: Path, picture_rows: list[dict[str, Any]], precisions: Sequence[str]
               ) -> list[str]:
-    """The overlay pictures of this run, or those of an earlier one when every evaluation
-    came from the cache."""
-    if picture_rows:
-        return save_pictures(out_dir, picture_rows, list(precisions))
-    return [str(p.relative_to(out_dir)) for p in sorted((out_dir / "pictures").glob("*.png"))]
+    """The overlay pictures of this run's results (cached or fresh), one per picture
+    episode."""
+    return save_pictures(out_dir, picture_rows, list(precisions))
+
+
+def _speed_target_met(bench: dict[str, Any], log: Log) -> bool | None:
+    """Whether the fp32 Segmenter met its speed-up target over the PyTorch forward (None:
+    not compared); a miss is logged."""
+    verdict = speed_verdict(bench.get("fp32", {}))
+    if verdict is None:
+        return None
+    if not verdict[0]:
+        log("  " + verdict[1].replace("**", ""))
+    return verdict[0]
 
 
 def _write_report(out_dir: Path, report: dict[str, Any], stages: dict[str, Any],
@@ -451,7 +536,8 @@ def _write_report(out_dir: Path, report: dict[str, Any], stages: dict[str, Any],
     """Add the stage timings and the verdict; write report.json and report.md."""
     report["stages"] = stages
     report["total_seconds"] = time.perf_counter() - started
-    report["passed"] = all(r["passed"] is not False for r in report["accuracy"])
+    report["passed"] = all(r["passed"] is not False
+                           for r in [*report["accuracy"], *(report.get("finetune") or [])])
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", render_report(report).encode())
     log(f"\nwrote {out_dir / 'report.md'}, {out_dir / 'report.json'} and "

@@ -8,8 +8,13 @@ Two models, batching off (the contract clients rely on; keep the names):
 * ``crnet_segment``: ``support_id`` BYTES [1], ``image`` UINT8 [H,W,3] -> ``mask`` BOOL
   [H,W], ``probability`` FP32 [H,W].
 
-Errors a client caused (bad inputs, unknown ids) come back as Triton errors whose text
-carries ``[crnet:<ErrorClass>] <the Segmenter's message>``; the server keeps serving.
+Every request is checked against RequestLimits (crnet.serve.limits: id length, image
+pixels, K, request size) before any work. Errors a client caused (bad inputs, unknown ids,
+requests over a limit) come back as HTTP 400 / gRPC INVALID_ARGUMENT with the one line
+``[crnet:<ErrorClass>] <message>`` (crnet.serve.proxy_model), and are logged with the
+support id truncated; the server keeps serving. Triton opens its ports only once both
+models are loaded, and a stop ends every child process and removes the shared memory
+(crnet.serve.lifecycle).
 The support store's sizes and counters are served in Prometheus text format on
 ``--store-metrics-port`` (PyTriton runs the models in this process, outside Triton's
 custom-metrics API, so they cannot join Triton's own metrics on ``--metrics-port``).
@@ -33,6 +38,12 @@ from typing import Any
 import numpy as np
 
 from crnet.runtime.preprocess import InputError
+from crnet.serve.limits import (
+    RequestLimits,
+    check_segment_request,
+    check_support_request,
+    loggable_id,
+)
 from crnet.serve.support_store import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRIES,
@@ -67,9 +78,11 @@ class RequestError(Exception):
 class SupportService:
     """The models' logic, free of Triton: register supports, segment against them."""
 
-    def __init__(self, segmenter: Any, store: SupportStore) -> None:
+    def __init__(self, segmenter: Any, store: SupportStore,
+                 limits: RequestLimits | None = None) -> None:
         self.segmenter = segmenter
         self.store = store
+        self.limits = limits if limits is not None else RequestLimits()
         self._salt = f"{segmenter.spec.name}|{segmenter.backend_name}|{segmenter.precision}"
 
     def register(self, images: np.ndarray, masks: np.ndarray) -> str:
@@ -93,20 +106,41 @@ class SupportService:
         return mask, probability.astype(np.float32, copy=False)
 
 
+MAX_MESSAGE_CHARS = 1000
+CLIENT_ERRORS = (InputError,)
+
+
 def request_error(error: Exception) -> RequestError:
-    """The client-facing error for an exception raised while serving a request."""
+    """The client-facing error for an exception raised while serving a request: its class
+    name and its message on one line (at most MAX_MESSAGE_CHARS characters)."""
     if isinstance(error, RequestError):
         return error
-    return RequestError(type(error).__name__, str(error))
+    message = " ".join(str(error).split())
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
+    return RequestError(type(error).__name__, message)
 
 
-def decode_id(value: np.ndarray) -> str:
-    """The support id from a BYTES [1] tensor."""
-    flat = np.asarray(value).reshape(-1)
-    if flat.size != 1:
-        raise InputError(f"support_id must hold one id, got {flat.size} values")
-    item = flat[0]
-    return item.decode() if isinstance(item, bytes | np.bytes_) else str(item)
+def tensors(request: Any) -> dict[str, Any]:
+    """The input tensors of a request: a PyTriton Request's ``data``, or a plain dict."""
+    data = getattr(request, "data", request)
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def refused(model: str, error: Exception, request: Any) -> RequestError:
+    """``request_error(error)``, logged: a client error as one line with the support id
+    truncated, anything else with its traceback."""
+    answer = request_error(error)
+    raw_id = tensors(request).get("support_id")
+    shown = ""
+    if raw_id is not None:
+        flat = np.asarray(raw_id, dtype=object).reshape(-1)
+        shown = f"; support_id {loggable_id(flat[0]) if flat.size else '(none)'}"
+    if isinstance(error, CLIENT_ERRORS):
+        LOG.warning("%s refused a request: %s%s", model, answer, shown)
+    else:
+        LOG.error("%s failed a request: %s%s", model, answer, shown, exc_info=error)
+    return answer
 
 
 def support_infer(service: SupportService) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
@@ -116,9 +150,10 @@ def support_infer(service: SupportService) -> Callable[[list[Any]], list[dict[st
         responses = []
         for request in requests:
             try:
-                key = service.register(request["images"], request["masks"])
+                images, masks = check_support_request(tensors(request), service.limits)
+                key = service.register(images, masks)
             except Exception as error:  # every failure goes back as a clean Triton error
-                raise request_error(error) from None
+                raise refused(SUPPORT_MODEL, error, request) from None
             responses.append({"support_id": np.array([key.encode()], dtype=np.bytes_)})
         return responses
 
@@ -132,10 +167,10 @@ def segment_infer(service: SupportService) -> Callable[[list[Any]], list[dict[st
         responses = []
         for request in requests:
             try:
-                mask, probability = service.segment(decode_id(request["support_id"]),
-                                                    request["image"])
+                key, image = check_segment_request(tensors(request), service.limits)
+                mask, probability = service.segment(key, image)
             except Exception as error:
-                raise request_error(error) from None
+                raise refused(SEGMENT_MODEL, error, request) from None
             responses.append({"mask": mask, "probability": probability})
         return responses
 
@@ -286,42 +321,86 @@ class ServeOptions:
     """Drop a support set unused this long (0: never)."""
     log_verbose: int = 0
     """Triton's log level."""
+    limits: RequestLimits = RequestLimits()
+    """Bounds on one request (id length, pixels, K, request size), checked before work."""
+    outlive_parent: bool = False
+    """Keep serving when the parent process exits (default: stop, as on SIGTERM)."""
 
 
 def serve(args: ServeOptions, ready: Callable[[], None] | None = None) -> None:
-    """Load the Segmenter, start Triton with the two models, block until SIGINT/SIGTERM."""
-    from pytriton.triton import Triton
-
+    """Load the Segmenter, start Triton with the two models, block until SIGINT/SIGTERM or
+    the parent's death; on the way out end every child and remove the shared memory."""
     from crnet.runtime import Segmenter
+    from crnet.serve import lifecycle
 
+    lifecycle.adopt_orphans()
+    if not args.outlive_parent:
+        lifecycle.stop_with_parent(os.getppid())
+    restore_signals = lifecycle.stop_on_signals()
+    shared_memory = lifecycle.SharedMemoryWatch()
     options = {"threads": args.threads} if args.threads else {}
-    segmenter = Segmenter(args.bundle, backend=args.backend, precision=args.precision,
-                          **options)
-    store: SupportStore = SupportStore(args.store_max_entries,
-                                       int(args.store_max_mb * 2**20), args.store_ttl_s)
-    service = SupportService(segmenter, store)
-    metrics = (start_store_metrics(store, args.host, args.store_metrics_port)
-               if args.store_metrics_port >= 0 else None)
+    segmenter = None
+    metrics = None
+    try:
+        segmenter = Segmenter(args.bundle, backend=args.backend, precision=args.precision,
+                              **options)
+        store: SupportStore = SupportStore(args.store_max_entries,
+                                           int(args.store_max_mb * 2**20), args.store_ttl_s)
+        service = SupportService(segmenter, store, args.limits)
+        metrics = (start_store_metrics(store, args.host, args.store_metrics_port)
+                   if args.store_metrics_port >= 0 else None)
+        print(listening_line(args), flush=True)
+        run_triton(args, service, ready)
+    except KeyboardInterrupt:
+        LOG.info("stopping")
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+        if segmenter is not None:
+            segmenter.close()
+        shared_memory.snapshot()
+        ended = lifecycle.end_children()
+        removed = lifecycle.remove_shared_memory() + shared_memory.remove_left()
+        if ended or removed:
+            LOG.warning("after Triton stopped: ended %s; removed %d shared-memory files",
+                        ", ".join(ended) or "no process", len(removed))
+        restore_signals()
+
+
+def run_triton(args: ServeOptions, service: SupportService,
+               ready: Callable[[], None] | None) -> None:
+    """Start Triton with both models loaded at its start, serve until interrupted.
+
+    The models are written to a local model store before tritonserver starts, which
+    loads them before it opens its endpoints: ``/v2/health/ready`` cannot answer ready
+    while crnet_support or crnet_segment is missing.
+    """
+    import tempfile
+
+    from pytriton.triton import Triton, TritonLifecyclePolicy
+    from pytriton.utils.workspace import Workspace
+
+    from crnet.serve.proxy_model import adapt_proxy_models
+
     config = triton_config(args.host, args.http_port, args.grpc_port, args.metrics_port,
                            args.log_verbose)
-    print(listening_line(args), flush=True)
-    try:
-        with python_backend_env(), Triton(config=config) as triton:
+    policy = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
+    with tempfile.TemporaryDirectory(prefix="crnet-serve-") as directory:
+        workspace = Workspace(Path(directory) / "workspace")
+        with python_backend_env(), Triton(config=config, workspace=workspace,
+                                          triton_lifecycle_policy=policy) as triton:
             bind_models(triton, service, args.instances)
+            adapt_proxy_models(workspace.model_store_path, (SUPPORT_MODEL, SEGMENT_MODEL),
+                               args.limits)
             triton.run()
-            LOG.info("serving %s (%s, %s) on %s: http %d, grpc %d, metrics %d, store "
-                     "metrics %s", args.bundle, segmenter.backend_name, segmenter.precision,
-                     args.host, args.http_port, args.grpc_port, args.metrics_port,
-                     args.store_metrics_port if metrics else "off")
+            LOG.info("serving %s (%s, %s) on %s: http %d, grpc %d, metrics %d",
+                     args.bundle, service.segmenter.backend_name, service.segmenter.precision,
+                     args.host, args.http_port, args.grpc_port, args.metrics_port)
             print(f"crnet serve: ready; http {args.host}:{args.http_port}, grpc "
                   f"{args.host}:{args.grpc_port}", flush=True)
             if ready is not None:
                 ready()
             triton.serve()
-    finally:
-        if metrics is not None:
-            metrics.shutdown()
-        segmenter.close()
 
 
 def serving_problem(bundle: Path) -> str | None:

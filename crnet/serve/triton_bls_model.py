@@ -24,6 +24,7 @@ class TritonPythonModel:
     mask, probability. Errors carry ``[crnet:<ErrorClass>] message`` as `crnet serve`'s."""
 
     def initialize(self, args: dict[str, Any]) -> None:
+        from crnet.runtime.bundle import read_manifest
         from crnet.serve.bls import call_segmenter
         from crnet.serve.support_store import DirectorySupportStore, support_id
 
@@ -31,8 +32,8 @@ class TritonPythonModel:
         parameters = {key: value["string_value"]
                       for key, value in config.get("parameters", {}).items()}
         self.role = parameters["role"]
-        manifest = json.loads((Path(args["model_repository"]) / args["model_version"]
-                               / "manifest.json").read_text())
+        # the bundle schema checks the manifest before anything reads a field of it
+        manifest = read_manifest(Path(args["model_repository"]) / args["model_version"])
         self.segmenter = call_segmenter(manifest, _bls_call)
         self.store = DirectorySupportStore(
             parameters["store_dir"], int(parameters["store_max_entries"]),

@@ -25,12 +25,15 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from crnet.runtime.bundle import Bundle
 from crnet.runtime.errors import CrnetError
+
+if TYPE_CHECKING:
+    from crnet.runtime.adapter import Adapter
 
 
 class BackendError(CrnetError, RuntimeError):
@@ -176,6 +179,13 @@ class Backend:
         """One query against encoded supports: normalised image [1,3,H,W] -> query logits
         [1,2,h,w]; run_backbone then run_query_refine unless a backend fuses them."""
         return self.run_query_refine(self.run_backbone(image), support_feat, support_mask)
+
+    def apply_adapter(self, adapter: Adapter | None) -> None:
+        """Run the refine graph with ``adapter``'s tensors (runtime.adapter) in place of the
+        shipped ones from the next call on; None restores the shipped weights. The
+        adapter is checked against the bundle before anything changes."""
+        raise BackendError(f"backend {self.name} cannot apply adapters; use onnxruntime, "
+                           "openvino, tensorrt or torch")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (backend, precision, devices/providers, ...)."""

@@ -1,10 +1,12 @@
 """ONNX Runtime backend: runs the bundle's ONNX graphs at the requested precision.
 
 Execution providers, unless ``providers`` is given: TensorRT EP and CUDA EP first when
-onnxruntime-gpu offers them, then the CPU EP. The TensorRT EP caches its engines inside
-the bundle, in ``engines/ort-trt-cache/``, with optimisation profiles covering the
-bundle's shot range. ``threads`` sets the intra-op thread count (ORT's default: one per
-physical core). ORT sessions are thread-safe for ``run``, so this backend is too.
+onnxruntime-gpu offers them (the TensorRT EP only where the libnvinfer it was built
+against loads: onnxruntime-gpu lists it regardless), then the CPU EP. The TensorRT EP
+caches its engines inside the bundle, in ``engines/ort-trt-cache/``, with optimisation
+profiles covering the bundle's shot range. ``threads`` sets the intra-op thread count
+(ORT's default: one per physical core). ORT sessions are thread-safe for ``run``, so
+this backend is too.
 
 A cached-support query (``run_query``, what ``Segmenter.segment`` calls) runs one
 session: the backbone chained in front of the refine graph cut down to ``query_logits``
@@ -39,8 +41,11 @@ itself. ``dynamic_block_base`` sets ORT's
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,10 +53,65 @@ from crnet.runtime.backends.base import Backend, BackendError, ModelSpec, bundle
 from crnet.runtime.bundle import Bundle
 from crnet.runtime.layout import ORT_TRT_CACHE_DIR
 from crnet.runtime.ort_build import ort_build_path
+from crnet.runtime.schema import check_graph_io, tensor_info
+
+if TYPE_CHECKING:
+    from crnet.runtime.adapter import Adapter
 
 ORT_TRT_CACHE = Path(ORT_TRT_CACHE_DIR)
 CHAIN_MIN_ONNX = (1, 19)
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+# The TensorRT execution provider's library names the libnvinfer it needs, with its major
+# version (libnvinfer.so.10 on Linux, nvinfer_10.dll on Windows).
+_NVINFER_NAME = rb"(libnvinfer\.so\.\d+|nvinfer_\d+\.dll)"
+_TENSORRT_PROVIDER_LIBRARIES = ("libonnxruntime_providers_tensorrt.so",
+                                "onnxruntime_providers_tensorrt.dll")
+
+
+def tensorrt_provider_library(onnxruntime_file: str) -> Path | None:
+    """The TensorRT execution provider's shared library of the onnxruntime package whose
+    ``__file__`` is given; None where the package has none (the CPU build)."""
+    capi = Path(onnxruntime_file).resolve().parent / "capi"
+    found = [capi / name for name in _TENSORRT_PROVIDER_LIBRARIES if (capi / name).is_file()]
+    return found[0] if found else None
+
+
+@functools.lru_cache(maxsize=4)
+def _nvinfer_name(provider_library: Path) -> str | None:
+    """The libnvinfer file name the provider library links (read once per process)."""
+    import re
+
+    with open(provider_library, "rb") as handle:
+        found = re.search(_NVINFER_NAME, handle.read())
+    return None if found is None else found.group(0).decode()
+
+
+def tensorrt_ep_problem(provider_library: Path | None,
+                        load: Callable[[str], Any] | None = None) -> str | None:
+    """Why ONNX Runtime's TensorRT execution provider cannot run here (None: it can).
+
+    onnxruntime-gpu lists the provider whether or not TensorRT is installed; a session that
+    asks for it where libnvinfer does not load fails or falls back with a logged error. So
+    the libnvinfer named in the provider's library, of that major version, must load
+    (``load``: ctypes.CDLL, through the dynamic loader's own search)."""
+    import ctypes
+
+    if provider_library is None:
+        return "this onnxruntime has no TensorRT provider library"
+    try:
+        name = _nvinfer_name(provider_library)
+    except OSError as error:
+        return f"cannot read {provider_library}: {error}"
+    if name is None:
+        return f"{provider_library.name} names no libnvinfer"
+    try:
+        (load or ctypes.CDLL)(name)
+    except OSError as error:
+        return (f"{name} (TensorRT, the major version this onnxruntime was built with) does "
+                f"not load: {error}; install that TensorRT or leave the provider out")
+    return None
 
 
 class OnnxRuntimeBackend(Backend):
@@ -85,12 +145,16 @@ class OnnxRuntimeBackend(Backend):
         self.uint8_activations = uint8_activations
         self.activations: dict[str, Any] = {}
         self.requested_providers = providers
+        self.skipped_providers: dict[str, str] = {}  # provider -> why it cannot run here
         self.spec = ModelSpec.from_manifest(bundle.manifest)
         self.paths = bundle_graph_paths(bundle, precision)
         self.sessions: dict[str, Any] = {}
         self.use_ort_build = use_ort_build
         self.loaded_paths: dict[str, Path] = {}
         self.query_refine: dict[str, Any] = {}
+        self.adapter: Adapter | None = None
+        self._deferred: dict[str, Any] = {}  # graph -> ModelProto whose session waits
+        self._deferred_lock = threading.Lock()
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
@@ -109,8 +173,14 @@ class OnnxRuntimeBackend(Backend):
             return list(self.requested_providers)
         available = ort.get_available_providers()
         chosen: list[Any] = []
+        self.skipped_providers = {}
         if "TensorrtExecutionProvider" in available:
-            chosen.append(("TensorrtExecutionProvider", self._tensorrt_ep_options()))
+            # listed by every onnxruntime-gpu build, loadable only where libnvinfer is
+            problem = tensorrt_ep_problem(tensorrt_provider_library(ort.__file__))
+            if problem is None:
+                chosen.append(("TensorrtExecutionProvider", self._tensorrt_ep_options()))
+            else:
+                self.skipped_providers["TensorrtExecutionProvider"] = problem
         if "CUDAExecutionProvider" in available:
             chosen.append("CUDAExecutionProvider")
         chosen.append("CPUExecutionProvider")
@@ -135,6 +205,8 @@ class OnnxRuntimeBackend(Backend):
             "trt_profile_max_shapes": shapes(spec.max_shots),
         }
         cache = self.bundle.root / ORT_TRT_CACHE
+        if self.adapter is not None:
+            return options  # the cache is keyed on the bundle's files, not on the adapter
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -148,7 +220,8 @@ class OnnxRuntimeBackend(Backend):
         only the CPU provider runs, else the variant's graph."""
         import onnxruntime as ort
 
-        if self.use_ort_build and providers == ["CPUExecutionProvider"]:
+        adapted = self.adapter is not None and graph == "refine"  # the build folds weights
+        if self.use_ort_build and providers == ["CPUExecutionProvider"] and not adapted:
             built = ort_build_path(self.bundle, graph, self.precision,
                                    onnxruntime_version=ort.__version__)
             if built is not None:
@@ -179,6 +252,7 @@ class OnnxRuntimeBackend(Backend):
 
         options = self._options(self.spinning)
         providers = self.providers()
+        self._deferred = {}
         self.loaded_paths = {graph: self.model_path(graph, providers) for graph in self.paths}
         self._activations_plan(providers)
         try:
@@ -192,6 +266,8 @@ class OnnxRuntimeBackend(Backend):
             graph: {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
             for graph, session in self.sessions.items()
         }
+        for graph, session in self.sessions.items():  # names, ranks, sizes vs the manifest
+            check_session_io(self.bundle, graph, session, self.loaded_paths[graph])
         expected = {"backbone": {"image"}, "refine": {"query_feat", "support_feat",
                                                       "support_mask"}}
         for graph, names in expected.items():
@@ -210,7 +286,7 @@ class OnnxRuntimeBackend(Backend):
             self.query_refine = {"pruned": False, "reason": "TensorRT EP: full refine graph"}
             return
         try:
-            from crnet.runtime.graph_prune import chain_backbone, prune_to_outputs
+            from crnet.runtime.graph_prune import prune_to_outputs
 
             refine = self._load_onnx(self.loaded_paths["refine"])
             refine_query = prune_to_outputs(refine, ["query_logits"])
@@ -234,17 +310,26 @@ class OnnxRuntimeBackend(Backend):
                                             "refine graph run as two sessions)")
             return
         try:
-            query = chain_backbone(self._load_onnx(self.loaded_paths["backbone"]), refine_query)
-            session = ort.InferenceSession(query.SerializeToString(),
-                                           self._options(spinning=self.query_spinning),
-                                           providers=providers)
-            _check_inputs(session, {"image", "support_feat", "support_mask"},
-                          "the chained query graph")
+            session = self._chained_query_session(refine_query, providers)
         except Exception as error:  # graphs onnx.compose cannot merge
             self.query_refine["chained"] = f"no ({type(error).__name__}: {error})"
         else:
             self.sessions["query"] = session
             self.query_refine["chained"] = "yes"
+
+    def _chained_query_session(self, refine_query: Any, providers: list[Any]) -> Any:
+        """One session of the backbone chained into ``refine_query`` (the query branch)."""
+        import onnxruntime as ort
+
+        from crnet.runtime.graph_prune import chain_backbone
+
+        query = chain_backbone(self._load_onnx(self.loaded_paths["backbone"]), refine_query)
+        session = ort.InferenceSession(query.SerializeToString(),
+                                       self._options(spinning=self.query_spinning),
+                                       providers=providers)
+        _check_inputs(session, {"image", "support_feat", "support_mask"},
+                      "the chained query graph")
+        return session
 
     def _activations_plan(self, providers: list[Any]) -> None:
         """Decide whether int8 graphs run with uint8 activations (runtime/qdq_u8.py):
@@ -269,10 +354,16 @@ class OnnxRuntimeBackend(Backend):
         self.activations = {"type": "int8", "reason": reason}
 
     def _load_onnx(self, path: Path) -> Any:
-        """onnx.load of ``path``, with uint8 activations when the plan says so."""
+        """onnx.load of ``path``, with uint8 activations when the plan says so, and the
+        adapter's tensors written into the refine graph's initializers."""
         import onnx
 
         model = onnx.load(str(path))
+        if self._adapts(path):
+            from crnet.runtime.adapter import graph_overrides, set_initializers
+
+            assert self.adapter is not None
+            set_initializers(model.graph, graph_overrides(model.graph, self.adapter.tensors))
         if self.activations.get("type") != "uint8":
             return model
         from crnet.runtime.qdq_u8 import activations_to_uint8
@@ -281,16 +372,87 @@ class OnnxRuntimeBackend(Backend):
         self.activations["rewritten"][path.name] = count
         return model
 
+    def _adapts(self, path: Path) -> bool:
+        """Whether ``path`` is the refine graph loaded under an adapter."""
+        return self.adapter is not None and path == self.loaded_paths.get("refine")
+
     def _source(self, path: Path) -> str | bytes:
         """What InferenceSession loads for ``path``: its file name, or the serialised model
-        with uint8 activations."""
-        if self.activations.get("type") != "uint8":
+        with uint8 activations or an adapter's tensors."""
+        if self.activations.get("type") != "uint8" and not self._adapts(path):
             return str(path)
         return self._load_onnx(path).SerializeToString()
 
     def _deactivate(self) -> None:
         self.sessions = {}
         self.query_refine = {}
+        self._deferred = {}
+
+    def apply_adapter(self, adapter: Adapter | None) -> None:
+        """New sessions from the in-memory refine graph with ``adapter``'s tensors written
+        into its initializers (cast to fp16 in fp16 graphs, int8 scales re-computed per
+        channel: runtime.adapter.graph_overrides); the query-only and chained graphs are
+        cut from that graph. Not ``SessionOptions.add_initializer``: ORT's NCHWc layout
+        optimiser (ORT_ENABLE_ALL on x86) reorders the shipped weights and ignores the
+        override (docs/adapters.md). The refine graph loads from the variant's ONNX
+        while an adapter is set, never from the `crnet build` CPU build, whose optimiser
+        folded the weights. None restores the shipped weights. On an error the previous
+        sessions stay."""
+        from crnet.runtime.adapter import check_adapter
+
+        if adapter is not None:
+            assert self.bundle is not None
+            check_adapter(adapter, self.bundle)
+        previous = (self.adapter, self.sessions, self.query_refine, self.loaded_paths,
+                    self._deferred)
+        self.adapter = adapter
+        if not self._active:
+            return
+        try:
+            if not self._activate_adapted():
+                self._deferred = {}
+                self._activate()
+        except Exception:
+            (self.adapter, self.sessions, self.query_refine, self.loaded_paths,
+             self._deferred) = previous
+            raise
+
+    def _activate_adapted(self) -> bool:
+        """Sessions for the current adapter, the quick way: the backbone's session stays,
+        the chained query graph (what segment() runs) gets its session now, and the full
+        and query-only refine graphs get theirs when first run. False where no chained
+        query graph runs (the TensorRT EP, no onnx, a graph that cannot be cut or
+        chained): every session is then created again."""
+        if self.query_refine.get("chained") != "yes":
+            return False
+
+        from crnet.runtime.graph_prune import prune_to_outputs
+
+        providers = self.providers()
+        self.loaded_paths = {**self.loaded_paths,
+                             "refine": self.model_path("refine", providers)}
+        refine = self._load_onnx(self.loaded_paths["refine"])
+        refine_query = prune_to_outputs(refine, ["query_logits"])
+        session = self._chained_query_session(refine_query, providers)
+        self.sessions = {"backbone": self.sessions["backbone"], "query": session}
+        self._deferred = {"refine": refine, "refine_query": refine_query}
+        return True
+
+    def _session(self, graph: str) -> Any:
+        """The session of ``graph``, created now if apply_adapter deferred it; None for a
+        graph without one (no query-only refine graph)."""
+        session = self.sessions.get(graph)
+        if session is None and graph in self._deferred:
+            import onnxruntime as ort
+
+            with self._deferred_lock:
+                session = self.sessions.get(graph)
+                if session is None:
+                    session = ort.InferenceSession(
+                        self._deferred[graph].SerializeToString(),
+                        self._options(self.spinning), providers=self.providers())
+                    self.sessions[graph] = session
+        return session
 
     def _feeds(self, graph: str, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         types = self._input_types[graph]
@@ -307,7 +469,7 @@ class OnnxRuntimeBackend(Backend):
                    support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._require_active()
         query_logits, support_logits = _run(
-            self.sessions["refine"], ["query_logits", "support_logits"],
+            self._session("refine"), ["query_logits", "support_logits"],
             self._feeds("refine", query_feat=query_feat, support_feat=support_feat,
                         support_mask=support_mask), "refine")
         return (np.asarray(query_logits, dtype=np.float32),
@@ -316,10 +478,11 @@ class OnnxRuntimeBackend(Backend):
     def run_query_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
                          support_mask: np.ndarray) -> np.ndarray:
         self._require_active()
-        if "refine_query" not in self.sessions:
+        session = self._session("refine_query")
+        if session is None:
             return super().run_query_refine(query_feat, support_feat, support_mask)
         (query_logits,) = _run(
-            self.sessions["refine_query"], ["query_logits"],
+            session, ["query_logits"],
             self._feeds("refine", query_feat=query_feat, support_feat=support_feat,
                         support_mask=support_mask), "refine (query branch)")
         return np.asarray(query_logits, dtype=np.float32)
@@ -344,6 +507,8 @@ class OnnxRuntimeBackend(Backend):
         info["dynamic_block_base"] = self.dynamic_block_base
         if self.sessions:
             info["providers"] = self.sessions["backbone"].get_providers()
+        if self.skipped_providers:
+            info["skipped_providers"] = dict(self.skipped_providers)
         loaded = self.loaded_paths or self.paths
         root = self.bundle.root if self.bundle is not None else None
         info["files"] = {graph: (path.relative_to(root).as_posix() if root else path.name)
@@ -352,6 +517,8 @@ class OnnxRuntimeBackend(Backend):
             info["query_refine"] = self.query_refine
         if self.activations:
             info["int8_activations"] = self.activations
+        if self.adapter is not None:
+            info["adapter"] = self.adapter.summary()
         return info
 
 
@@ -366,6 +533,19 @@ def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], what: s
                            for name, array in feeds.items())
         raise BackendError(f"onnxruntime could not run the {what} graph on {shapes}: "
                            f"{str(error).strip()}") from error
+
+
+def check_session_io(bundle: Bundle | None, graph: str, session: Any, path: Path) -> None:
+    """BundleError unless a session of ``graph`` has the inputs and outputs (names, ranks,
+    channels, feature size) the bundle's manifest promises (runtime.schema)."""
+    if bundle is None:
+        return
+
+    def tensors(values: Any) -> list[Any]:
+        return [tensor_info(value.name, value.shape, value.type) for value in values]
+
+    check_graph_io(bundle.manifest, graph, tensors(session.get_inputs()),
+                   tensors(session.get_outputs()), str(path))
 
 
 def _check_inputs(session: Any, expected: set[str], what: str) -> None:

@@ -34,12 +34,16 @@ import ctypes
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crnet.runtime.backends.base import Backend, BackendError, ModelSpec, bundle_graph_paths
 from crnet.runtime.bundle import Bundle
+from crnet.runtime.schema import GRAPH_TENSORS, check_graph_io, tensor_info
+
+if TYPE_CHECKING:
+    from crnet.runtime.adapter import Adapter
 
 INFERENCE_PRECISIONS = ("f32", "bf16")
 _QUERY_INPUTS = {"image", "support_feat", "support_mask"}
@@ -127,6 +131,8 @@ class OpenVinoBackend(Backend):
         self.paths = bundle_graph_paths(bundle, precision)
         self.requests: dict[str, Any] = {}
         self.query_graph: dict[str, Any] = {}
+        self.adapter: Adapter | None = None
+        self._deferred_refine: tuple[Any, Any, str] | None = None  # (core, model, name)
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
@@ -172,7 +178,9 @@ class OpenVinoBackend(Backend):
         with keep_signal_stack():
             self._compile_all()
 
-    def _compile_all(self) -> None:
+    def _compile_all(self, defer_refine: bool = False) -> None:
+        """Compile the graphs; ``defer_refine`` (set by apply_adapter): the full refine
+        graph is compiled when first run, unless the query graph cannot be fused."""
         import openvino as ov
 
         if self.inference_precision == "bf16" and not self.supports_bf16(self.device):
@@ -182,15 +190,26 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         requests = {}
         for graph, path in self.paths.items():
+            if graph == "backbone" and "backbone" in self.requests:
+                requests[graph] = self.requests[graph]  # an adapter changes no trunk weight
+                continue
             try:
-                model = core.read_model(str(path))
+                model = (core.read_model(self._refine_onnx().SerializeToString(), b"")
+                         if graph == "refine" and self.adapter is not None
+                         else core.read_model(str(path)))
             except Exception as error:
                 raise BackendError(f"OpenVINO cannot read {path.name}: {error}") from error
+            check_model_io(self.bundle, graph, model, path)  # vs the manifest, pre-compile
+            if graph == "refine" and defer_refine and self.fuse_query:
+                self._deferred_refine = (core, model, path.name)
+                continue
             requests[graph] = self._compile(core, model, path.name)
         self.requests = requests
         self.query_graph = {"fused": False, "reason": "fuse_query=False"}
         if self.fuse_query:
             self._activate_query(core)
+        if "query" not in self.requests:
+            self._request("refine")  # segment() runs the two graphs: compile it now
 
     def _activate_query(self, core: Any) -> None:
         """Compile the chained backbone + query refine (module docstring); on a graph this
@@ -206,8 +225,7 @@ class OpenVinoBackend(Backend):
                 self.query_graph = {"fused": False, "reason": f"{too_old}; queries run the "
                                     "backbone and the full refine graph"}
                 return
-            refine_query = prune_to_outputs(onnx.load(str(self.paths["refine"])),
-                                            ["query_logits"])
+            refine_query = prune_to_outputs(self._refine_onnx(), ["query_logits"])
             query = chain_backbone(onnx.load(str(self.paths["backbone"])), refine_query)
             model = core.read_model(query.SerializeToString(), b"")
         except Exception as error:  # no onnx package, or graphs it cannot cut/merge
@@ -225,12 +243,57 @@ class OpenVinoBackend(Backend):
     def _deactivate(self) -> None:
         with keep_signal_stack():  # releasing a model makes OpenVINO reset the stack too
             self.requests = {}
+            self._deferred_refine = None
         self.query_graph = {}
+
+    def _refine_onnx(self) -> Any:
+        """The variant's refine ModelProto, with the adapter's tensors written into its
+        initializers (cast to fp16, int8 scales re-computed: adapter.graph_overrides)."""
+        import onnx
+
+        model = onnx.load(str(self.paths["refine"]))
+        if self.adapter is not None:
+            from crnet.runtime.adapter import graph_overrides, set_initializers
+
+            set_initializers(model.graph, graph_overrides(model.graph, self.adapter.tensors))
+        return model
+
+    def apply_adapter(self, adapter: Adapter | None) -> None:
+        """Recompile the query graph from the in-memory ONNX with the adapter's tensors
+        as its constants (the backbone's compiled model is kept; the full refine graph is
+        compiled when first run); None restores the shipped weights. Constants keep
+        OpenVINO's per-frame speed: int8 weights fed as inputs are quantized again on
+        every call (docs/adapters.md has both figures). On an error the previous models
+        stay."""
+        from crnet.runtime.adapter import check_adapter
+
+        if adapter is not None:
+            assert self.bundle is not None
+            check_adapter(adapter, self.bundle)
+        previous = (self.adapter, self.requests, self.query_graph, self._deferred_refine)
+        self.adapter = adapter
+        if not self._active:
+            return
+        try:
+            with keep_signal_stack():
+                self._compile_all(defer_refine=True)
+        except Exception:
+            self.adapter, self.requests, self.query_graph, self._deferred_refine = previous
+            raise
+
+    def _request(self, graph: str) -> tuple[Any, Any]:
+        """(compiled model, infer request) of ``graph``, compiling a deferred one now."""
+        if graph not in self.requests and graph == "refine" and self._deferred_refine:
+            core, model, name = self._deferred_refine
+            with keep_signal_stack():
+                self.requests["refine"] = self._compile(core, model, name)
+            self._deferred_refine = None
+        return self.requests[graph]
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]
              ) -> list[np.ndarray]:
         self._require_active()
-        compiled, request = self.requests[graph]
+        compiled, request = self._request(graph)
         # share_inputs: OpenVINO reads the (contiguous float32) arrays in place instead of
         # copying them; infer() is synchronous, so they outlive the call
         result = request.infer({name: np.ascontiguousarray(array, dtype=np.float32)
@@ -266,4 +329,33 @@ class OpenVinoBackend(Backend):
                          for graph, path in self.paths.items()}
         if self.query_graph:
             info["query_graph"] = self.query_graph
+        if self.adapter is not None:
+            info["adapter"] = self.adapter.summary()
         return info
+
+
+def check_model_io(bundle: Bundle | None, graph: str, model: Any, path: Path) -> None:
+    """BundleError unless an OpenVINO model of ``graph`` has the inputs and outputs (names,
+    ranks, channels, feature size) the bundle's manifest promises (runtime.schema). A port
+    is known by the name the runtime binds when that is one of its tensor names."""
+    if bundle is None:
+        return
+    known = {name for kind in GRAPH_TENSORS[graph].values() for name in kind}
+
+    def tensors(ports: Any) -> list[Any]:
+        infos = []
+        for port in ports:
+            names = port.get_names()
+            name = next((n for n in sorted(names) if n in known), port.get_any_name())
+            shape = port.get_partial_shape()
+            dims = None if shape.rank.is_dynamic else [
+                dim.get_length() if dim.is_static else None for dim in shape]
+            try:
+                dtype: str | None = str(port.get_element_type().to_dtype())
+            except Exception:  # noqa: BLE001 - a dynamic element type has no numpy dtype
+                dtype = None
+            infos.append(tensor_info(name, dims, dtype))
+        return infos
+
+    check_graph_io(bundle.manifest, graph, tensors(model.inputs), tensors(model.outputs),
+                   str(path))

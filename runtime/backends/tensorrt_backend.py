@@ -34,11 +34,16 @@ optimisation profile raises ProfileError naming the tensor, the shape and the ra
 Pinned host buffers, device buffers and the CUDA stream are allocated once per input
 shape and reused; once the same shapes run twice in a row, the enqueue is captured in a
 CUDA graph and replayed (disable with ``cuda_graphs=False``; a capture that fails falls
-back to plain enqueues). One execution context per graph: not thread-safe, the Segmenter
-serialises calls.
+back to plain enqueues; a stream the application is capturing already is never captured
+by the backend). One execution context per graph: not thread-safe, the Segmenter
+serialises calls, which may come from any thread: each call makes the device's primary
+context current for its duration and restores the thread's own afterwards (push/pop of
+the driver API), so ``device=N`` holds on every thread and an application's context
+(pycuda, say) survives.
 
-tensorrt and cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` for older
-cuda-python) are imported only by ``is_available()`` and ``activate()``.
+tensorrt and cuda-python (``cuda.bindings.runtime`` and ``cuda.bindings.driver``, or
+``cuda.cudart`` and ``cuda.cuda`` for older cuda-python) are imported only by
+``is_available()`` and ``activate()``.
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ from __future__ import annotations
 import ctypes
 import json
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,6 +64,10 @@ from crnet.runtime.bundle import Bundle
 from crnet.runtime.files import sha256_file
 from crnet.runtime.layout import GRAPHS, engine_paths
 from crnet.runtime.preprocess import InputError
+from crnet.runtime.schema import check_graph_io, tensor_info
+
+if TYPE_CHECKING:
+    from crnet.runtime.adapter import Adapter
 
 MAX_CACHED_SHAPES = 8
 
@@ -187,28 +197,32 @@ STREAM_ATTRIBUTES = ("handle", "cuda_stream", "ptr")
 
 
 def stream_handle(stream: Any) -> int:
-    """The raw ``cudaStream_t`` (an int) of ``stream``: an int, or an object with one of
-    STREAM_ATTRIBUTES; InputError otherwise."""
+    """The raw ``cudaStream_t`` (an int) of ``stream``: an int, an object with one of
+    STREAM_ATTRIBUTES, or anything else ``int()`` converts (cuda-python's own
+    ``cudaStream_t`` and ``CUstream``); InputError otherwise."""
     if isinstance(stream, bool):
         raise InputError("stream must be a CUDA stream handle or stream object, not a bool")
-    if isinstance(stream, int):
-        value = stream
-    else:
+    if isinstance(stream, str | bytes | float):
+        raise InputError(f"stream must be a CUDA stream handle or stream object, not a "
+                         f"{type(stream).__name__} ({stream!r})")
+    source = "stream"
+    value: Any = stream
+    if not isinstance(stream, int):
         for attribute in STREAM_ATTRIBUTES:
-            value = getattr(stream, attribute, None)
-            if value is not None:
+            held = getattr(stream, attribute, None)
+            if held is not None:
+                value, source = held, f"stream.{attribute}"
                 break
-        else:
-            raise InputError(
-                f"stream must be an int cudaStream_t or an object with one of "
-                f"{list(STREAM_ATTRIBUTES)} (pycuda, torch, cupy), got {type(stream).__name__}")
         try:
             value = int(value)
         except (TypeError, ValueError) as error:
-            raise InputError(f"stream.{attribute} is not an integer handle: {value!r}") from error
+            raise InputError(
+                f"{source} is not an integer handle: {value!r}; expected an int cudaStream_t, "
+                f"a cuda-python cudaStream_t/CUstream, or an object with one of "
+                f"{list(STREAM_ATTRIBUTES)} (pycuda, torch, cupy)") from error
     if value < 0:
         raise InputError(f"stream handle must be >= 0, got {value}")
-    return value
+    return int(value)
 
 
 def is_weight_stripped(info: dict[str, Any]) -> bool:
@@ -234,12 +248,49 @@ def refit_from_onnx(trt: Any, engine: Any, logger: Any, onnx_path: Path, plan: s
             + "; rebuild it with `crnet build` (without --stripWeights)")
 
 
+def refit_named_weights(trt: Any, engine: Any, logger: Any, values: dict[str, np.ndarray],
+                        shipped: Callable[[str], np.ndarray], plan: str) -> int:
+    """Refit ``engine``'s named weights with ``values`` (trt.Refitter.set_named_weights,
+    then refit_cuda_engine); weights TensorRT asks for as well (get_missing_weights: those
+    built into one kernel with a changed one) get their ``shipped`` values. Returns how
+    many weights were set; BackendError naming the weights TensorRT refuses."""
+    refitter = trt.Refitter(engine, logger)
+    kept: list[np.ndarray] = []  # TensorRT reads the arrays until the refit returns
+
+    def put(name: str, value: np.ndarray) -> None:
+        array = np.ascontiguousarray(value)
+        kept.append(array)
+        if not refitter.set_named_weights(name, trt.Weights(array)):
+            raise BackendError(f"TensorRT refused the weights {name} ({array.dtype} "
+                               f"{list(array.shape)}) for {plan}: not refittable, or another "
+                               "size or type than it was built with")
+
+    for name, value in values.items():
+        put(name, value)
+    for name in refitter.get_missing_weights():
+        if name not in values:
+            put(name, shipped(name))
+    if not refitter.refit_cuda_engine():
+        missing = list(refitter.get_missing_weights())
+        raise BackendError(f"TensorRT could not refit {plan}"
+                           + (f" (missing weights: {missing[:5]})" if missing else ""))
+    return len(kept)
+
+
 def _import_cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
         from cuda import cudart  # cuda-python < 12.6
     return cudart
+
+
+def _import_driver() -> Any:
+    try:
+        from cuda.bindings import driver as cudadrv
+    except ImportError:
+        from cuda import cuda as cudadrv  # cuda-python < 12.6.1
+    return cudadrv
 
 
 def _cuda(cudart: Any, result: Any, what: str) -> Any:
@@ -252,6 +303,48 @@ def _cuda(cudart: Any, result: Any, what: str) -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+def _driver(cudadrv: Any, result: Any, what: str) -> Any:
+    """Unpack a CUDA driver API (err, *values) result, raising BackendError on an error."""
+    if not isinstance(result, tuple):
+        result = (result,)
+    error, values = result[0], result[1:]
+    if error != cudadrv.CUresult.CUDA_SUCCESS:
+        raise BackendError(f"CUDA driver error in {what}: {error}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+class DeviceContext:
+    """The primary CUDA context of one device, current on the calling thread inside a
+    ``with`` block: pushed on entry, popped on exit. Whatever the thread had current before
+    (nothing, another device's context, an application's pycuda context) is current again
+    afterwards; ``cudaSetDevice`` would instead bind the device to the calling thread only,
+    and replace that context for good."""
+
+    def __init__(self, cudadrv: Any, device: int) -> None:
+        self.cudadrv = cudadrv
+        _driver(cudadrv, cudadrv.cuInit(0), "cuInit")
+        self.device = _driver(cudadrv, cudadrv.cuDeviceGet(device), f"cuDeviceGet({device})")
+        self.context: Any = _driver(cudadrv, cudadrv.cuDevicePrimaryCtxRetain(self.device),
+                                    "cuDevicePrimaryCtxRetain")
+
+    def __enter__(self) -> DeviceContext:
+        _driver(self.cudadrv, self.cudadrv.cuCtxPushCurrent(self.context), "cuCtxPushCurrent")
+        return self
+
+    def __exit__(self, error_type: Any, error: Any, traceback: Any) -> None:
+        popped = self.cudadrv.cuCtxPopCurrent()
+        if error_type is None:  # do not mask the error already on its way out
+            _driver(self.cudadrv, popped, "cuCtxPopCurrent")
+
+    def release(self) -> None:
+        """Drop this backend's hold on the primary context (once)."""
+        if self.context is not None:
+            self.context = None
+            self.cudadrv.cuDevicePrimaryCtxRelease(self.device)
 
 
 @dataclass
@@ -323,27 +416,37 @@ class _EngineRunner:
         return {name: buffers.host[name].astype(np.float32, copy=True) for name in self.outputs}
 
     def _bind(self, key: tuple[Any, ...]) -> None:
-        """Set input shapes, allocate (or reuse) buffers for them, set tensor addresses."""
+        """Set input shapes, allocate (or reuse) buffers for them, set tensor addresses.
+        Nothing is committed (cached buffers, the bound key) before every step succeeded;
+        after a failure no key is bound, so the next call binds again from the start."""
         for name, shape in key:
             minimum, _, maximum = self.profile[name]
             check_profile(name, shape, minimum, maximum)
+        self._drop_graph()
+        self._bound, self._runs_bound = None, 0  # the context's shapes change from here on
         for name, shape in key:
             if not self.context.set_input_shape(name, shape):
                 raise BackendError(f"{self.plan.name}: set_input_shape({name!r}, {shape}) failed")
-        if key not in self._buffers:
-            if len(self._buffers) >= MAX_CACHED_SHAPES:
-                oldest = next(iter(self._buffers))
-                self._free(self._buffers.pop(oldest))
+        buffers = self._buffers.get(key)
+        fresh = buffers is None
+        if buffers is None:
             shapes = dict(key)
             for name in self.outputs:
                 shapes[name] = tuple(self.context.get_tensor_shape(name))
-            self._buffers[key] = self._allocate(shapes)
-        buffers = self._buffers[key]
-        for name, pointer in buffers.device.items():
-            if not self.context.set_tensor_address(name, pointer):
-                raise BackendError(f"{self.plan.name}: set_tensor_address({name!r}) failed")
-        self._drop_graph()
-        self._bound, self._runs_bound = key, 0
+            buffers = self._allocate(shapes)
+        try:
+            for name, pointer in buffers.device.items():
+                if not self.context.set_tensor_address(name, pointer):
+                    raise BackendError(f"{self.plan.name}: set_tensor_address({name!r}) failed")
+        except BaseException:
+            if fresh:
+                self._free(buffers)
+            raise
+        if fresh:
+            if len(self._buffers) >= MAX_CACHED_SHAPES:
+                self._free(self._buffers.pop(next(iter(self._buffers))))
+            self._buffers[key] = buffers
+        self._bound = key
 
     def _allocate(self, shapes: dict[str, tuple[int, ...]]) -> _Buffers:
         cudart = self.cudart
@@ -373,16 +476,37 @@ class _EngineRunner:
         buffers.host.clear()
         buffers.host_pointers.clear()
 
-    def _capture(self) -> None:
-        """Capture one enqueue of the bound shapes into a CUDA graph; on failure, disable."""
+    def _stream_capturing(self) -> bool:
+        """Whether the stream is being captured already (an application capturing its own
+        stream); an unanswered query counts as capturing."""
         cudart = self.cudart
+        result = cudart.cudaStreamIsCapturing(self.stream)
+        if not isinstance(result, tuple) or len(result) < 2 or \
+                result[0] != cudart.cudaError_t.cudaSuccess:
+            return True
+        return bool(result[1] != cudart.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone)
+
+    def _capture(self) -> None:
+        """Capture one enqueue of the bound shapes into a CUDA graph; on failure, disable.
+        A stream already being captured is left alone: no capture of ours this call, and
+        never an end to the application's capture."""
+        cudart = self.cudart
+        if self._stream_capturing():
+            return  # run() enqueues plainly: the enqueue joins the application's graph
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         try:
             _cuda(cudart, cudart.cudaStreamBeginCapture(self.stream, mode),
                   "cudaStreamBeginCapture")
-            enqueued = self.context.execute_async_v3(int(self.stream))
-            graph = _cuda(cudart, cudart.cudaStreamEndCapture(self.stream),
-                          "cudaStreamEndCapture")
+        except BackendError:
+            self.cuda_graphs = False
+            return
+        enqueued = False
+        try:
+            enqueued = bool(self.context.execute_async_v3(int(self.stream)))
+        finally:
+            ended = cudart.cudaStreamEndCapture(self.stream)  # the capture we began
+        try:
+            graph = _cuda(cudart, ended, "cudaStreamEndCapture")
             if not enqueued:
                 cudart.cudaGraphDestroy(graph)  # captured, never instantiated
                 raise BackendError("execute_async_v3 failed during capture")
@@ -399,11 +523,6 @@ class _EngineRunner:
         except BackendError:
             self.cuda_graphs = False  # e.g. an engine with layers that cannot be captured
             self._graph_exec = None
-            # Leave capture mode if the failure happened inside it; ignore its own error.
-            status = cudart.cudaStreamIsCapturing(self.stream)
-            if isinstance(status, tuple) and len(status) > 1 and \
-                    status[1] != cudart.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone:
-                cudart.cudaStreamEndCapture(self.stream)
 
     def _drop_graph(self) -> None:
         if self._graph_exec is not None:
@@ -417,6 +536,20 @@ class _EngineRunner:
         self._buffers.clear()
         self.context = None
         self.engine = None
+
+
+def check_engine_io(bundle: Bundle, graph: str, runner: _EngineRunner) -> None:
+    """BundleError unless a deserialized engine of ``graph`` has the inputs and outputs
+    (names, ranks, channels, feature size) the bundle's manifest promises (runtime.schema);
+    -1, TensorRT's dynamic dimension, is not compared."""
+    engine = runner.engine
+
+    def tensors(names: list[str]) -> list[Any]:
+        return [tensor_info(name, tuple(engine.get_tensor_shape(name)),
+                            str(runner.dtypes[name])) for name in names]
+
+    check_graph_io(bundle.manifest, graph, tensors(runner.inputs), tensors(runner.outputs),
+                   str(runner.plan))
 
 
 class TensorRTBackend(Backend):
@@ -433,9 +566,11 @@ class TensorRTBackend(Backend):
         if bundle is None:
             raise BackendError("the tensorrt backend needs a bundle with engines")
         super().__init__(bundle, precision)
-        # an application's own CUDA stream (raw handle, or pycuda/torch/cupy stream object):
-        # used as given, never destroyed; the backend then runs in the CUDA context current
-        # on the calling thread (the runtime API uses it) and does not call cudaSetDevice
+        # an application's own CUDA stream (raw handle, cuda-python stream, or
+        # pycuda/torch/cupy stream object): used as given, never destroyed; the backend then
+        # runs in the CUDA context current on the calling thread (the stream's). Without
+        # one, every call makes ``device``'s primary context current for its duration
+        # (DeviceContext), from whichever thread it comes
         self.external_stream = None if stream is None else stream_handle(stream)
         self.cuda_graphs = cuda_graphs
         self.device = device
@@ -451,6 +586,10 @@ class TensorRTBackend(Backend):
                 bundle.file_path(path.relative_to(bundle.root).as_posix(), "TensorRT engine")
         self.runners: dict[str, _EngineRunner] = {}
         self.engine_info: dict[str, dict[str, Any]] = {}
+        self.device_context: DeviceContext | None = None
+        self.adapter: Adapter | None = None
+        self._refitted: set[str] = set()  # refine-plan weights that differ from the ONNX's
+        self._shipped: dict[str, np.ndarray] = {}  # their shipped values, read on demand
 
     @classmethod
     def has_engines(cls, bundle: Bundle, precision: str) -> bool:
@@ -491,13 +630,28 @@ class TensorRTBackend(Backend):
         name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
         return (int(major), int(minor)), name
 
+    def _on_device(self) -> AbstractContextManager[Any]:
+        """The device's primary context, current for one call (the backend's own stream),
+        or nothing to do (an application's stream: its thread's current context)."""
+        return self.device_context if self.device_context is not None else nullcontext()
+
     def _activate(self) -> None:
         import tensorrt as trt
 
         assert self.bundle is not None
         self.cudart = _import_cudart()
         if self.external_stream is None:
-            _cuda(self.cudart, self.cudart.cudaSetDevice(self.device), "cudaSetDevice")
+            self.device_context = DeviceContext(_import_driver(), self.device)
+        try:
+            with self._on_device():
+                self._load_engines(trt)
+        except BaseException:
+            self._deactivate()
+            raise
+
+    def _load_engines(self, trt: Any) -> None:
+        """Check the engine JSONs against this machine, then deserialize both plans."""
+        assert self.bundle is not None
         capability, gpu_name = self._machine()
         files = self.bundle.manifest.get("files", {})
         for graph, (plan, meta) in self.engine_files.items():
@@ -521,37 +675,102 @@ class TensorRTBackend(Backend):
         else:
             self.stream = _cuda(self.cudart, self.cudart.cudaStreamCreate(),
                                 "cudaStreamCreate")
-        try:
-            for graph, (plan, _) in self.engine_files.items():
-                refit_onnx = (self.bundle.graph_path(graph, self.precision)
-                              if is_weight_stripped(self.engine_info[graph]) else None)
-                self.runners[graph] = _EngineRunner(trt, self.cudart, self.runtime, plan,
-                                                    self.stream, self.cuda_graphs,
-                                                    refit_onnx, self.logger)
-        except BaseException:
-            self._deactivate()
-            raise
+        for graph, (plan, _) in self.engine_files.items():
+            refit_onnx = (self.bundle.graph_path(graph, self.precision)
+                          if is_weight_stripped(self.engine_info[graph]) else None)
+            self.runners[graph] = _EngineRunner(trt, self.cudart, self.runtime, plan,
+                                                self.stream, self.cuda_graphs,
+                                                refit_onnx, self.logger)
+            check_engine_io(self.bundle, graph, self.runners[graph])
+        self._refitted = set()
+        if self.adapter is not None:
+            self._refit(trt, self.adapter)
+
+    def apply_adapter(self, adapter: Adapter | None) -> None:
+        """Refit the refine plan in place with the adapter's tensors (cast to the plan's
+        fp16, int8 scales re-computed: runtime.adapter.graph_overrides); `crnet build`
+        builds the adaptable weights refittable one by one (REFIT_INDIVIDUAL). Weights an
+        earlier adapter changed go back to the ONNX's values; None restores them all."""
+        from crnet.runtime.adapter import check_adapter
+
+        assert self.bundle is not None
+        if adapter is not None:
+            check_adapter(adapter, self.bundle)
+        if self._active:
+            import tensorrt as trt
+
+            with self._on_device():
+                self._refit(trt, adapter)
+        self.adapter = adapter
+
+    def _refit(self, trt: Any, adapter: Adapter | None) -> None:
+        """Refit the refine engine with ``adapter`` (module docstring of runtime.adapter)."""
+        from crnet.runtime.adapter import graph_overrides
+
+        assert self.bundle is not None
+        import onnx
+
+        onnx_path = self.bundle.graph_path("refine", self.precision)
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        values = graph_overrides(graph, adapter.tensors) if adapter is not None else {}
+        changed = set(values)
+        for name in self._refitted - changed:
+            values[name] = self._shipped_value(graph, name)
+        if not values:
+            return
+        built = self.engine_info["refine"].get("builder") or {}  # the build's settings
+        refittable = set(built.get("refittable_weights") or [])
+        fixed = [] if built.get("refit") else sorted(set(values) - refittable)
+        runner = self.runners["refine"]
+        if fixed:
+            raise BackendError(
+                f"{runner.plan.name} was built without refittable adaptable weights (e.g. "
+                f"{fixed[:3]}); rebuild it with `crnet build {self.bundle.root} --precision "
+                f"{self.precision}` from a bundle exported with an adaptable record")
+        refit_named_weights(trt, runner.engine, self.logger, values,
+                            lambda name: self._shipped_value(graph, name), runner.plan.name)
+        runner._drop_graph()  # a captured CUDA graph is captured again with the new weights
+        self._refitted = changed
+
+    def _shipped_value(self, graph: Any, name: str) -> np.ndarray:
+        """The value of initializer ``name`` in the variant's refine ONNX (cached)."""
+        if name not in self._shipped:
+            from onnx import numpy_helper
+
+            found = [item for item in graph.initializer if item.name == name]
+            if not found:
+                raise BackendError(f"TensorRT asks for weights {name}, which the refine "
+                                   "ONNX does not hold; rebuild the plan with `crnet build`")
+            self._shipped[name] = numpy_helper.to_array(found[0])
+        return self._shipped[name]
 
     def _deactivate(self) -> None:
-        for runner in self.runners.values():
-            runner.close()
-        self.runners = {}
-        if getattr(self, "stream", None) is not None:
-            if self.external_stream is None:  # the application owns its stream
-                self.cudart.cudaStreamDestroy(self.stream)
+        try:
+            with self._on_device():
+                for runner in self.runners.values():
+                    runner.close()
+                if getattr(self, "stream", None) is not None and self.external_stream is None:
+                    self.cudart.cudaStreamDestroy(self.stream)  # not an application's stream
+        finally:
+            self.runners = {}
             self.stream = None
-        self.runtime = None
+            self.runtime = None
+            if self.device_context is not None:
+                self.device_context.release()
+                self.device_context = None
 
     def run_backbone(self, images: np.ndarray) -> np.ndarray:
         self._require_active()
-        return self.runners["backbone"].run({"image": images})["feat"]
+        with self._on_device():
+            return self.runners["backbone"].run({"image": images})["feat"]
 
     def run_refine(self, query_feat: np.ndarray, support_feat: np.ndarray,
                    support_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._require_active()
-        outputs = self.runners["refine"].run({"query_feat": query_feat,
-                                              "support_feat": support_feat,
-                                              "support_mask": support_mask})
+        with self._on_device():
+            outputs = self.runners["refine"].run({"query_feat": query_feat,
+                                                  "support_feat": support_feat,
+                                                  "support_mask": support_mask})
         return outputs["query_logits"], outputs["support_logits"]
 
     def describe(self) -> dict[str, Any]:
@@ -559,4 +778,6 @@ class TensorRTBackend(Backend):
         info["cuda_graphs"] = self.cuda_graphs
         info["engines"] = {graph: {k: v for k, v in meta.items() if k != "profiles"}
                            for graph, meta in self.engine_info.items()}
+        if self.adapter is not None:
+            info["adapter"] = self.adapter.summary()
         return info

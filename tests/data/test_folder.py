@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crnet.data.episodes import DataNotFoundError, DatasetError
 from crnet.data.folder import FolderDataset
 
 H, W = 48, 64
@@ -69,3 +70,77 @@ def test_too_few_images(tmp_path) -> None:
     FolderDataset(tmp_path).episode(0, shots=1)
     with pytest.raises(ValueError, match="cats"):
         FolderDataset(tmp_path).episode(0, shots=2)
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` RGB, with a few bytes of pixel data:
+    opening it reads the size, decoding it would need width * height * 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("side", "megapixels"), [(20_000, 400), (12_248, 150)])
+def test_huge_image_refused_from_its_header(tmp_path, monkeypatch, side, megapixels) -> None:  # noqa: ANN001
+    """400 MP is past PIL's own bomb limit, 150 MP below it: both are refused by the
+    dataset's 100 MP limit, before any pixel is decoded."""
+    from PIL import ImageFile
+
+    def no_decoding(self) -> None:  # noqa: ANN001
+        raise AssertionError("an image was decoded")
+
+    _tree(tmp_path)
+    _png_header(tmp_path / "cats" / "im1.png", side, side)
+    _png_header(tmp_path / "cats" / "im1.mask.png", side, side)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(DatasetError, match=rf"image \S*im1.png is (\d+x\d+ \()?{megapixels} "
+                       r"MP\)?; at most 100 MP is accepted") as caught:
+        FolderDataset(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_truncated_image_named(tmp_path) -> None:
+    _tree(tmp_path)
+    noise = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    path = tmp_path / "cats" / "im1.png"
+    Image.fromarray(noise).save(path)
+    path.write_bytes(path.read_bytes()[:2000])  # the header and part of the pixel data
+    dataset = FolderDataset(tmp_path)  # the header is whole
+    with pytest.raises(DatasetError, match=r"cannot decode image \S*cats/im1.png: .*truncated"):
+        dataset.episode(0, shots=2)  # class "cats": every one of its 3 images is read
+    path.write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(DatasetError, match=r"cannot read image \S*cats/im1.png"):
+        FolderDataset(tmp_path)
+
+
+def test_mask_that_is_a_directory_or_a_link_loop_is_named_as_such(tmp_path) -> None:
+    _tree(tmp_path)
+    mask = tmp_path / "dogs" / "im2.mask.png"
+    mask.unlink()
+    mask.mkdir()
+    with pytest.raises(DatasetError, match=r"mask \S*im2.mask.png is a directory"):
+        FolderDataset(tmp_path)
+    mask.rmdir()
+    mask.symlink_to(mask.name)
+    with pytest.raises(DatasetError, match=r"mask \S*im2.mask.png is a symbolic link loop"):
+        FolderDataset(tmp_path)
+    mask.unlink()
+    mask.symlink_to("gone.png")
+    with pytest.raises(DataNotFoundError, match=r"im2.mask.png is a symbolic link to gone.png"):
+        FolderDataset(tmp_path)
+
+
+def test_image_that_is_a_link_loop_is_not_skipped(tmp_path) -> None:
+    _tree(tmp_path)
+    image = tmp_path / "dogs" / "im2.png"
+    image.unlink()
+    image.symlink_to(image.name)
+    with pytest.raises(DatasetError, match=r"image \S*im2.png is a symbolic link loop"):
+        FolderDataset(tmp_path)

@@ -25,7 +25,9 @@ def test_scan_finds_the_calls_the_code_makes() -> None:
     for expected in [("trt", "BuilderFlag.VERSION_COMPATIBLE"),
                      ("trt.IBuilderConfig", "set_timing_cache"),
                      ("trt.IExecutionContext", "execute_async_v3"),
-                     ("cudart", "cudaStreamSynchronize")]:
+                     ("cudart", "cudaStreamSynchronize"),
+                     ("cudart", "cudaStreamIsCapturing"),
+                     ("cudadrv", "cuCtxPushCurrent")]:
         assert expected in found
 
 
@@ -121,9 +123,9 @@ SIGNATURES = r"""
 import inspect, json, sys
 import tensorrt as trt
 try:
-    from cuda.bindings import runtime as cudart
+    from cuda.bindings import driver as cudadrv, runtime as cudart
 except ImportError:
-    from cuda import cudart
+    from cuda import cuda as cudadrv, cudart
 
 def split_top(text):
     parts, depth, current = [], 0, ""
@@ -142,7 +144,10 @@ def split_top(text):
     return parts
 
 def pybind_parameters(function):
-    first = (function.__doc__ or "").strip().splitlines()[0]
+    lines = (function.__doc__ or "").strip().splitlines()
+    first = lines[0]
+    if first.endswith("(*args, **kwargs)"):  # overloaded: the first overload's signature
+        first = next(line for line in lines if line.startswith("1. ")).split(" ", 1)[1]
     inside = first[first.index("(") + 1:first.rindex(") ->")]
     names = [part.split(":")[0].strip() for part in split_top(inside)]
     return [name for name in names if name != "self"]
@@ -152,8 +157,8 @@ answer = {}
 for key, (root, name, methods) in wanted.items():
     answer[key] = {}
     for method in methods:
-        if root == "cudart":
-            function = getattr(cudart, method, None)
+        if root in ("cudart", "cudadrv"):
+            function = getattr(cudart if root == "cudart" else cudadrv, method, None)
             answer[key][method] = (None if function is None else
                                    list(inspect.signature(function).parameters))
         else:
@@ -172,8 +177,9 @@ def _double_methods(double: type) -> dict[str, list[str] | str]:
     import inspect
 
     methods: dict[str, list[str] | str] = {}
+    helpers = getattr(double, "helpers", ())
     for name, member in vars(double).items():
-        if name.startswith("_") or isinstance(member, type):
+        if name.startswith("_") or isinstance(member, type) or name in helpers:
             continue
         if callable(member):
             methods[name] = list(inspect.signature(member).parameters)[1:]
@@ -194,3 +200,40 @@ def test_doubles_match_the_real_signatures(real_tensorrt: Environment,
                   for double, methods in real.items() for method, params in methods.items()
                   if params != expected[double][method]]
     assert not mismatched, "\n".join(mismatched)
+
+
+STREAMS = r"""
+import json
+try:
+    from cuda.bindings import driver as cudadrv, runtime as cudart
+except ImportError:
+    from cuda import cuda as cudadrv, cudart
+from crnet.runtime.backends.tensorrt_backend import stream_handle
+print(json.dumps({"cudaStream_t": stream_handle(cudart.cudaStream_t(0x1234)),
+                  "CUstream": stream_handle(cudadrv.CUstream(0x5678))}))
+"""
+
+
+def test_stream_handle_takes_cuda_pythons_own_stream_types(real_cuda: Environment) -> None:
+    """An application on cuda-python passes its cudaStream_t or CUstream as ``stream=``."""
+    assert run_json(STREAMS, [real_cuda]) == {"cudaStream_t": 0x1234, "CUstream": 0x5678}
+
+
+def test_gpu_suite_skips_with_the_reason_where_no_gpu_answers(
+        real_tensorrt: Environment, real_cuda: Environment, tmp_path: Path) -> None:
+    """tensorrt imports (the real bindings) but no GPU answers: the GPU suite is skipped,
+    every test, with the reason, instead of erroring in its fixtures."""
+    from tests.trt_bindings import run_python
+
+    report = tmp_path / "junit.xml"
+    result = run_python(
+        "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))",
+        [real_tensorrt, real_cuda],
+        args=["-q", "-p", "no:cacheprovider", "-m", "tensorrt", "-rs", f"--junitxml={report}",
+              "tests/engines/test_tensorrt_suite.py"], timeout=300)
+    # 5: pytest's "no tests collected", what a module skipped as a whole gives
+    assert result.returncode in (0, 5), result.stdout[-3000:] + result.stderr[-3000:]
+    text = report.read_text()
+    assert 'errors="0"' in text and 'failures="0"' in text, text[-2000:]
+    assert "skipped" in result.stdout and "no usable CUDA device" in result.stdout, \
+        result.stdout[-3000:]

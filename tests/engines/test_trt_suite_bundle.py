@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -39,3 +40,20 @@ def test_copy_without_engines_verifies(built_bundle: Path, tmp_path: Path) -> No
     assert set(bundle.manifest["files"]) == {
         name for name in Bundle.load(built_bundle).manifest["files"]
         if not name.startswith("engines/")}
+
+
+def test_summary_table_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.engines import trt_summary
+
+    monkeypatch.setattr(trt_summary, "_ROWS", [])
+    monkeypatch.setattr(trt_summary, "_CONTEXT", {})
+    trt_summary.describe(tensorrt="10.8.0.43", gpu="H100")
+    trt_summary.record("int8", "mIoU vs PyTorch fp32", "60.10 vs 60.50 (-0.40, gate +-1) pass")
+    trt_summary.record("fp32", "outputs vs ONNX Runtime", "pass")
+    text = trt_summary.render().splitlines()
+    assert text[0] == "TensorRT suite: tensorrt 10.8.0.43, gpu H100"
+    assert text[1] == "int8  mIoU vs PyTorch fp32     60.10 vs 60.50 (-0.40, gate +-1) pass"
+    assert text[2] == "fp32  outputs vs ONNX Runtime  pass"
+    monkeypatch.setenv("CRNET_TRT_SUMMARY", str(tmp_path / "summary.json"))
+    written = trt_summary.write_json()
+    assert written is not None and json.loads(written.read_text())["rows"][0]["precision"] == "int8"

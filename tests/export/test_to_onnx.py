@@ -32,7 +32,8 @@ def test_bundle_has_every_file_and_a_complete_manifest(tiny_bundle: Path,
     manifest = bundle.manifest
     config = make_tiny_config()
     assert sorted(manifest["files"]) == ["backbone.fp32.onnx", "checkpoint.json",
-                                         "checkpoint.safetensors", "refine.fp32.onnx"]
+                                         "checkpoint.safetensors", "golden.npz",
+                                         "refine.fp32.onnx"]
     assert sorted(p.name for p in tiny_bundle.iterdir()) == sorted([*manifest["files"],
                                                                    "manifest.json"])
     assert manifest["refine_steps"] == config.refine_steps

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 
 import pytest
 import torch
 
-from crnet.models.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from crnet.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state,
+    read_safetensors_header,
+    save_checkpoint,
+)
 from crnet.models.config import CRNetConfig
 from crnet.models.crnet import CRNet
 
@@ -69,3 +76,48 @@ def test_missing_and_corrupt_checkpoints(tiny_config: CRNetConfig, tmp_path) -> 
     (tmp_path / "model.json").unlink()
     with pytest.raises(CheckpointError, match="metadata not found"):
         load_checkpoint(weights)
+
+
+def test_non_finite_weights_refused_at_load_naming_the_tensor(tiny_config: CRNetConfig,
+                                                              tmp_path) -> None:
+    """The hash is valid (the file is what was saved), but the numbers are unusable."""
+    model = CRNet(tiny_config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    weights = save_checkpoint(model, tmp_path / "nan")
+    first = min(name for name, _ in model.named_parameters())  # reported in name order
+    with pytest.raises(CheckpointError, match=rf"weights are not finite: tensor '{first}' "
+                       r"has (\d+) NaN or infinite value\(s\) of \1"):
+        load_checkpoint(weights)
+    model = CRNet(tiny_config)
+    with torch.no_grad():
+        model.refinement.classifier.bias[1] = float("inf")
+    weights = save_checkpoint(model, tmp_path / "inf")
+    with pytest.raises(CheckpointError, match=r"tensor 'refinement.classifier.bias' has 1 NaN"):
+        load_checkpoint(weights)
+
+
+def _sparse_safetensors(path, header_length: int, size: int):  # noqa: ANN001, ANN202
+    """A file of ``size`` bytes (sparse: no disk used) whose header length says
+    ``header_length``."""
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", header_length) + b"{")
+        handle.truncate(size)
+    return path
+
+
+def test_safetensors_header_over_the_limit_states_the_limit(tmp_path) -> None:
+    # a header past safetensors' limit that does fit in its file
+    path = _sparse_safetensors(tmp_path / "big.safetensors", 104_866_415, 107_810_247)
+    with pytest.raises(CheckpointError, match=r"header of 104866415 bytes is over safetensors' "
+                       r"limit of 100000000 bytes \(100 MB\)"):
+        read_safetensors_header(path)
+    # at the limit, the length is accepted and the (blank) JSON is what is wrong
+    path = _sparse_safetensors(tmp_path / "limit.safetensors", 100_000_000, 100_000_100)
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_safetensors_header(path)
+    path = _sparse_safetensors(tmp_path / "short.safetensors", 5_000, 1_000)
+    with pytest.raises(CheckpointError, match=r"header of 5000 bytes does not fit the "
+                       r"1000-byte file"):
+        read_safetensors_header(path)

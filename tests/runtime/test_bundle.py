@@ -117,6 +117,15 @@ def test_a_listed_fifo_is_refused_without_hanging(bundle_copy: Path) -> None:
     assert isinstance(error, BundleError) and "regular file" in str(error)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_manifest_that_is_a_fifo_is_refused_without_hanging(bundle_copy: Path) -> None:
+    (bundle_copy / "manifest.json").unlink()
+    os.mkfifo(bundle_copy / "manifest.json")
+    error = _load_in_thread(bundle_copy)
+    assert isinstance(error, BundleError) and "not a regular file" in str(error)
+    assert not is_bundle(bundle_copy)
+
+
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
 def test_a_symlink_to_dev_zero_is_refused_without_hanging(bundle_copy: Path) -> None:
     (bundle_copy / "zero.bin").symlink_to("/dev/zero")
@@ -193,6 +202,20 @@ def test_concurrent_manifest_writers_do_not_lose_an_update(bundle_copy: Path) ->
         thread.join(30)
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     assert manifest.get("extra_reports") == {"one": True, "two": True}
+
+
+def test_a_manifest_change_the_schema_refuses_writes_nothing(bundle_copy: Path) -> None:
+    """A writer (here ``record_gates`` with a NaN delta) cannot leave a manifest that the
+    next ``Bundle.load`` would refuse: the change is refused and the file is unchanged."""
+    from crnet.runtime.bundle import record_gates
+
+    before = (bundle_copy / "manifest.json").read_bytes()
+    with pytest.raises(BundleError, match="gates.fp32.onnxruntime.delta_miou is nan"):
+        record_gates(bundle_copy, [{"precision": "fp32", "backend": "onnxruntime",
+                                    "passed": True, "delta_miou": float("nan"),
+                                    "max_abs_delta_miou": 1.0, "episodes": 4}])
+    assert (bundle_copy / "manifest.json").read_bytes() == before
+    Bundle.load(bundle_copy)
 
 
 def test_a_held_lock_gives_a_clear_error(bundle_copy: Path) -> None:

@@ -184,18 +184,22 @@ def test_set_support_while_segmenting_is_atomic(runtime_bundle: Path) -> None:
     segmenter = Segmenter(runtime_bundle, backend="onnxruntime", threads=1)
     outcomes = []
     for episode in (first, second):
-        segmenter.set_support(*supports(episode))
-        outcomes.append(segmenter.segment(first.query_image, return_prob=True)[1])
-    stop = threading.Event()
+        # handles: this thread sets no support, so it segments with the swapper's
+        handle = segmenter.encode_support(*supports(episode))
+        outcomes.append(segmenter.segment(first.query_image, return_prob=True,
+                                          support=handle)[1])
+    stop, swapping = threading.Event(), threading.Event()
 
     def swap() -> None:
         while not stop.is_set():
             for episode in (first, second):
                 segmenter.set_support(*supports(episode))
+                swapping.set()
 
     swapper = threading.Thread(target=swap)
     swapper.start()
     try:
+        swapping.wait()
         for _ in range(20):
             probability = segmenter.segment(first.query_image, return_prob=True)[1]
             assert any(np.array_equal(probability, o) for o in outcomes)

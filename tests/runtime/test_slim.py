@@ -24,7 +24,7 @@ from tests.venvs import plain_venv as shared_plain_venv
 from tests.venvs import run
 
 INT8_FOR_ORT = {"backbone.int8.onnx", "refine.int8.onnx", "engines/ort/backbone.int8.onnx",
-                "engines/ort/refine.int8.onnx"}
+                "engines/ort/refine.int8.onnx", "golden.npz"}
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +129,11 @@ def test_slim_bundle_reports_sizes_and_refuses_a_removed_precision(
 
 
 @pytest.mark.parametrize(("backend", "keep_checkpoint", "expected"), [
-    ("tensorrt", False, {"backbone.int8.onnx", "refine.int8.onnx",
+    ("tensorrt", False, {"backbone.int8.onnx", "refine.int8.onnx", "golden.npz",
                          *(f"engines/{graph}.int8.{suffix}" for graph in ("backbone", "refine")
                            for suffix in ("plan", "json", "layers.json"))}),
     ("openvino", True, {"backbone.int8.onnx", "refine.int8.onnx", "checkpoint.safetensors",
-                        "checkpoint.json"}),
+                        "checkpoint.json", "golden.npz"}),
     ("auto", False, INT8_FOR_ORT | {f"engines/{graph}.int8.{suffix}"
                                     for graph in ("backbone", "refine")
                                     for suffix in ("plan", "json", "layers.json")}),

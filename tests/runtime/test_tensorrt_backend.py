@@ -21,6 +21,7 @@ from crnet.runtime.backends.tensorrt_backend import (
     engine_paths,
 )
 from crnet.runtime.bundle import Bundle, update_manifest
+from tests.engines.trt_suite_bundle import edit_engine_json
 
 INFO = {"tensorrt_version": "10.3.0.26", "compute_capability": "8.7", "gpu_name": "Orin",
         "profiles": [], "onnx_sha256": "abc"}
@@ -174,11 +175,14 @@ def test_stripped_flag_read_from_engine_json() -> None:
 # -- on a GPU with TensorRT ---------------------------------------------------------------
 
 def _build_engines(bundle_dir: Path, max_refine_shots: int) -> None:
-    """Build fp32 plans + engine JSON for both graphs with the TensorRT builder."""
+    """Build fp32 plans + engine JSON for both graphs with the TensorRT builder, listed in
+    the manifest (tests/engines/trt_suite_bundle.write_engine_files) as `crnet build`
+    lists them: a verified bundle then loads them."""
     import tensorrt as trt
 
     from crnet.runtime.backends.tensorrt_backend import _cuda, _import_cudart
     from crnet.runtime.files import sha256_file
+    from tests.engines.trt_suite_bundle import write_engine_files
 
     cudart = _import_cudart()
     major = _cuda(cudart, cudart.cudaDeviceGetAttribute(
@@ -209,13 +213,33 @@ def _build_engines(bundle_dir: Path, max_refine_shots: int) -> None:
         config.add_optimization_profile(profile)
         plan = builder.build_serialized_network(network, config)
         assert plan is not None
-        plan_path, json_path = engine_paths(bundle_dir, graph, "fp32")
-        plan_path.parent.mkdir(exist_ok=True)
-        plan_path.write_bytes(bytes(plan))
-        json_path.write_text(json.dumps({
+        write_engine_files(bundle_dir, graph, "fp32", bytes(plan), {
             "tensorrt_version": trt.__version__, "compute_capability": f"{major}.{minor}",
             "gpu_name": "test GPU", "profiles": [ranges], "onnx_sha256": sha256_file(onnx_path),
-        }))
+        })
+
+
+def test_engine_files_as_the_gpu_test_writes_them_load_and_stay_verifiable(
+        runtime_bundle: Path, tmp_path: Path) -> None:
+    """What the GPU test below relies on, checked without a GPU: plans it writes are listed
+    in the manifest (the backend accepts them from a verified bundle instead of raising
+    BundleError, so "auto" can choose TensorRT), and its engine JSON edit keeps the bundle
+    verifiable (so what it meets is EngineMismatchError, not BundleError)."""
+    from crnet.runtime.bundle import BundleError
+    from tests.engines.trt_suite_bundle import write_engine_files
+
+    copy = Path(shutil.copytree(runtime_bundle, tmp_path / "bundle"))
+    for graph in ("backbone", "refine"):
+        write_engine_files(copy, graph, "fp32", b"plan", INFO)
+    bundle = Bundle.load(copy, verify=True)
+    backend = TensorRTBackend(bundle, "fp32")
+    assert set(backend.engine_files) == {"backbone", "refine"}
+    json_path = edit_engine_json(copy, "refine", "fp32", compute_capability="1.0")
+    Bundle.load(copy, verify=True)
+    assert json.loads(json_path.read_text())["compute_capability"] == "1.0"
+    json_path.write_text(json.dumps(INFO))  # an edit that is not re-signed
+    with pytest.raises(BundleError, match="refine.fp32.json"):
+        Bundle.load(copy, verify=True)
 
 
 @pytest.mark.tensorrt
@@ -253,9 +277,7 @@ def test_tensorrt_matches_onnxruntime(runtime_bundle: Path, tmp_path: Path) -> N
         trt_segmenter.segment(episode.query_image)
     trt_segmenter.close()
 
-    _, json_path = engine_paths(bundle_dir, "refine", "fp32")
-    info = json.loads(json_path.read_text())
-    json_path.write_text(json.dumps({**info, "compute_capability": "1.0"}))
+    edit_engine_json(bundle_dir, "refine", "fp32", compute_capability="1.0")  # re-signed
     with pytest.raises(EngineMismatchError, match="compute capability 1.0"):
         Segmenter(bundle_dir, backend="tensorrt")
 
@@ -317,3 +339,139 @@ def test_external_stream_is_kept_by_the_backend(runtime_bundle: Path, tmp_path: 
     backend = TensorRTBackend(Bundle.load(copy), "fp32", stream=type("S", (), {"handle": 5})())
     assert backend.external_stream == 5
     assert TensorRTBackend(Bundle.load(copy), "fp32").external_stream is None
+
+
+def test_stream_handle_accepts_what_int_converts() -> None:
+    """cuda-python's own cudaStream_t and CUstream are not ints and have none of the stream
+    attributes, but int() works on them (checked on the real types in
+    tests/runtime/test_tensorrt_real_bindings.py); so does any such object."""
+    from crnet.runtime.backends.tensorrt_backend import stream_handle
+
+    class IntConvertibleStream:  # the one thing cudaStream_t and CUstream have in common
+        def __int__(self) -> int:
+            return 0x5EED
+
+    assert stream_handle(IntConvertibleStream()) == 0x5EED
+    for bad in ("12", b"12", 1.0, object()):
+        with pytest.raises(InputError, match="stream"):
+            stream_handle(bad)
+
+
+# -- CUDA host code on test doubles (tests/trt_doubles.py, checked against the real
+# bindings' signatures): control flow only, no GPU ------------------------------------
+
+BACKBONE_PROFILE = {"image": ((1, 3, 8, 8), (1, 3, 8, 8), (8, 3, 8, 8))}
+
+
+def _runner_on_doubles(cudart, cuda_graphs: bool = False):  # noqa: ANN001, ANN202
+    """A backbone-like _EngineRunner (image -> feat with 4 channels) over a context double
+    and ``cudart`` (a FakeCudartDouble)."""
+    from crnet.runtime.backends.tensorrt_backend import _EngineRunner
+    from tests.trt_doubles import FakeExecutionContextDouble
+
+    runner = object.__new__(_EngineRunner)
+    runner.cudart, runner.stream, runner.plan = cudart, 7, Path("backbone.fp32.plan")
+    runner.context = FakeExecutionContextDouble(output_channels={"feat": ("image", 4)},
+                                                cudart=cudart)
+    runner.inputs, runner.outputs = ["image"], ["feat"]
+    runner.dtypes = {"image": np.dtype(np.float32), "feat": np.dtype(np.float32)}
+    runner.profile = BACKBONE_PROFILE
+    runner.cuda_graphs, runner._graph_exec = cuda_graphs, None
+    runner._buffers, runner._bound, runner._runs_bound = {}, None, 0
+    return runner
+
+
+def test_failed_bind_leaves_no_stale_shapes_bound() -> None:
+    """A cudaMalloc that fails while binding new shapes (after set_input_shape changed the
+    context) must not leave the previous shapes marked as bound: the next call with those
+    shapes sets them again, so the engine never runs new shapes into old buffers."""
+    from tests.trt_doubles import FakeCudartDouble
+
+    cudart = FakeCudartDouble(fail_malloc_at=3)  # the first bind mallocs twice
+    runner = _runner_on_doubles(cudart)
+    small, large = np.ones((1, 3, 8, 8), np.float32), np.ones((4, 3, 8, 8), np.float32)
+    runner.run({"image": small})
+    with pytest.raises(BackendError, match="cudaMalloc"):
+        runner.run({"image": large})
+    assert len(cudart.memory) == 4  # the small shape's 2 host + 2 device buffers, no leak
+    runner.run({"image": small})
+    last = runner.context.runs[-1]
+    assert last["shapes"] == {"image": (1, 3, 8, 8)}
+    sizes = {name: cudart.size_of(pointer) for name, pointer in last["addresses"].items()}
+    assert sizes == {"image": small.nbytes, "feat": 1 * 4 * 8 * 8 * 4}  # buffers fit shapes
+    runner.run({"image": large})  # and the larger shape binds once memory is there
+    assert runner.context.runs[-1]["shapes"] == {"image": (4, 3, 8, 8)}
+    assert cudart.size_of(runner.context.runs[-1]["addresses"]["image"]) == large.nbytes
+
+
+def test_capture_leaves_an_application_capture_alone() -> None:
+    """With ``stream=`` a stream the application is capturing, the backend does not begin
+    a capture of its own and never ends the application's."""
+    runner, cudart = _runner_double(enqueue_ok=True)
+    cudart.capturing = True  # the application's cudaStreamBeginCapture on this stream
+    runner._capture()
+    assert cudart.capturing, "the application's capture was ended"
+    assert cudart.begin_calls == 0 and cudart.graphs_created == []
+    assert runner._graph_exec is None
+
+
+def test_runs_on_an_application_capturing_stream_never_end_its_capture() -> None:
+    from tests.trt_doubles import FakeCudartDouble
+
+    cudart = FakeCudartDouble()
+    runner = _runner_on_doubles(cudart, cuda_graphs=True)
+    cudart.capturing = True
+    for _ in range(3):  # the second run would capture on a stream of the backend's own
+        runner.run({"image": np.ones((1, 3, 8, 8), np.float32)})
+    assert cudart.capturing and cudart.graphs_created == [] and runner._graph_exec is None
+    assert len(runner.context.runs) == 3  # plain enqueues, into the application's graph
+    cudart.capturing = False  # the application ended its capture: graphs are used again
+    runner.run({"image": np.ones((1, 3, 8, 8), np.float32)})
+    assert runner._graph_exec == "exec-graph0"
+
+
+def test_every_call_binds_the_device_on_the_calling_thread(
+        runtime_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """device=1, activated on one thread, segmenting from another thread that has an
+    application's context current: every CUDA call runs in device 1's primary context, and
+    the application's context is current again after each call; deactivation releases the
+    primary context."""
+    import sys
+    import threading
+    import types
+
+    from crnet.runtime.backends import tensorrt_backend
+    from tests.trt_doubles import FakeCudaDriverDouble, FakeCudartDouble
+
+    driver = FakeCudaDriverDouble(device_count=2)
+    cudart = FakeCudartDouble(driver=driver)
+    monkeypatch.setattr(tensorrt_backend, "_import_driver", lambda: driver, raising=False)
+    monkeypatch.setattr(tensorrt_backend, "_import_cudart", lambda: cudart)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    runner = _runner_on_doubles(cudart)
+    loaded_in = []
+
+    def load_engines(self: TensorRTBackend, trt: object) -> None:  # no plan to deserialize
+        loaded_in.append(driver.current())
+        self.runners = {"backbone": runner}
+
+    monkeypatch.setattr(TensorRTBackend, "_load_engines", load_engines)
+    copy = copy_with_listed_plans(runtime_bundle, tmp_path / "bundle")
+    backend = TensorRTBackend(Bundle.load(copy), "fp32", device=1)
+    backend.activate()
+    assert loaded_in == ["primary-context-1"] and driver.current() is None
+    seen = {}
+
+    def application_thread() -> None:
+        driver.cuCtxPushCurrent("application-context")  # e.g. pycuda's, on this thread
+        backend.run_backbone(np.ones((2, 3, 8, 8), np.float32))
+        seen["after"] = driver.current()
+
+    thread = threading.Thread(target=application_thread)
+    thread.start()
+    thread.join()
+    assert runner.context.runs[-1]["context"] == "primary-context-1"
+    assert set(cudart.contexts) == {"primary-context-1"}  # every malloc and copy
+    assert seen["after"] == "application-context"
+    backend.deactivate()
+    assert driver.retained == {1: 0} and driver.current() is None

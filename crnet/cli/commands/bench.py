@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     chosen = options(args)  # checks the data selection too
     if args.json is not None:
         check_writable_file(args.json, "--json")  # before the run, not after it
+    from crnet.runtime.bundle import Bundle
+
+    Bundle.load(args.bundle, verify=False)  # a bad manifest: its BundleError (exit 1) first
     if args.compare:
         report, text = compare(args)
     elif args.under_load:

@@ -100,15 +100,58 @@ def single_settings(args: argparse.Namespace) -> Any:
 
 def bundle_commands(bundle_dir: Path, precision: str, options: dict[str, Any]
                     ) -> Iterable[Any]:
-    """The BuildSettings of both graphs of each chosen variant of a bundle."""
+    """The BuildSettings of both graphs of each chosen variant of a bundle (``all``: every
+    variant it lists); BundleError for a variant whose graphs are not all there."""
     from crnet.engines.build_engine import bundle_settings
-    from crnet.engines.build_settings import select_precisions
     from crnet.runtime.bundle import GRAPHS, Bundle
 
     bundle = Bundle.load(bundle_dir, verify=False)
-    for chosen in select_precisions(bundle, precision):
+    chosen_precisions = bundle.precisions if precision == "all" else [precision]
+    require_graph_files(bundle, chosen_precisions)
+    for chosen in chosen_precisions:
         for graph in GRAPHS:
             yield bundle_settings(bundle, graph, chosen, **options)
+
+
+def _graph_files(bundle: Any, precision: str) -> dict[str, Path | None]:
+    """Each graph's path for ``precision`` where the manifest names one inside the bundle."""
+    from crnet.runtime.bundle import GRAPHS, BundleError
+
+    paths: dict[str, Path | None] = {}
+    for graph in GRAPHS:
+        try:
+            paths[graph] = bundle.graph_path(graph, precision)
+        except BundleError:
+            paths[graph] = None
+    return paths
+
+
+def require_graph_files(bundle: Any, precisions: list[str]) -> None:
+    """BundleError unless both graphs of each of ``precisions`` are files in the bundle (a
+    variant the manifest lacks, or lists but whose graph was deleted); the error names the
+    precisions whose graphs are all there."""
+    from crnet.runtime.bundle import BundleError
+
+    def missing(precision: str) -> list[str]:
+        return [str(path) if path is not None else f"its {graph} graph"
+                for graph, path in _graph_files(bundle, precision).items()
+                if path is None or not path.is_file()]
+
+    present = ", ".join(p for p in bundle.precisions if not missing(p)) or "none"
+    for precision in precisions:
+        if precision not in bundle.precisions:
+            slim = bundle.manifest.get("slim")
+            hint = (f"it was slimmed by `crnet bundle slim`; slim the full bundle for "
+                    f"{precision}" if isinstance(slim, dict) else
+                    f"`crnet quantize {bundle.root} --precision {precision}` adds it")
+            raise BundleError(f"bundle {bundle.root} has no {precision} variant; precisions "
+                              f"with both graphs present: {present} ({hint})")
+        absent = missing(precision)
+        if absent:
+            raise BundleError(f"bundle {bundle.root} lists a {precision} variant but lacks "
+                              f"{', '.join(absent)}; precisions with both graphs present: "
+                              f"{present} (`crnet quantize {bundle.root} --precision "
+                              f"{precision}` makes it again)")
 
 
 def run(args: argparse.Namespace) -> int:

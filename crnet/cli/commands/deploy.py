@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "32; 16, 16 and 8 for a model over 10 GFLOP per "
                                              "query")
     parser.add_argument("--parity-episodes", type=int, default=64)
+    parser.add_argument("--finetune-episodes", type=int, default=0,
+                        help="5-shot episodes on which prototype fusion and k-shot "
+                             "finetuning are scored side by side for every variant "
+                             "(default 0: no such row; each episode finetunes for a few "
+                             "seconds on a CPU)")
     add_threads(parser, help="threads of the benchmark (default: all cores)")
     add_no_progress(parser)
 
@@ -69,7 +74,8 @@ def options(args: argparse.Namespace) -> Any:
         data=EpisodeSource(dataset=args.dataset, data_root=args.data_root, fold=args.fold,
                            seed=args.seed),
         bench_iterations=args.bench_iterations, precisions=tuple(precisions),
-        parity_episodes=args.parity_episodes, threads=args.threads,
+        parity_episodes=args.parity_episodes, finetune_episodes=args.finetune_episodes,
+        threads=args.threads,
         progress=not args.no_progress, command=args.command_line,
         calibration_episodes=args.calibration_episodes,
         sensitivity_episodes=args.sensitivity_episodes, check_episodes=args.check_episodes)

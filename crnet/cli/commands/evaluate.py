@@ -15,10 +15,12 @@ from crnet.cli.arguments import (
     add_checkpoint,
     add_data_group,
     add_episodes,
+    add_finetune_group,
     add_json,
     add_no_progress,
     add_runtime_group,
     add_shots,
+    finetune_overrides,
 )
 from crnet.runtime.errors import UsageError
 
@@ -44,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inference-precision", choices=["f32", "bf16"], default=None,
                         help="openvino only: the inference precision hint (default f32; "
                              "bf16 only on CPUs that have it)")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also finetune on each episode's K >= 2 supports and score "
+                             "fusion and finetuning side by side (crnet.models.finetune)")
+    add_finetune_group(parser)
     add_no_progress(parser)
 
 
@@ -69,6 +75,21 @@ def options(args: argparse.Namespace) -> EvalOptions:
         inference_precision=args.inference_precision, progress=not args.no_progress)
 
 
+def finetune_options(args: argparse.Namespace) -> dict[str, object] | None:
+    """The finetune overrides of --finetune (None without it); finetune flags need it."""
+    from crnet.cli.arguments import FINETUNE_FLAGS
+
+    overrides = finetune_overrides(args)
+    if not args.finetune:
+        given = [dest for dest in FINETUNE_FLAGS if getattr(args, dest) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} applies with --finetune only")
+        return None
+    if args.shots < 2:
+        raise UsageError(f"--finetune needs --shots >= 2, got {args.shots}")
+    return overrides
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table (and gate hints); 1 when a variant misses its gate."""
     from crnet.data.evaluation import format_table
@@ -76,10 +97,21 @@ def run(args: argparse.Namespace) -> int:
     from crnet.runtime.files import check_writable_file, write_json_atomic
 
     chosen = options(args)
+    finetune = finetune_options(args)
     if args.json is not None:
         check_writable_file(args.json, "--json")
-    records = evaluate_variants(chosen)
-    print(format_table(records))
+    if finetune is not None:
+        from crnet.bench.finetune import evaluate_finetune, format_finetune_table
+
+        records = evaluate_finetune(chosen, finetune)
+        print(format_finetune_table(records))
+    else:
+        records = evaluate_variants(chosen)
+        print(format_table(records))
+    for record in records:
+        if record.get("is_reference") and record.get("mode", "fusion") == "fusion":
+            print(f"note: no gate applies to {record['backend']} {record['precision']}: it is "
+                  "the reference (the PyTorch fp32 model scored against itself)")
     if records[0].get("absent_classes"):
         print(f"note: classes {records[0]['absent_classes']} had no episode and count 0 in "
               f"the mIoU (mean over the fold's classes); use more --episodes")

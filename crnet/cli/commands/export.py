@@ -13,6 +13,7 @@ from crnet.cli.arguments import (
     add_checkpoint,
     add_episodes,
     add_fold,
+    add_force,
     add_no_progress,
     add_out,
     add_preset,
@@ -34,9 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-weights", action="store_true",
                         help="export an untrained model of --preset (tests, CI)")
     add_out(parser, default=DEFAULT_OUT, help=f"bundle directory (default: {DEFAULT_OUT}/)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace the bundle at --out (only a bundle: any other "
-                             "non-empty directory is refused)")
+    add_force(parser, help="replace the bundle at --out (only a bundle: any other "
+                           "non-empty directory is refused)")
     parser.add_argument("--allow-unverified-checkpoint", action="store_true",
                         help="load a checkpoint whose .json records no sha256 (its weights "
                              "cannot be verified); recorded in the manifest as "

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from typing import TYPE_CHECKING
 
-from crnet.cli.arguments import add_bundle, add_runtime_group, add_store_arguments
+from crnet.cli.arguments import (
+    add_bundle,
+    add_runtime_group,
+    add_store_arguments,
+    at_least,
+)
 from crnet.runtime.errors import UsageError
 
 if TYPE_CHECKING:
@@ -43,19 +47,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-ttl-s", type=float, default=DEFAULT_TTL_S,
                         help="drop a support set unused this long (0: never)")
     parser.add_argument("--log-verbose", type=int, default=0, help="Triton's log level")
+    parser.add_argument("--outlive-parent", action="store_true",
+                        help="keep serving when the process that started it exits (default: "
+                             "stop cleanly, as on SIGTERM)")
+    add_limit_arguments(parser)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bounds on one request, checked before any work (docs/serving.md)."""
+    from crnet.serve import limits
+
+    group = parser.add_argument_group(
+        "request limits", "a request over one is refused with a client error (HTTP 400) "
+        "before any work")
+    group.add_argument("--max-id-chars", type=int, default=limits.DEFAULT_MAX_ID_CHARS,
+                       help="bytes of a support_id (default %(default)s; ids are 32 hex "
+                            "digits)")
+    group.add_argument("--max-pixels", type=int, default=limits.DEFAULT_MAX_PIXELS,
+                       help="height x width of any query or support image (default "
+                            "%(default)s: 4096x4096)")
+    group.add_argument("--max-shots", type=int, default=limits.DEFAULT_MAX_SHOTS,
+                       help="support images (K) in one crnet_support request (default "
+                            "%(default)s)")
+    group.add_argument("--max-request-mb", type=float, default=limits.DEFAULT_MAX_REQUEST_MB,
+                       help="MiB of all input tensors of one request (default %(default)s)")
 
 
 def options(args: argparse.Namespace) -> ServeOptions:
     """The ServeOptions of parsed arguments (what serve() and PyTriton are given)."""
+    from crnet.serve.limits import RequestLimits
     from crnet.serve.server import ServeOptions
 
+    for flag, value in (("--max-id-chars", args.max_id_chars),
+                        ("--max-pixels", args.max_pixels), ("--max-shots", args.max_shots)):
+        at_least(flag, value, 1)
+    if not args.max_request_mb > 0:
+        raise UsageError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
     return ServeOptions(
         bundle=args.bundle, backend=args.backend, precision=args.precision,
         threads=args.threads, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         store_metrics_port=args.store_metrics_port, instances=args.instances,
         store_max_entries=args.store_max_entries, store_max_mb=args.store_max_mb,
-        store_ttl_s=args.store_ttl_s, log_verbose=args.log_verbose)
+        store_ttl_s=args.store_ttl_s, log_verbose=args.log_verbose,
+        outlive_parent=args.outlive_parent,
+        limits=RequestLimits(args.max_id_chars, args.max_pixels, args.max_shots,
+                             args.max_request_mb))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,8 +103,6 @@ def run(args: argparse.Namespace) -> int:
     problem = serving_problem(args.bundle)
     if problem is not None:
         raise UsageError(problem)
-    chosen = options(args)
-    # SIGTERM stops the server the way Ctrl-C does (Triton.serve() handles KeyboardInterrupt).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    serve(chosen)
+    # SIGTERM, SIGINT and the death of the parent process all stop it cleanly (serve()).
+    serve(options(args))
     return 0

@@ -243,6 +243,112 @@ def test_bad_inputs_get_the_segmenters_messages_and_the_server_keeps_serving(
                                       expected(local, episode)[0])
 
 
+def abuse_cases(registered: bytes) -> dict[str, tuple[str, dict[str, np.ndarray], str, str]]:
+    """name -> (model, inputs, the tag the answer must carry, a phrase of its message)."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    masks = np.ones((1, 64, 64), np.uint8)
+
+    def key(value: bytes) -> np.ndarray:
+        return np.array([value], dtype=np.object_)
+
+    return {
+        "1 MB id": ("crnet_segment", {"support_id": key(b"a" * (1 << 20)), "image": image},
+                    "RequestLimitError", "support_id of 1048576 bytes is longer than the 64"),
+        "unknown id": ("crnet_segment", {"support_id": key(b"0" * 32), "image": image},
+                       "UnknownSupportError", "register the support again"),
+        "non-UTF-8 id": ("crnet_segment", {"support_id": key(b"\xff\xfe"), "image": image},
+                         "UnknownSupportError", "not an id this server gives"),
+        "1x1 image": ("crnet_segment", {"support_id": key(registered),
+                                        "image": np.zeros((1, 1, 3), np.uint8)},
+                      "InputError", "1x1; each side must be at least 8"),
+        "bad mask": ("crnet_support", {"images": image[None], "masks": masks * 7},
+                     "InputError", "support mask 0 holds values [7]"),
+        "K=0": ("crnet_support", {"images": image[None][:0], "masks": masks[:0]},
+                "InputError", "images of shape [0, 64, 64, 3] is empty"),
+        "K=9": ("crnet_support", {"images": np.repeat(image[None], 9, 0),
+                                  "masks": np.repeat(masks, 9, 0)},
+                "RequestLimitError", "9 support images (K) are more than the 8"),
+        "10,000x10,000 image": ("crnet_segment", {"support_id": key(registered),
+                                                  "image": np.zeros((10_000, 10_000, 3),
+                                                                    np.uint8)},
+                                "RequestLimitError", "286.1 MiB is larger than the 64 MiB"),
+    }
+
+
+def http_infer(client, model: str, inputs: dict[str, np.ndarray]):  # noqa: ANN001, ANN201
+    import tritonclient.http as http
+
+    tensors = []
+    for name, array in inputs.items():
+        tensor = http.InferInput(name, list(array.shape),
+                                 "BYTES" if array.dtype == object else "UINT8")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return client.infer(model, tensors)
+
+
+def test_abuse_gets_one_line_400s_and_leaves_crnet_support_responsive(
+        server: ServerProcess) -> None:
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    client = http.InferenceServerClient(server.http_url, network_timeout=120)
+    try:
+        image, mask = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8)
+        mask[10:40, 10:40] = 1
+        registered = http_infer(client, "crnet_support", {"images": image[None],
+                                                          "masks": mask[None]})
+        key = bytes(registered.as_numpy("support_id")[0])
+        for name, (model, inputs, tag, phrase) in abuse_cases(key).items():
+            with pytest.raises(InferenceServerException) as raised:
+                http_infer(client, model, inputs)
+            answer = raised.value
+            text = answer.message()
+            assert answer.status() == "400", (name, answer.status(), text[:500])
+            assert text.startswith(f"[crnet:{tag}] ") and phrase in text, (name, text[:500])
+            assert "\n" not in text and "Traceback" not in text and 'File "' not in text
+            assert "aaaa" not in text, name  # the id is never echoed
+        long_id = abuse_cases(key)["1 MB id"]
+        for _ in range(200):
+            with pytest.raises(InferenceServerException):
+                http_infer(client, long_id[0], long_id[1])
+        again = http_infer(client, "crnet_support", {"images": image[None], "masks": mask[None]})
+        assert bytes(again.as_numpy("support_id")[0]) == key
+    finally:
+        client.close()
+    log = (server.log_dir / f"serve-{server.starts}.log").read_text()
+    assert "support_id 'aaaaaaaa" in log and "... (1048576 chars)" in log
+    assert "a" * 200 not in log  # the log keeps the first 64 characters
+
+
+def test_grpc_clients_get_invalid_argument(server: ServerProcess) -> None:
+    import grpc
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    client = triton_grpc.InferenceServerClient(server.grpc_url[len("grpc://"):])
+    images = triton_grpc.InferInput("images", [0, 64, 64, 3], "UINT8")
+    images.set_data_from_numpy(np.zeros((0, 64, 64, 3), np.uint8))
+    masks = triton_grpc.InferInput("masks", [0, 64, 64], "UINT8")
+    masks.set_data_from_numpy(np.zeros((0, 64, 64), np.uint8))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("crnet_support", [images, masks])
+    client.close()
+    assert raised.value.status() == str(grpc.StatusCode.INVALID_ARGUMENT)
+    assert raised.value.message().startswith("[crnet:InputError] images of shape [0, 64")
+
+
+def test_remote_segmenter_raises_request_limit_error(server: ServerProcess) -> None:
+    from crnet.runtime.remote import RequestLimitError
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 10:40] = 1
+    with remote(server.http_url) as segmenter, pytest.raises(RequestLimitError,
+                                                             match="--max-shots"):
+        segmenter.set_support([image] * 9, [mask] * 9)
+
+
 def test_eight_concurrent_clients_get_their_own_results(server: ServerProcess, local
                                                         ) -> None:  # noqa: ANN001
     chosen = episodes(8, offset=10)
@@ -429,3 +535,25 @@ def test_serve_listens_on_loopback_unless_host_says_otherwise(tmp_path: Path) ->
     line = listening_line(opened)
     assert line.startswith("crnet serve: listening on 0.0.0.0: http 0.0.0.0:8000")
     assert "store metrics off" in line and "without authentication" in line
+
+
+def test_serve_limit_flags_reach_the_options_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    from crnet.cli import build_parser
+    from crnet.cli.commands.serve import options
+    from crnet.runtime.errors import UsageError
+    from crnet.serve.limits import RequestLimits
+
+    parser = build_parser("serve")
+    help_text = " ".join(parser.format_help().split())
+    for flag in ("--max-id-chars", "--max-pixels", "--max-shots", "--max-request-mb",
+                 "--outlive-parent"):
+        assert flag in help_text
+    assert options(parser.parse_args([str(tmp_path)])).limits == RequestLimits()
+    chosen = options(parser.parse_args([str(tmp_path), "--max-id-chars", "40", "--max-pixels",
+                                        "1000", "--max-shots", "2", "--max-request-mb", "0.5",
+                                        "--outlive-parent"]))
+    assert chosen.limits == RequestLimits(40, 1000, 2, 0.5) and chosen.outlive_parent
+    with pytest.raises(UsageError, match="--max-shots must be >= 1, got 0"):
+        options(parser.parse_args([str(tmp_path), "--max-shots", "0"]))
+    with pytest.raises(UsageError, match="--max-request-mb must be > 0"):
+        options(parser.parse_args([str(tmp_path), "--max-request-mb", "-1"]))
