@@ -67,6 +67,17 @@ def _run_threads(work: Callable[[int], None]) -> None:
         raise errors[0]
 
 
+def _segment_outcome(segmenter: Segmenter, query: np.ndarray, expected_mask: np.ndarray
+                     ) -> str:
+    """Segment with the Segmenter's current support: "right" (the thread's own mask),
+    "wrong" (another thread's support was used) or "raised" (SupportReplacedError)."""
+    try:
+        mask = segmenter.segment(query)
+    except SupportReplacedError:
+        return "raised"
+    return "right" if np.array_equal(mask, expected_mask) else "wrong"
+
+
 def test_support_handles_give_every_thread_its_own_masks(shared, expected) -> None:  # noqa: ANN001
     segmenter, supports, query = shared
     start = threading.Barrier(THREADS)
@@ -98,11 +109,7 @@ def test_set_support_in_every_thread_raises_instead_of_mixing(shared, expected) 
         for _ in range(SEGMENTS):
             segmenter.set_support(*supports[index])
             round_done.wait()
-            try:
-                mask = segmenter.segment(query)
-                outcome = "right" if np.array_equal(mask, expected[index]) else "wrong"
-            except SupportReplacedError:
-                outcome = "raised"
+            outcome = _segment_outcome(segmenter, query, expected[index])
             with count:
                 outcomes[outcome] += 1
             round_done.wait()
@@ -124,11 +131,7 @@ def test_set_support_racing_threads_never_get_a_wrong_mask(shared, expected) -> 
             # the tiny model is quick enough to finish both calls in one turn of the GIL:
             # let other threads run between them, as an application's own work would
             time.sleep(0)
-            try:
-                mask = segmenter.segment(query)
-                outcome = "right" if np.array_equal(mask, expected[index]) else "wrong"
-            except SupportReplacedError:
-                outcome = "raised"
+            outcome = _segment_outcome(segmenter, query, expected[index])
             with count:
                 outcomes[outcome] += 1
 
