@@ -20,8 +20,9 @@ It prints what it held: requests served, errors by class, stalls (a request slow
 ``--stall-s``), the RSS of the server's process tree at the start and end of the load, and
 the processes and files left after the stop. Exit status 0 when the targets held (0 stalls,
 every attack refused cleanly, no 5xx, nothing left, RSS growth under ``--max-growth-mb``),
-1 otherwise. Needs numpy and tritonclient[http] (the ``remote`` extra) here, and the
-``serve`` extra in the environment of ``--crnet``.
+1 otherwise. Needs crnet-deploy with the ``remote`` extra (numpy, tritonclient[http]) here,
+and the ``serve`` extra in the environment of ``--crnet``; the process-tree and
+shared-memory bookkeeping is crnet.serve.lifecycle's, the same the server cleans up with.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from crnet.serve.lifecycle import (
+    descendants,
+    mapped_shared_memory,
+    process_running,
+    shared_memory_files,
+)
 
 HOST = "127.0.0.1"
 SIZE = 96  # side of the valid images sent
@@ -74,19 +82,7 @@ def free_port() -> int:
 
 def tree(pid: int) -> list[int]:
     """``pid`` and its descendants, from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(parent, []).append(int(entry.name))
-    found, frontier = [pid], [pid]
-    while frontier:
-        frontier = [child for parent in frontier for child in parents.get(parent, [])]
-        found += frontier
-    return found
+    return [pid, *descendants(pid)]
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -102,34 +98,6 @@ def rss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def shm_files(pid: int) -> list[str]:
-    """The Python backend's shared-memory files of the server ``pid`` in /dev/shm."""
-    root = Path("/dev/shm")
-    return sorted(path.name for pattern in (f"pytrtion{pid}-*", f"pytriton{pid}-*")
-                  for path in root.glob(pattern))
-
-
-def mapped_shm(pids: list[int]) -> set[str]:
-    """Names of the /dev/shm files the processes ``pids`` have mapped."""
-    names = set()
-    for pid in pids:
-        try:
-            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if " /dev/shm/" in line:
-                names.add(line.split(" /dev/shm/", 1)[1].removesuffix(" (deleted)"))
-    return names
 
 
 @dataclass
@@ -179,7 +147,7 @@ class Server:
         look for them after the stop)."""
         pids = tree(self.process.pid) if self.process is not None else []
         self.seen.update(pids)
-        self.shm_seen.update(mapped_shm(pids))
+        self.shm_seen.update(path.name for path in mapped_shared_memory(pids))
         return pids
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -195,14 +163,14 @@ class Server:
             code = None
         seconds = time.monotonic() - began
         time.sleep(1.0)  # let orphans, if any, show up as such
-        left = sorted(p for p in self.seen if p != pid and alive(p))
+        left = sorted(p for p in self.seen if p != pid and process_running(p))
         for leftover in left:  # the processes this run started: end them
             with_suppressed(os.kill, leftover, signal.SIGKILL)
         if code is None:
             with_suppressed(os.killpg, pid, signal.SIGKILL)
         return {"exit_code": code, "stop_seconds": round(seconds, 1),
                 "processes_left": left,
-                "shm_files_left": sorted(set(shm_files(pid)) | {
+                "shm_files_left": sorted({path.name for path in shared_memory_files(pid)} | {
                     name for name in self.shm_seen if (Path("/dev/shm") / name).exists()})}
 
 

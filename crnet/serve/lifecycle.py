@@ -110,7 +110,7 @@ def descendants(pid: int | None = None) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as ended)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -135,24 +135,24 @@ def process_name(pid: int) -> str:
 def end_children(timeout_s: float = 5.0) -> list[str]:
     """SIGTERM every descendant still running, SIGKILL those left after ``timeout_s``,
     reap the ones that are this process's children; "name (pid)" of each one ended."""
-    targets = [pid for pid in descendants() if _alive(pid)]
+    targets = [pid for pid in descendants() if process_running(pid)]
     ended = [f"{process_name(pid)} ({pid})" for pid in targets]
     for pid in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while any(_alive(pid) for pid in targets) and time.monotonic() < deadline:
+    while any(process_running(pid) for pid in targets) and time.monotonic() < deadline:
         for pid in targets:
             _reap(pid)
         time.sleep(0.05)
     for pid in targets:
-        if _alive(pid):
+        if process_running(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     for pid in targets:
         for _ in range(100):
             _reap(pid)
-            if not _alive(pid):
+            if not process_running(pid):
                 break
             time.sleep(0.01)
     return ended

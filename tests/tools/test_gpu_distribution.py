@@ -3,30 +3,20 @@ Runtime distribution, read from pip's own resolution report."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import tomllib
 
+from tests.tool_modules import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_distribution",
-                                                  ROOT / "tools" / "gpu_distribution.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_distribution = _tool()
+gpu_distribution = load_tool("gpu_distribution")
 
 
 def onnxruntime_distributions(report: dict) -> list[str]:  # type: ignore[type-arg]

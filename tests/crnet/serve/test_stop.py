@@ -5,7 +5,6 @@ server helpers of tools/serve_soak.py, which the soak itself runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,27 +15,19 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
+from crnet.serve.lifecycle import process_running, shared_memory_files
+from tests.tool_modules import load_tool
 from tests.venvs import clean_environment, tiny_bundle
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def load_soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("serve_soak", REPO / "tools" / "serve_soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serve_soak"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = load_soak()
+soak = load_tool("serve_soak")
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +140,13 @@ def test_the_death_of_its_parent_stops_it_and_leaves_nothing(
     seen.update(soak.tree(server_pid))
     parent.kill()  # SIGKILL: nothing of the parent runs any more
     parent.wait()
-    gone = soak.wait_until(lambda: not soak.alive(server_pid), 60)
+    gone = soak.wait_until(lambda: not process_running(server_pid), 60)
     time.sleep(1.0)
-    left: list[Any] = [pid for pid in seen if soak.alive(pid)]
+    left: list[Any] = [pid for pid in seen if process_running(pid)]
     for pid in left:
         soak.with_suppressed(os.kill, pid, signal.SIGKILL)
     assert gone, f"crnet serve still runs after its parent died:\n{log.read_text()[-3000:]}"
-    assert left == [] and soak.shm_files(server_pid) == []
+    assert left == [] and shared_memory_files(server_pid) == []
 
 
 def passing_summary() -> dict[str, Any]:
