@@ -43,7 +43,11 @@ MAX_REREGISTRATIONS = 3  # per call: a store evicting every new support must not
 _TAG = re.compile(r"\[crnet:(\w+)\] (.*?)(?:\n|\\n|$)", re.S)
 _TRANSIENT = ("unavailable", "connection", "not ready", "unknown model", "is not found",
               "failed to connect", "socket closed", "broken pipe", "reset by peer",
-              "deadline exceeded", "stub process is not healthy")
+              "deadline exceeded", "stub process is not healthy",
+              "concurrent rpc limit exceeded")
+_TRANSIENT_KINDS = ("ServerBusy", "ServerUnavailable")
+"""Errors of the server's front end that pass: too many connections, Triton restarting."""
+_TOO_LARGE = re.compile(r"received message larger than max \((\d+) vs\. (\d+)\)", re.I)
 
 
 class UnknownSupportError(InputError):
@@ -270,7 +274,7 @@ class RemoteSegmenter:
                 return client.infer(model, tensors, outputs=requested, **kwargs)
             except Exception as error:  # noqa: BLE001 - sorted below
                 tagged = _tagged(error)
-                if tagged is not None:
+                if tagged is not None and tagged.kind not in _TRANSIENT_KINDS:
                     raise tagged from None
                 if not _transient(error) or time.monotonic() + delay > deadline:
                     raise RemoteError(
@@ -327,13 +331,25 @@ def _tagged(error: BaseException) -> _Tagged | None:
     if isinstance(error, _Tagged):
         return error
     match = _TAG.search(str(error))
-    return _Tagged(match.group(1), match.group(2).strip()) if match else None
+    if match:
+        return _Tagged(match.group(1), match.group(2).strip())
+    too_large = _TOO_LARGE.search(str(error))  # gRPC's own refusal, from the message's length
+    if too_large:
+        sent, limit = (int(value) / 2**20 for value in too_large.groups())
+        return _Tagged("RequestLimitError",
+                       f"request of {sent:.1f} MiB is larger than the {limit:.1f} MiB this "
+                       "server reads (--max-request-mb plus 1 MiB for the header); send "
+                       "smaller images")
+    return None
 
 
 def _transient(error: BaseException) -> bool:
-    """True for failures a restarting or briefly unreachable server causes."""
+    """True for failures a restarting, busy or briefly unreachable server causes."""
     if isinstance(error, OSError | TimeoutError | ConnectionError):
         return True
+    tagged = _tagged(error)
+    if tagged is not None:
+        return tagged.kind in _TRANSIENT_KINDS
     text = f"{type(error).__name__}: {error}".lower()
     return any(marker in text for marker in _TRANSIENT)
 

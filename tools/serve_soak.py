@@ -7,9 +7,12 @@ Starts `crnet serve BUNDLE` on free loopback ports, checks that it answers ready
 both models loaded, then
 
 1. runs each attack once or more (a 1 MB support_id 200 times, a bad mask, a 1x1 image, an
-   unknown and a non-UTF-8 id, K=0, K over the bound, a 10,000x10,000 image), expecting a
-   400 with a one-line ``[crnet:...]`` message and no traceback, and checks after them that
-   crnet_support still registers a support;
+   unknown and a non-UTF-8 id, K=0, K over the bound, a 10,000x10,000 image over HTTP and
+   over gRPC, a chunked upload, a request to unload a model), expecting a client error
+   (HTTP 4xx, or gRPC INVALID_ARGUMENT, RESOURCE_EXHAUSTED, PERMISSION_DENIED) with a
+   one-line message and no traceback, and checks after them that both models are still
+   loaded, that crnet_support still registers a support, and how much the server's
+   process tree grew over the attacks;
 2. runs a mixed load for ``--warmup-s`` (default 60) plus ``--minutes`` (default 10)
    with ``--clients`` threads: valid registrations and segmentations with the attacks
    mixed in; RSS growth is measured from the end of the warm-up;
@@ -59,12 +62,17 @@ from crnet.serve.lifecycle import (
 HOST = "127.0.0.1"
 SIZE = 96  # side of the valid images sent
 ATTACKS = ("long_id", "bad_mask", "one_pixel", "unknown_id", "non_utf8_id", "k0",
-           "too_many_shots", "huge_image")
-REPEATS = {"long_id": 200, "huge_image": 3}
-LOAD_ATTACKS = tuple(name for name in ATTACKS if name != "huge_image")
-"""The huge image runs in the attack phase only: each refusal is a 286 MiB upload, and
-Triton copies it into the shared memory of the model instance it lands on before any
-check can run (docs/serving.md), a one-time growth the summary shows apart."""
+           "too_many_shots", "unload_model", "chunked_upload", "huge_image",
+           "grpc_huge_image")
+REPEATS = {"long_id": 200, "huge_image": 10, "grpc_huge_image": 10}
+HUGE = ("huge_image", "grpc_huge_image")
+LOAD_ATTACKS = tuple(name for name in ATTACKS if name not in HUGE)
+"""The huge images run in the attack phase only, where the tree's growth over them is
+measured: each is a 286 MiB upload from this process, which would crowd the load's own
+requests out of the machine's cores."""
+CLIENT_ERRORS = ("400 ", "403 ", "411 ", "413 ", "StatusCode.INVALID_ARGUMENT ",
+                 "StatusCode.RESOURCE_EXHAUSTED ", "StatusCode.PERMISSION_DENIED ")
+"""How an attack must be answered: a client error, one line."""
 STORE_MAX_MB = 8
 """The soak's support store bound (--store-max-mb), so RSS growth measures leaks, not a
 store filling up to its default 512 MiB by design."""
@@ -233,8 +241,58 @@ class Client:
         self.client.close()
 
 
-def attack(client: Client, name: str, key: bytes, rng: np.random.Generator) -> None:
-    """Send the attack ``name`` (each one must be refused)."""
+class HttpAnswer(Exception):
+    """A plain HTTP request's error answer, classified like tritonclient's errors."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+    def status(self) -> str:
+        return str(self.code)
+
+
+def plain_post(url: str, path: str, body: bytes | None = None, chunked: bool = False) -> None:
+    """POST ``body`` to ``path`` (in chunks when ``chunked``); HttpAnswer for an error."""
+    import http.client
+
+    host, port = url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        if chunked:
+            connection.request("POST", path, body=iter([body or b"{}"]),
+                               encode_chunked=True)
+        else:
+            connection.request("POST", path, body=body or b"{}")
+        answer = connection.getresponse()
+        text = answer.read().decode(errors="replace")
+    finally:
+        connection.close()
+    if answer.status >= 400:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            text = json.loads(text)["error"]
+        raise HttpAnswer(answer.status, text)
+
+
+def grpc_segment(url: str, image: np.ndarray, timeout_s: float) -> None:
+    """A crnet_segment request over gRPC (tritonclient.grpc)."""
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(url)
+    try:
+        key = grpc.InferInput("support_id", [1], "BYTES")
+        key.set_data_from_numpy(np.array([b"0" * 32], dtype=np.object_))
+        frame = grpc.InferInput("image", list(image.shape), "UINT8")
+        frame.set_data_from_numpy(image)
+        client.infer("crnet_segment", [key, frame], client_timeout=timeout_s)
+    finally:
+        client.close()
+
+
+def attack(client: Client, name: str, key: bytes, rng: np.random.Generator,
+           server: Server | None = None) -> None:
+    """Send the attack ``name`` (each one must be refused); the last three need
+    ``server``, for its URL and gRPC port."""
     images, masks = support_set(rng)
     image = images[0]
     if name == "long_id":
@@ -254,6 +312,15 @@ def attack(client: Client, name: str, key: bytes, rng: np.random.Generator) -> N
         client.register(many, many_masks)
     elif name == "huge_image":
         client.segment(key, np.zeros((10_000, 10_000, 3), np.uint8))
+    elif server is None:
+        raise ValueError(f"attack {name} needs the server")
+    elif name == "unload_model":
+        plain_post(server.url, "/v2/repository/models/crnet_segment/unload")
+    elif name == "chunked_upload":
+        plain_post(server.url, "/v2/models/crnet_segment/infer", b"{}", chunked=True)
+    elif name == "grpc_huge_image":
+        grpc_segment(f"{HOST}:{server.ports['grpc']}", np.zeros((10_000, 10_000, 3),
+                                                                 np.uint8), 120.0)
     else:
         raise ValueError(name)
 
@@ -263,6 +330,8 @@ def classify(error: BaseException) -> str:
     text = str(error)
     status = getattr(error, "status", lambda: None)()
     tag = text.split("[crnet:", 1)[1].split("]", 1)[0] if "[crnet:" in text else None
+    if tag is None and "received message larger than max" in text.lower():
+        tag = "size"  # gRPC's own refusal, from the message's length prefix
     if "Traceback" in text or 'File "' in text or "\n" in text.strip():
         return f"{status} multi-line or traceback"
     if status is not None:
@@ -293,7 +362,7 @@ class Tally:
         seconds = time.monotonic() - began
         with self.lock:
             self.counts[f"{what}: {outcome}"] += 1
-            if what == "attack huge_image":
+            if what.removeprefix("attack ") in HUGE:
                 self.huge.append(seconds)
                 return result
             self.latencies.append(seconds)
@@ -327,14 +396,19 @@ def run_attacks(server: Server, tally: Tally, timeout_s: float) -> dict[str, Any
     client = Client(server.url, timeout_s)
     try:
         key = client.register(*support_set(rng))
+        before = rss_mb(server.watch())
         for name in ATTACKS:
             for _ in range(REPEATS.get(name, 1)):
-                tally.timed(f"attack {name}", lambda n=name: attack(client, n, key, rng))
+                tally.timed(f"attack {name}",
+                            lambda n=name: attack(client, n, key, rng, server))
+        after_attacks = rss_mb(server.watch())
         began = time.monotonic()
         after = tally.timed("register after the attacks",
                             lambda: client.register(*support_set(rng)))
         return {"crnet_support_after_attacks_s": round(time.monotonic() - began, 3),
-                "crnet_support_responsive": after is not None}
+                "crnet_support_responsive": after is not None,
+                "models_ready_after_attacks": readiness(server),
+                "rss_growth_over_attacks_mb": round(after_attacks - before, 1)}
     finally:
         client.close()
 
@@ -342,7 +416,7 @@ def run_attacks(server: Server, tally: Tally, timeout_s: float) -> dict[str, Any
 def load_worker(server: Server, tally: Tally, deadline: float, seed: int,
                 timeout_s: float) -> None:
     """Until ``deadline``: 70% segmentations, 15% registrations, 15% attacks (all but
-    the huge image)."""
+    the huge images)."""
     rng = np.random.default_rng(seed)
     chooser = random.Random(seed)
     client = Client(server.url, timeout_s)
@@ -358,7 +432,8 @@ def load_worker(server: Server, tally: Tally, deadline: float, seed: int,
                 tally.timed("segment", lambda k=key, i=image: client.segment(k, i))
             else:
                 name = chooser.choice(LOAD_ATTACKS)
-                tally.timed(f"attack {name}", lambda n=name, k=key: attack(client, n, k, rng))
+                tally.timed(f"attack {name}",
+                            lambda n=name, k=key: attack(client, n, k, rng, server))
     finally:
         client.close()
 
@@ -401,15 +476,22 @@ def verdict(summary: dict[str, Any], max_growth_mb: float) -> list[str]:
     if summary["stalls"]:
         failed.append(f"{len(summary['stalls'])} stalls")
     bad = {key: count for key, count in summary["outcomes"].items()
-           if key.startswith("attack") and not key.split(": ", 1)[1].startswith("400 ")}
+           if key.startswith("attack") and not (
+               key.split(": ", 1)[1].startswith(CLIENT_ERRORS)
+               and "untagged" not in key and "traceback" not in key)}
     bad.update({key: count for key, count in summary["outcomes"].items()
                 if not key.startswith("attack") and not key.endswith(": ok")})
     if bad:
         failed.append(f"unexpected outcomes {bad}")
     if not summary["ready"]["ready_means_loaded"]:
         failed.append(f"readiness {summary['ready']}")
-    if not summary["attacks"]["crnet_support_responsive"]:
+    attacks = summary["attacks"]
+    if not attacks["crnet_support_responsive"]:
         failed.append("crnet_support unresponsive after the attacks")
+    if set(attacks["models_ready_after_attacks"].values()) != {200}:
+        failed.append(f"not ready after the attacks: {attacks['models_ready_after_attacks']}")
+    if attacks["rss_growth_over_attacks_mb"] >= max_growth_mb:
+        failed.append(f"RSS grew {attacks['rss_growth_over_attacks_mb']} MiB over the attacks")
     if summary["rss"]["rss_growth_mb"] >= max_growth_mb:
         failed.append(f"RSS grew {summary['rss']['rss_growth_mb']} MiB")
     stop = summary["stop"]
@@ -434,8 +516,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"stalls (> {summary['stall_s']:g} s): {len(summary['stalls'])}"
           + "".join(f"\n  {line}" for line in summary["stalls"][:10]))
     print(f"crnet_support after the attacks: {summary['attacks']}")
-    print(f"10,000x10,000 image refusals (a 286 MiB upload each): "
-          f"{summary['huge_image_s']} s")
+    print(f"10,000x10,000 image refusals, HTTP and gRPC (a 286 MiB request each): "
+          f"{summary['huge_image_s']} s; the tree grew "
+          f"{summary['attacks']['rss_growth_over_attacks_mb']} MiB over all the attacks")
     print(f"RSS of the process tree: {rss['rss_before_attacks_mb']} MiB before the attacks, "
           f"{rss['rss_load_began_mb']} MiB when the load began, {rss['rss_start_mb']} MiB "
           f"after its {rss['warmup_s']:g} s warm-up (start), {rss['rss_end_mb']} MiB at the "

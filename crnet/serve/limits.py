@@ -8,7 +8,7 @@ bound, the value sent and the flag that raises it; a support id is never echoed 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,9 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_SHOTS = 8
 DEFAULT_MAX_REQUEST_MB = 64.0
 """All input tensors of one request together, in MiB."""
+HEADER_ALLOWANCE_BYTES = 1 << 20
+"""What a request may carry besides its tensors (the JSON header of Triton's binary HTTP
+form, protobuf fields): the front ends read at most max_request_mb plus this."""
 REQUEST_SIZE_MESSAGE = ("request of {mib:.1f} MiB is larger than the {limit:g} MiB this server "
                         "accepts (--max-request-mb); send smaller images")
 ID_DIGITS = frozenset(b"0123456789abcdef")
@@ -56,6 +59,12 @@ class RequestLimits:
         """max_request_mb in bytes."""
         return int(self.max_request_mb * 2**20)
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest HTTP body or gRPC message the front ends read: max_request_bytes
+        and HEADER_ALLOWANCE_BYTES for the rest of the request."""
+        return self.max_request_bytes + HEADER_ALLOWANCE_BYTES
+
 
 def loggable_id(raw: object) -> str:
     """A support id as the server log shows it: its first 64 characters and its length."""
@@ -74,6 +83,22 @@ def check_request_size(request: Mapping[str, Any], limits: RequestLimits) -> Non
     if total > limits.max_request_bytes:
         raise RequestLimitError(REQUEST_SIZE_MESSAGE.format(mib=total / 2**20,
                                                             limit=limits.max_request_mb))
+
+
+def _check_shots(shots: int, limits: RequestLimits) -> None:
+    if shots < 1:
+        raise InputError("images hold no support image (K=0): send at least one image "
+                         "and its mask")
+    if shots > limits.max_shots:
+        raise RequestLimitError(f"{shots} support images (K) are more than the "
+                                f"{limits.max_shots} this server accepts (--max-shots)")
+
+
+def _check_id_length(length: int, limits: RequestLimits) -> None:
+    if length > limits.max_id_chars:
+        raise RequestLimitError(
+            f"support_id of {length} bytes is longer than the {limits.max_id_chars} this "
+            "server accepts (--max-id-chars); send the id crnet_support returned")
 
 
 def _check_pixels(height: int, width: int, what: str, limits: RequestLimits) -> None:
@@ -99,21 +124,26 @@ def check_support_request(request: Mapping[str, Any], limits: RequestLimits
     check_request_size(request, limits)
     images = _uint8(request.get("images"), "images", "[K,H,W,3]")
     masks = _uint8(request.get("masks"), "masks", "[K,H,W]")
-    if images.ndim != 4 or images.shape[3] != 3 or masks.ndim != 3:
-        raise InputError(f"images must be [K,H,W,3] and masks [K,H,W], got shapes "
-                         f"{list(images.shape)} and {list(masks.shape)}")
-    shots = images.shape[0]
-    if shots < 1:
-        raise InputError("images hold no support image (K=0): send at least one image "
-                         "and its mask")
-    if shots > limits.max_shots:
-        raise RequestLimitError(f"{shots} support images (K) are more than the "
-                                f"{limits.max_shots} this server accepts (--max-shots)")
-    if masks.shape != images.shape[:3]:
-        raise InputError(f"masks must be [K,H,W] matching images {list(images.shape)}, "
-                         f"got {list(masks.shape)}")
-    _check_pixels(images.shape[1], images.shape[2], "support image 0", limits)
+    _check_support_shapes(tuple(images.shape), tuple(masks.shape), limits)
     return images, masks
+
+
+def _check_support_shapes(images: tuple[int, ...], masks: tuple[int, ...],
+                          limits: RequestLimits) -> None:
+    if len(images) != 4 or images[3] != 3 or len(masks) != 3:
+        raise InputError(f"images must be [K,H,W,3] and masks [K,H,W], got shapes "
+                         f"{list(images)[:8]} and {list(masks)[:8]}")
+    _check_shots(images[0], limits)
+    if masks != images[:3]:
+        raise InputError(f"masks must be [K,H,W] matching images {list(images)}, "
+                         f"got {list(masks)}")
+    _check_pixels(images[1], images[2], "support image 0", limits)
+
+
+def _check_query_shape(shape: tuple[int, ...], limits: RequestLimits) -> None:
+    if len(shape) != 3 or shape[2] != 3:
+        raise InputError(f"image must be [H,W,3], got shape {list(shape)[:8]}")
+    _check_pixels(shape[0], shape[1], "query image", limits)
 
 
 def check_segment_request(request: Mapping[str, Any], limits: RequestLimits
@@ -126,9 +156,7 @@ def check_segment_request(request: Mapping[str, Any], limits: RequestLimits
     check_request_size(request, limits)
     key = support_key(request.get("support_id"), limits)
     image = _uint8(request.get("image"), "image", "[H,W,3]")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"image must be [H,W,3], got shape {list(image.shape)}")
-    _check_pixels(image.shape[0], image.shape[1], "query image", limits)
+    _check_query_shape(tuple(image.shape), limits)
     return key, image
 
 
@@ -145,12 +173,99 @@ def support_key(value: Any, limits: RequestLimits) -> str:
         raw = raw.encode("utf-8", "surrogateescape")
     if not isinstance(raw, bytes | np.bytes_):
         raise InputError(f"support_id must be BYTES, got {type(raw).__name__}")
-    if len(raw) > limits.max_id_chars:
-        raise RequestLimitError(
-            f"support_id of {len(raw)} bytes is longer than the {limits.max_id_chars} this "
-            "server accepts (--max-id-chars); send the id crnet_support returned")
+    _check_id_length(len(raw), limits)
     if not raw or not ID_DIGITS.issuperset(bytes(raw)):
         raise UnknownSupportError(
             "unknown support_id: not an id this server gives (ids are lower-case hex "
             "digits); register the support again with crnet_support and use the id it returns")
     return bytes(raw).decode("ascii")
+
+
+# -- requests as they declare themselves, before their data is read ---------------------
+
+SUPPORT_MODEL = "crnet_support"
+SEGMENT_MODEL = "crnet_segment"
+
+
+@dataclass(frozen=True)
+class DeclaredTensor:
+    """An input tensor as a request's header declares it, before its data is read: what
+    the front ends check (crnet.serve.http_front, crnet.serve.grpc_front)."""
+
+    datatype: str
+    """Triton's name of the element type: "UINT8", "BYTES", ..."""
+    shape: tuple[int, ...]
+    item_bytes: tuple[int, ...] | None = None
+    """BYTES: the length of each element, where the request tells it."""
+
+    @property
+    def elements(self) -> int:
+        count = 1
+        for side in self.shape:
+            count *= side
+        return count
+
+
+def _declared(tensors: Mapping[str, DeclaredTensor], name: str, datatype: str,
+              layout: str) -> DeclaredTensor:
+    tensor = tensors.get(name)
+    if tensor is None:
+        raise InputError(f"{name} is missing: send {datatype} {layout}")
+    if tensor.datatype != datatype:
+        raise InputError(f"{name} must be {datatype} {layout}, got {tensor.datatype[:20]}")
+    if any(side < 0 for side in tensor.shape):
+        raise InputError(f"{name} has shape {list(tensor.shape)[:8]}: sides cannot be "
+                         "negative")
+    return tensor
+
+
+def check_declared(model: str, tensors: Mapping[str, DeclaredTensor],
+                   limits: RequestLimits) -> None:
+    """Refuse a crnet_support or crnet_segment request from its declared inputs alone
+    (shapes, types, BYTES lengths), with the messages the models give for the same input;
+    other models pass (Triton answers for them)."""
+    if model not in (SUPPORT_MODEL, SEGMENT_MODEL):
+        return
+    total = sum(tensor.elements for tensor in tensors.values()
+                if tensor.datatype == "UINT8" and all(side >= 0 for side in tensor.shape))
+    if total > limits.max_request_bytes:
+        raise RequestLimitError(REQUEST_SIZE_MESSAGE.format(mib=total / 2**20,
+                                                            limit=limits.max_request_mb))
+    if model == SUPPORT_MODEL:
+        images = _declared(tensors, "images", "UINT8", "[K,H,W,3]")
+        masks = _declared(tensors, "masks", "UINT8", "[K,H,W]")
+        _check_support_shapes(images.shape, masks.shape, limits)
+        return
+    key = _declared(tensors, "support_id", "BYTES", "[1]")
+    if key.elements != 1:
+        raise InputError(f"support_id must hold one id, got {key.elements} values")
+    if key.item_bytes:
+        _check_id_length(max(key.item_bytes), limits)
+    image = _declared(tensors, "image", "UINT8", "[H,W,3]")
+    _check_query_shape(image.shape, limits)
+
+
+def bytes_items(buffer: bytes | memoryview, count: int) -> tuple[int, ...] | None:
+    """The element lengths of ``count`` BYTES elements serialized as Triton sends them
+    (each a 4-byte little-endian length, then its bytes); None if ``buffer`` is not that."""
+    view = memoryview(buffer)
+    if count < 0 or count > len(view) // 4:  # each element takes 4 bytes at least
+        return None
+    lengths, offset = [], 0
+    for _ in range(count):
+        if offset + 4 > len(view):
+            return None
+        length = int.from_bytes(view[offset:offset + 4], "little")
+        lengths.append(length)
+        offset += 4 + length
+    return tuple(lengths) if offset == len(view) else None
+
+
+def flattened(values: Sequence[Any] | Any) -> list[Any]:
+    """The elements of a nested JSON list, in order."""
+    if not isinstance(values, list):
+        return [values]
+    items: list[Any] = []
+    for value in values:
+        items.extend(flattened(value))
+    return items

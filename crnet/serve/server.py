@@ -8,16 +8,20 @@ Two models, batching off (the contract clients rely on; keep the names):
 * ``crnet_segment``: ``support_id`` BYTES [1], ``image`` UINT8 [H,W,3] -> ``mask`` BOOL
   [H,W], ``probability`` FP32 [H,W].
 
-Every request is checked against RequestLimits (crnet.serve.limits: id length, image
-pixels, K, request size) before any work. Errors a client caused (bad inputs, unknown ids,
+The public ports are crnet's own front ends (crnet.serve.http_front, crnet.serve.grpc_front):
+they refuse a request body over the size bound before reading it, the routes that load or
+unload models or register shared memory, and connections over a bound, and forward the rest
+to tritonserver on internal loopback ports. Every request is then checked against
+RequestLimits (crnet.serve.limits: id length, image pixels, K, request size) before any
+work. Errors a client caused (bad inputs, unknown ids,
 requests over a limit) come back as HTTP 400 / gRPC INVALID_ARGUMENT with the one line
 ``[crnet:<ErrorClass>] <message>`` (crnet.serve.proxy_model), and are logged with the
-support id truncated; the server keeps serving. Triton opens its ports only once both
+support id truncated; the server keeps serving. The public ports open only once both
 models are loaded, and a stop ends every child process and removes the shared memory
 (crnet.serve.lifecycle).
-The support store's sizes and counters are served in Prometheus text format on
-``--store-metrics-port`` (PyTriton runs the models in this process, outside Triton's
-custom-metrics API, so they cannot join Triton's own metrics on ``--metrics-port``).
+The support store's sizes and counters are served in Prometheus text format after Triton's
+own metrics on ``--metrics-port`` and alone on ``--store-metrics-port`` (PyTriton runs
+the models in this process, outside Triton's custom-metrics API).
 
 Needs the ``serve`` extra: ``pip install -e ".[serve]"`` (nvidia-pytriton).
 """
@@ -29,7 +33,7 @@ import logging
 import os
 import sysconfig
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,8 +42,11 @@ from typing import Any
 import numpy as np
 
 from crnet.runtime.preprocess import InputError
+from crnet.serve.http_front import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT_S, FrontEndError
 from crnet.serve.limits import (
+    DeclaredTensor,
     RequestLimits,
+    check_declared,
     check_segment_request,
     check_support_request,
     loggable_id,
@@ -239,27 +246,98 @@ def start_store_metrics(store: SupportStore, host: str, port: int) -> ThreadingH
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             LOG.debug("metrics: " + format, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as error:
+        raise FrontEndError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
+                            "choose another port with --store-metrics-port") from None
     threading.Thread(target=server.serve_forever, name="crnet-store-metrics",
                      daemon=True).start()
     return server
 
 
-def triton_settings(host: str, http_port: int, grpc_port: int, metrics_port: int,
-                    log_verbose: int = 0) -> dict[str, Any]:
-    """The keyword arguments of pytriton's TritonConfig: every endpoint on ``host``."""
-    return {"http_address": host, "http_port": http_port, "grpc_address": host,
-            "grpc_port": grpc_port, "metrics_address": host, "metrics_port": metrics_port,
+TRITON_HOST = "127.0.0.1"
+"""Where tritonserver itself listens: loopback only, on free ports; clients reach it through
+crnet's bounded front ends (crnet.serve.http_front, crnet.serve.grpc_front) on the public
+ports."""
+
+
+@dataclass(frozen=True)
+class InternalPorts:
+    """tritonserver's own ports on TRITON_HOST, behind the front ends."""
+
+    http: int
+    grpc: int
+    metrics: int
+
+
+def internal_ports() -> InternalPorts:
+    """Three distinct free loopback ports for tritonserver."""
+    from crnet.serve.http_front import free_loopback_port
+
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_loopback_port()
+        if port not in ports:
+            ports.append(port)
+    return InternalPorts(*ports)
+
+
+def triton_settings(ports: InternalPorts, log_verbose: int = 0) -> dict[str, Any]:
+    """The keyword arguments of pytriton's TritonConfig: every endpoint on loopback."""
+    return {"http_address": TRITON_HOST, "http_port": ports.http,
+            "grpc_address": TRITON_HOST, "grpc_port": ports.grpc,
+            "metrics_address": TRITON_HOST, "metrics_port": ports.metrics,
             "log_verbose": log_verbose, "exit_timeout_secs": 5}
 
 
-def triton_config(host: str, http_port: int, grpc_port: int, metrics_port: int,
-                  log_verbose: int = 0) -> Any:
-    """A pytriton TritonConfig listening on ``host`` at the three ports."""
+def triton_config(ports: InternalPorts, log_verbose: int = 0) -> Any:
+    """A pytriton TritonConfig listening on loopback at ``ports``."""
     from pytriton.triton import TritonConfig
 
-    return TritonConfig(**triton_settings(host, http_port, grpc_port, metrics_port,
-                                          log_verbose))
+    return TritonConfig(**triton_settings(ports, log_verbose))
+
+
+def front_ends(args: ServeOptions, ports: InternalPorts, store: SupportStore) -> list[Any]:
+    """The public endpoints, not yet started: HTTP and gRPC, each refusing a request over
+    the size bound before reading it and one whose declared tensors break a limit before
+    reading their data; and Triton's metrics with the support store's appended."""
+    from crnet.serve.grpc_front import GrpcFront
+    from crnet.serve.http_front import METRICS_ROUTES, FrontSettings, HttpFront
+
+    hint = f"--max-request-mb {args.limits.max_request_mb:g} plus 1 MiB for the header"
+    limits = args.limits
+
+    def check(model: str, tensors: Mapping[str, DeclaredTensor]) -> None:
+        check_declared(model, tensors, limits)
+
+    inference = FrontSettings(upstream_port=ports.http, max_body_bytes=limits.max_body_bytes,
+                              limit_hint=hint, max_connections=args.max_connections,
+                              timeout_s=args.client_timeout_s, check=check)
+    metrics = FrontSettings(upstream_port=ports.metrics, max_body_bytes=0,
+                            routes=METRICS_ROUTES, limit_hint="metrics requests have no body",
+                            max_connections=16, timeout_s=args.client_timeout_s,
+                            append=lambda: prometheus_text(store.stats()).encode(),
+                            port_flag="--metrics-port")
+    return [HttpFront(args.host, args.http_port, inference),
+            GrpcFront(args.host, args.grpc_port, f"{TRITON_HOST}:{ports.grpc}",
+                      limits.max_body_bytes, max_concurrent=args.max_connections,
+                      workers=args.max_connections, check=check),
+            HttpFront(args.host, args.metrics_port, metrics)]
+
+
+@contextlib.contextmanager
+def running(fronts: list[Any]) -> Iterator[None]:
+    """Start every front end (none left running if one cannot listen); stop them on exit."""
+    started: list[Any] = []
+    try:
+        for front in fronts:
+            front.start()
+            started.append(front)
+        yield
+    finally:
+        for front in reversed(started):
+            front.stop()
 
 
 def listening_line(options: ServeOptions) -> str:
@@ -325,6 +403,11 @@ class ServeOptions:
     """Bounds on one request (id length, pixels, K, request size), checked before work."""
     outlive_parent: bool = False
     """Keep serving when the parent process exits (default: stop, as on SIGTERM)."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """HTTP connections open at once, and gRPC calls in progress at once; more are refused
+    (HTTP 503, gRPC RESOURCE_EXHAUSTED) rather than queued."""
+    client_timeout_s: float = DEFAULT_TIMEOUT_S
+    """An HTTP client silent this long (mid-request or idle between requests) is dropped."""
 
 
 def serve(args: ServeOptions, ready: Callable[[], None] | None = None) -> None:
@@ -372,8 +455,9 @@ def run_triton(args: ServeOptions, service: SupportService,
     """Start Triton with both models loaded at its start, serve until interrupted.
 
     The models are written to a local model store before tritonserver starts, which
-    loads them before it opens its endpoints: ``/v2/health/ready`` cannot answer ready
-    while crnet_support or crnet_segment is missing.
+    loads them before it opens its endpoints, and the public front ends open after that:
+    ``/v2/health/ready`` cannot answer ready while crnet_support or crnet_segment is
+    missing.
     """
     import tempfile
 
@@ -382,8 +466,8 @@ def run_triton(args: ServeOptions, service: SupportService,
 
     from crnet.serve.proxy_model import adapt_proxy_models
 
-    config = triton_config(args.host, args.http_port, args.grpc_port, args.metrics_port,
-                           args.log_verbose)
+    ports = internal_ports()
+    config = triton_config(ports, args.log_verbose)
     policy = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
     with tempfile.TemporaryDirectory(prefix="crnet-serve-") as directory:
         workspace = Workspace(Path(directory) / "workspace")
@@ -393,14 +477,17 @@ def run_triton(args: ServeOptions, service: SupportService,
             adapt_proxy_models(workspace.model_store_path, (SUPPORT_MODEL, SEGMENT_MODEL),
                                args.limits)
             triton.run()
-            LOG.info("serving %s (%s, %s) on %s: http %d, grpc %d, metrics %d",
-                     args.bundle, service.segmenter.backend_name, service.segmenter.precision,
-                     args.host, args.http_port, args.grpc_port, args.metrics_port)
-            print(f"crnet serve: ready; http {args.host}:{args.http_port}, grpc "
-                  f"{args.host}:{args.grpc_port}", flush=True)
-            if ready is not None:
-                ready()
-            triton.serve()
+            with running(front_ends(args, ports, service.store)):
+                LOG.info("serving %s (%s, %s) on %s: http %d, grpc %d, metrics %d (Triton "
+                         "on %s: http %d, grpc %d, metrics %d)", args.bundle,
+                         service.segmenter.backend_name, service.segmenter.precision,
+                         args.host, args.http_port, args.grpc_port, args.metrics_port,
+                         TRITON_HOST, ports.http, ports.grpc, ports.metrics)
+                print(f"crnet serve: ready; http {args.host}:{args.http_port}, grpc "
+                      f"{args.host}:{args.grpc_port}", flush=True)
+                if ready is not None:
+                    ready()
+                triton.serve()
 
 
 def serving_problem(bundle: Path) -> str | None:

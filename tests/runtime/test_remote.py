@@ -14,6 +14,7 @@ from crnet.runtime.preprocess import InputError
 from crnet.runtime.remote import (
     RemoteError,
     RemoteSegmenter,
+    RequestLimitError,
     UnknownSupportError,
     _parse_url,
     _stack_support,
@@ -111,6 +112,27 @@ def test_transient_failures_are_told_from_real_ones() -> None:
     assert _transient(Exception("[StatusCode.UNAVAILABLE] failed to connect to all addresses"))
     assert _transient(Exception("Request for unknown model: 'crnet_segment' is not found"))
     assert not _transient(Exception("[400] unexpected shape for input 'image'"))
+    # the front end's refusals: a full server and a restarting Triton pass, a size does not
+    assert _transient(Exception("[crnet:ServerBusy] this server already has 256 connections"))
+    assert _transient(Exception("[crnet:ServerUnavailable] the inference server behind"))
+    assert _transient(Exception("[StatusCode.RESOURCE_EXHAUSTED] Concurrent RPC limit exceeded!"))
+    assert not _transient(Exception("[crnet:RequestLimitError] request body of 300.0 MiB "
+                                    "is larger than the 65.0 MiB this server reads"))
+    assert not _transient(Exception("[crnet:InputError] connection mask is empty"))
+
+
+def test_a_request_too_large_for_the_front_end_is_a_request_limit_error() -> None:
+    http_413 = _tagged(Exception("[crnet:RequestLimitError] request body of 286.1 MiB is "
+                                 "larger than the 65.0 MiB this server reads"))
+    assert isinstance(http_413.as_exception(), RequestLimitError)  # type: ignore[union-attr]
+    grpc_refusal = _tagged(Exception(
+        "[StatusCode.RESOURCE_EXHAUSTED] Received message larger than max (300000000 vs. "
+        "68157440)"))
+    assert grpc_refusal is not None
+    error = grpc_refusal.as_exception()
+    assert isinstance(error, RequestLimitError)
+    assert str(error) == ("request of 286.1 MiB is larger than the 65.0 MiB this server reads "
+                          "(--max-request-mb plus 1 MiB for the header); send smaller images")
 
 
 def test_segment_before_set_support_says_what_to_do() -> None:

@@ -56,10 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """The bounds on one request, checked before any work (docs/serving.md)."""
     from crnet.serve import limits
+    from crnet.serve.http_front import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT_S
 
     group = parser.add_argument_group(
-        "request limits", "a request over one is refused with a client error (HTTP 400) "
-        "before any work")
+        "request limits", "a request over one is refused with a client error (HTTP 400, or 413 "
+        "for a body over the size bound) before any work")
     group.add_argument("--max-id-chars", type=int, default=limits.DEFAULT_MAX_ID_CHARS,
                        help="bytes of a support_id (default %(default)s; ids are 32 hex "
                             "digits)")
@@ -70,7 +71,15 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
                        help="support images (K) in one crnet_support request (default "
                             "%(default)s)")
     group.add_argument("--max-request-mb", type=float, default=limits.DEFAULT_MAX_REQUEST_MB,
-                       help="MiB of all input tensors of one request (default %(default)s)")
+                       help="MiB of all input tensors of one request (default %(default)s); "
+                            "a larger HTTP body or gRPC message (this plus 1 MiB) is refused "
+                            "before it is read")
+    group.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                       help="HTTP connections open at once, and gRPC calls in progress at "
+                            "once; more are refused at once (default %(default)s)")
+    group.add_argument("--client-timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+                       help="drop an HTTP client silent this long, mid-request or idle "
+                            "(default %(default)s)")
 
 
 def options(args: argparse.Namespace) -> ServeOptions:
@@ -79,10 +88,13 @@ def options(args: argparse.Namespace) -> ServeOptions:
     from crnet.serve.server import ServeOptions
 
     for flag, value in (("--max-id-chars", args.max_id_chars),
-                        ("--max-pixels", args.max_pixels), ("--max-shots", args.max_shots)):
+                        ("--max-pixels", args.max_pixels), ("--max-shots", args.max_shots),
+                        ("--max-connections", args.max_connections)):
         at_least(flag, value, 1)
-    if not args.max_request_mb > 0:
-        raise UsageError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    for flag, number in (("--max-request-mb", args.max_request_mb),
+                         ("--client-timeout-s", args.client_timeout_s)):
+        if not number > 0:
+            raise UsageError(f"{flag} must be > 0, got {number}")
     return ServeOptions(
         bundle=args.bundle, backend=args.backend, precision=args.precision,
         threads=args.threads, host=args.host, http_port=args.http_port,
@@ -90,7 +102,8 @@ def options(args: argparse.Namespace) -> ServeOptions:
         store_metrics_port=args.store_metrics_port, instances=args.instances,
         store_max_entries=args.store_max_entries, store_max_mb=args.store_max_mb,
         store_ttl_s=args.store_ttl_s, log_verbose=args.log_verbose,
-        outlive_parent=args.outlive_parent,
+        outlive_parent=args.outlive_parent, max_connections=args.max_connections,
+        client_timeout_s=args.client_timeout_s,
         limits=RequestLimits(args.max_id_chars, args.max_pixels, args.max_shots,
                              args.max_request_mb))
 

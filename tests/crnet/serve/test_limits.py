@@ -8,7 +8,10 @@ import pytest
 from crnet.runtime.preprocess import InputError
 from crnet.runtime.remote import RequestLimitError, UnknownSupportError
 from crnet.serve.limits import (
+    DeclaredTensor,
     RequestLimits,
+    bytes_items,
+    check_declared,
     check_segment_request,
     check_support_request,
     loggable_id,
@@ -110,3 +113,66 @@ def test_limits_refuse_nonsense_bounds() -> None:
     with pytest.raises(ValueError, match="max_request_mb"):
         RequestLimits(max_request_mb=0)
     assert RequestLimits(max_request_mb=1.5).max_request_bytes == 3 << 19
+
+
+def declared(request: dict[str, np.ndarray]) -> dict[str, DeclaredTensor]:
+    """What a request's header declares about ``request``'s tensors."""
+    tensors = {}
+    for name, array in request.items():
+        if array.dtype == object:
+            tensors[name] = DeclaredTensor("BYTES", array.shape,
+                                           tuple(len(item) for item in array.reshape(-1)))
+        else:
+            tensors[name] = DeclaredTensor("UINT8" if array.dtype == np.uint8 else "FP32",
+                                           array.shape)
+    return tensors
+
+
+@pytest.mark.parametrize(("model", "request_"), [
+    ("crnet_support", support_request(shots=0)),
+    ("crnet_support", support_request(shots=4)),
+    ("crnet_support", support_request(side=4)),
+    ("crnet_support", support_request(side=80)),
+    ("crnet_support", support_request(side=600)),
+    ("crnet_support", {"images": np.zeros((1, 32, 32, 3), np.uint8),
+                       "masks": np.zeros((1, 16, 32), np.uint8)}),
+    ("crnet_support", {"images": np.zeros((32, 32, 3), np.uint8),
+                       "masks": np.zeros((32, 32), np.uint8)}),
+    ("crnet_segment", segment_request(b"a" * (1 << 20))),
+    ("crnet_segment", segment_request(shape=(1, 1, 3))),
+    ("crnet_segment", segment_request(shape=(65, 64, 3))),
+    ("crnet_segment", segment_request(shape=(32, 32, 4))),
+    ("crnet_segment", {"support_id": np.array([KEY, KEY], dtype=object),
+                       "image": np.zeros((32, 32, 3), np.uint8)}),
+])
+def test_declared_shapes_get_the_message_the_tensors_get(model: str,
+                                                         request_: dict[str, np.ndarray]
+                                                         ) -> None:
+    """The front ends refuse from a request's header with the models' own words."""
+    check = check_support_request if model == "crnet_support" else check_segment_request
+    with pytest.raises(InputError) as from_tensors:
+        check(request_, LIMITS)
+    with pytest.raises(InputError) as from_header:
+        check_declared(model, declared(request_), LIMITS)
+    assert type(from_header.value) is type(from_tensors.value)
+    assert str(from_header.value) == str(from_tensors.value)
+
+
+def test_declared_requests_within_the_limits_and_other_models_pass() -> None:
+    check_declared("crnet_segment", declared(segment_request()), LIMITS)
+    check_declared("crnet_support", declared(support_request(shots=3)), LIMITS)
+    check_declared("another_model", {}, LIMITS)
+    with pytest.raises(InputError, match="image is missing"):
+        check_declared("crnet_segment", {"support_id": DeclaredTensor("BYTES", (1,))}, LIMITS)
+    with pytest.raises(InputError, match="sides cannot be negative"):
+        check_declared("crnet_segment", {"support_id": DeclaredTensor("BYTES", (1,)),
+                                         "image": DeclaredTensor("UINT8", (-1, 8, 3))}, LIMITS)
+    with pytest.raises(InputError, match="image must be UINT8"):
+        check_declared("crnet_segment", declared(segment_request(dtype=np.float32)), LIMITS)
+
+
+def test_bytes_items_reads_triton_s_serialization_and_nothing_else() -> None:
+    assert bytes_items(b"\x03\x00\x00\x00abc\x01\x00\x00\x00z", 2) == (3, 1)
+    assert bytes_items(b"\x03\x00\x00\x00ab", 1) is None  # cut short
+    assert bytes_items(b"\x01\x00\x00\x00ab", 1) is None  # bytes left over
+    assert bytes_items(b"\x00" * 8, 1 << 40) is None  # more elements than the buffer holds

@@ -229,10 +229,14 @@ def test_bad_inputs_get_the_segmenters_messages_and_the_server_keeps_serving(
         registered = segmenter.support_id
 
         client = http.InferenceServerClient(server.http_url)
-        for key, message in ((b"never-registered", "register the support again"),
-                             (registered.encode(), str(local_small.value))):
-            image = http.InferInput("image", list(tiny.shape), "UINT8")
-            image.set_data_from_numpy(tiny)
+        # an id is read only after the declared shapes pass: the unknown id goes with an
+        # image of a valid size
+        for key, frame, message in (
+                (b"never-registered", np.zeros((16, 16, 3), np.uint8),
+                 "register the support again"),
+                (registered.encode(), tiny, str(local_small.value))):
+            image = http.InferInput("image", list(frame.shape), "UINT8")
+            image.set_data_from_numpy(frame)
             support_id = http.InferInput("support_id", [1], "BYTES")
             support_id.set_data_from_numpy(np.array([key], dtype=np.object_))
             with pytest.raises(Exception) as error:
@@ -264,14 +268,15 @@ def abuse_cases(registered: bytes) -> dict[str, tuple[str, dict[str, np.ndarray]
         "bad mask": ("crnet_support", {"images": image[None], "masks": masks * 7},
                      "InputError", "support mask 0 holds values [7]"),
         "K=0": ("crnet_support", {"images": image[None][:0], "masks": masks[:0]},
-                "InputError", "images of shape [0, 64, 64, 3] is empty"),
+                "InputError", "images hold no support image (K=0)"),
         "K=9": ("crnet_support", {"images": np.repeat(image[None], 9, 0),
                                   "masks": np.repeat(masks, 9, 0)},
                 "RequestLimitError", "9 support images (K) are more than the 8"),
         "10,000x10,000 image": ("crnet_segment", {"support_id": key(registered),
                                                   "image": np.zeros((10_000, 10_000, 3),
                                                                     np.uint8)},
-                                "RequestLimitError", "286.1 MiB is larger than the 64 MiB"),
+                                "RequestLimitError", "request body of 286.1 MiB is larger than "
+                                "the 65.0 MiB this server reads"),
     }
 
 
@@ -304,7 +309,9 @@ def test_abuse_gets_one_line_400s_and_leaves_crnet_support_responsive(
                 http_infer(client, model, inputs)
             answer = raised.value
             text = answer.message()
-            assert answer.status() == "400", (name, answer.status(), text[:500])
+            # the front end refuses a body over the size bound unread: 413, not 400
+            status = "413" if name == "10,000x10,000 image" else "400"
+            assert answer.status() == status, (name, answer.status(), text[:500])
             assert text.startswith(f"[crnet:{tag}] ") and phrase in text, (name, text[:500])
             assert "\n" not in text and "Traceback" not in text and 'File "' not in text
             assert "aaaa" not in text, name  # the id is never echoed
@@ -317,8 +324,10 @@ def test_abuse_gets_one_line_400s_and_leaves_crnet_support_responsive(
     finally:
         client.close()
     log = (server.log_dir / f"serve-{server.starts}.log").read_text()
-    assert "support_id 'aaaaaaaa" in log and "... (1048576 chars)" in log
-    assert "a" * 200 not in log  # the log keeps the first 64 characters
+    # refused by the front end from the declared length: logged without reading the id
+    assert ("refused POST /v2/models/crnet_segment/infer from 127.0.0.1: 400 support_id of "
+            "1048576 bytes is longer than the 64") in log
+    assert "a" * 200 not in log
 
 
 def test_grpc_clients_get_invalid_argument(server: ServerProcess) -> None:
@@ -335,7 +344,8 @@ def test_grpc_clients_get_invalid_argument(server: ServerProcess) -> None:
         client.infer("crnet_support", [images, masks])
     client.close()
     assert raised.value.status() == str(grpc.StatusCode.INVALID_ARGUMENT)
-    assert raised.value.message().startswith("[crnet:InputError] images of shape [0, 64")
+    assert raised.value.message().startswith("[crnet:InputError] images hold no support "
+                                             "image (K=0)")
 
 
 def test_remote_segmenter_raises_request_limit_error(server: ServerProcess) -> None:
@@ -515,23 +525,25 @@ def test_model_callables_register_once_and_answer_with_tagged_errors(local) -> N
 def test_serve_listens_on_loopback_unless_host_says_otherwise(tmp_path: Path) -> None:
     from crnet.cli import build_parser
     from crnet.cli.commands.serve import options
-    from crnet.serve.server import listening_line, triton_settings
+    from crnet.serve.server import InternalPorts, listening_line, triton_settings
 
     parser = build_parser("serve")
     assert "default 127.0.0.1" in " ".join(parser.format_help().split())
     chosen = options(parser.parse_args([str(tmp_path)]))
     assert chosen.host == "127.0.0.1"
-    settings = triton_settings(chosen.host, chosen.http_port, chosen.grpc_port,
-                               chosen.metrics_port)
+    settings = triton_settings(InternalPorts(41000, 41001, 41002))
     assert {settings[k] for k in ("http_address", "grpc_address", "metrics_address")} == {
         "127.0.0.1"}
+    assert (settings["http_port"], settings["grpc_port"], settings["metrics_port"]) == (
+        41000, 41001, 41002)
     assert listening_line(chosen) == (
         "crnet serve: listening on 127.0.0.1: http 127.0.0.1:8000, grpc 127.0.0.1:8001, "
         "metrics 127.0.0.1:8002, store metrics 127.0.0.1:8003")
 
     opened = options(parser.parse_args([str(tmp_path), "--host", "0.0.0.0",
                                         "--store-metrics-port", "-1"]))
-    assert triton_settings(opened.host, 1, 2, 3)["grpc_address"] == "0.0.0.0"
+    # Triton stays on loopback: other machines reach only the bounded front ends.
+    assert triton_settings(InternalPorts(1, 2, 3))["grpc_address"] == "127.0.0.1"
     line = listening_line(opened)
     assert line.startswith("crnet serve: listening on 0.0.0.0: http 0.0.0.0:8000")
     assert "store metrics off" in line and "without authentication" in line
@@ -546,14 +558,70 @@ def test_serve_limit_flags_reach_the_options_and_bad_ones_are_refused(tmp_path: 
     parser = build_parser("serve")
     help_text = " ".join(parser.format_help().split())
     for flag in ("--max-id-chars", "--max-pixels", "--max-shots", "--max-request-mb",
-                 "--outlive-parent"):
+                 "--outlive-parent", "--max-connections", "--client-timeout-s"):
         assert flag in help_text
-    assert options(parser.parse_args([str(tmp_path)])).limits == RequestLimits()
+    default = options(parser.parse_args([str(tmp_path)]))
+    assert default.limits == RequestLimits()
+    assert (default.max_connections, default.client_timeout_s) == (64, 30.0)
     chosen = options(parser.parse_args([str(tmp_path), "--max-id-chars", "40", "--max-pixels",
                                         "1000", "--max-shots", "2", "--max-request-mb", "0.5",
-                                        "--outlive-parent"]))
+                                        "--outlive-parent", "--max-connections", "3",
+                                        "--client-timeout-s", "2.5"]))
     assert chosen.limits == RequestLimits(40, 1000, 2, 0.5) and chosen.outlive_parent
+    assert (chosen.max_connections, chosen.client_timeout_s) == (3, 2.5)
+    assert chosen.limits.max_body_bytes == (1 << 19) + (1 << 20)
+    with pytest.raises(UsageError, match="--max-connections must be >= 1, got 0"):
+        options(parser.parse_args([str(tmp_path), "--max-connections", "0"]))
+    with pytest.raises(UsageError, match="--client-timeout-s must be > 0"):
+        options(parser.parse_args([str(tmp_path), "--client-timeout-s", "0"]))
     with pytest.raises(UsageError, match="--max-shots must be >= 1, got 0"):
         options(parser.parse_args([str(tmp_path), "--max-shots", "0"]))
     with pytest.raises(UsageError, match="--max-request-mb must be > 0"):
         options(parser.parse_args([str(tmp_path), "--max-request-mb", "-1"]))
+
+
+def test_the_public_ports_are_front_ends_bounded_by_the_serve_options(tmp_path: Path) -> None:
+    from crnet.cli import build_parser
+    from crnet.cli.commands.serve import options
+    from crnet.runtime.remote import RequestLimitError
+    from crnet.serve.grpc_front import GrpcFront
+    from crnet.serve.http_front import HttpFront
+    from crnet.serve.limits import DeclaredTensor
+    from crnet.serve.server import InternalPorts, front_ends
+    from crnet.serve.support_store import SupportStore
+
+    chosen = options(build_parser("serve").parse_args(
+        [str(tmp_path), "--host", "0.0.0.0", "--max-request-mb", "2", "--max-id-chars", "40",
+         "--max-connections", "5", "--client-timeout-s", "7"]))
+    http, grpc, metrics = front_ends(chosen, InternalPorts(41000, 41001, 41002),
+                                     SupportStore(4, 1 << 20, 0))
+    assert isinstance(http, HttpFront) and isinstance(grpc, GrpcFront)
+    assert (http.host, http.port, metrics.port, grpc.host, grpc.port) == (
+        "0.0.0.0", 8000, 8002, "0.0.0.0", 8001)
+    assert http.settings.upstream_port == 41000 and metrics.settings.upstream_port == 41002
+    assert grpc.upstream == "127.0.0.1:41001"  # Triton itself stays on loopback
+    assert http.settings.max_body_bytes == grpc.max_message_bytes == 3 << 20
+    assert (http.settings.max_connections, grpc.max_concurrent, http.settings.timeout_s) == (
+        5, 5, 7.0)
+    assert metrics.settings.max_body_bytes == 0
+    assert b"crnet_support_store_entries 0" in metrics.settings.append()
+    long_id = {"support_id": DeclaredTensor("BYTES", (1,), (41,)),
+               "image": DeclaredTensor("UINT8", (16, 16, 3))}
+    for check in (http.settings.check, grpc.check):
+        assert check is not None
+        with pytest.raises(RequestLimitError, match="--max-id-chars"):
+            check("crnet_segment", long_id)
+
+
+def test_a_busy_store_metrics_port_is_a_one_line_error() -> None:
+    from crnet.serve.http_front import FrontEndError
+    from crnet.serve.server import start_store_metrics
+    from crnet.serve.support_store import SupportStore
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with pytest.raises(FrontEndError, match=f"cannot listen on 127.0.0.1:{busy}: .* "
+                                                "--store-metrics-port"):
+            start_store_metrics(SupportStore(4, 1 << 20, 0), "127.0.0.1", busy)

@@ -150,9 +150,13 @@ def test_the_death_of_its_parent_stops_it_and_leaves_nothing(
 
 
 def passing_summary() -> dict[str, Any]:
-    return {"stalls": [], "outcomes": {"attack k0: 400 InputError": 3, "segment: ok": 9},
+    return {"stalls": [], "outcomes": {"attack k0: 400 InputError": 3, "segment: ok": 9,
+                                       "attack huge_image: 413 RequestLimitError": 2,
+                                       "attack grpc_huge_image: StatusCode.RESOURCE_EXHAUSTED "
+                                       "size": 2},
             "ready": {"ready_means_loaded": True},
-            "attacks": {"crnet_support_responsive": True},
+            "attacks": {"crnet_support_responsive": True, "rss_growth_over_attacks_mb": 4.0,
+                        "models_ready_after_attacks": {"server": 200, "crnet_segment": 200}},
             "rss": {"rss_growth_mb": 3.0},
             "stop": {"exit_code": 0, "processes_left": [], "shm_files_left": []}}
 
@@ -166,6 +170,14 @@ def passing_summary() -> dict[str, Any]:
     (lambda s: s["ready"].update(ready_means_loaded=False), "readiness"),
     (lambda s: s["attacks"].update(crnet_support_responsive=False), "unresponsive"),
     (lambda s: s["rss"].update(rss_growth_mb=50.0), "RSS grew 50.0 MiB"),
+    (lambda s: s["attacks"].update(rss_growth_over_attacks_mb=1500.0),
+     "RSS grew 1500.0 MiB over the attacks"),
+    (lambda s: s["attacks"]["models_ready_after_attacks"].update(crnet_segment=400),
+     "not ready after the attacks"),
+    (lambda s: s["outcomes"].update({"attack unload_model: 200 untagged": 1}),
+     "unexpected outcomes"),
+    (lambda s: s["outcomes"].update({"attack huge_image: 500 untagged": 1}),
+     "unexpected outcomes"),
     (lambda s: s["stop"].update(processes_left=[4321]), "stop left"),
     (lambda s: s["stop"].update(shm_files_left=["pytrtion1-a"]), "stop left"),
 ])
@@ -189,6 +201,11 @@ def test_the_soak_classifies_one_line_answers_apart_from_tracebacks() -> None:
     assert soak.classify(Answer('Traceback (most recent call last):\n  File "x"', "500")) \
         == "500 multi-line or traceback"
     assert soak.classify(TimeoutError("timed out")) == "transport TimeoutError"
+    assert soak.classify(Answer("Received message larger than max (300000000 vs. 68157440)",
+                                "StatusCode.RESOURCE_EXHAUSTED")) == (
+        "StatusCode.RESOURCE_EXHAUSTED size")
+    assert soak.classify(soak.HttpAnswer(403, "[crnet:RequestError] not served here")) == (
+        "403 RequestError")
 
 
 @pytest.mark.slow
