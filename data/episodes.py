@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from crnet.runtime.errors import CrnetError
 from crnet.runtime.metrics import IGNORE
+from crnet.runtime.preprocess import MAX_PIXELS
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = ["CLASSES_PER_FOLD", "IGNORE", "NUM_CLASSES", "NUM_FOLDS", "SPLITS", "DataNotFoundError",
            "DatasetError", "Episode", "assemble_episode", "check_fold", "check_shots",
-           "check_split", "class_mask", "draw_query_and_supports", "episode_rng",
-           "fold_classes", "image_size", "load_rgb", "novel_classes"]
+           "check_split", "class_mask", "decode_image", "draw_query_and_supports",
+           "episode_rng", "fold_classes", "image_size", "load_rgb", "novel_classes",
+           "open_image"]
 
 T = TypeVar("T")
 
@@ -126,21 +133,64 @@ def episode_rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB."""
+def open_image(path: Path, what: str = "image") -> PILImage:
+    """``path`` opened by PIL, its header read and nothing decoded; refused when it is not
+    an image or has more than MAX_PIXELS pixels."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    try:
+        with warnings.catch_warnings():
+            # MAX_PIXELS below is the limit: PIL's own warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        # PIL refuses sizes past twice its own limit before giving the size; it names
+        # the pixel count in its message
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = int(found[1]) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        size = f"{pixels / 1e6:.0f} MP" if found else f"over {pixels / 1e6:.0f} MP"
+        raise _too_large(path, what, size) from None
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{what} {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"cannot read {what} {path}: {error}") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise _too_large(path, what, f"{width}x{height} ({width * height / 1e6:.0f} MP)")
+    return image
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header only."""
-    from PIL import Image
+def _too_large(path: Path, what: str, size: str) -> DatasetError:
+    return DatasetError(f"{what} {path} is {size}; at most {MAX_PIXELS / 1e6:.0f} MP is "
+                        "accepted (read from its header, nothing decoded): downscale it")
 
-    with Image.open(path) as image:
+
+def image_size(path: Path, what: str = "image") -> tuple[int, int]:
+    """(height, width) of an image file from its header only, checked as open_image does."""
+    with open_image(path, what) as image:
         width, height = image.size
     return height, width
+
+
+def decode_image(path: Path, what: str, convert: Callable[[PILImage], np.ndarray]
+                 ) -> np.ndarray:
+    """``convert(image)`` of the opened, size-checked file; a decoding error (a truncated
+    or corrupt file) names the file."""
+    with open_image(path, what) as image:
+        try:
+            return convert(image)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DatasetError(f"cannot decode {what} {path}: {error}") from None
+
+
+def _rgb(image: PILImage) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_rgb(path: Path, what: str = "image") -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB, size-checked from its header before decoding."""
+    return decode_image(path, what, _rgb)
 
 
 def check_same_size(image_path: Path, mask_path: Path, image_hw: tuple[int, int],

@@ -14,21 +14,19 @@ images are drawn from ``SeedSequence((SALT, seed, index))``; supports are the fi
 that permutation. Every image must have a mask of the same size, and every class needs at
 least shots + 1 images; violations raise errors naming the file or directory.
 
-Files are checked before they are decoded: an image or mask of more than
-crnet.runtime.preprocess.MAX_PIXELS pixels (100 MP, what a Segmenter accepts) is refused
-from its header alone; a directory, a symbolic-link loop or a dangling link where a file
-should be, and a file PIL cannot read or decode (a truncated PNG), raise a DatasetError
-naming the file and what it is.
+Files are checked before they are decoded (crnet.data.episodes.open_image): an image or
+mask of more than crnet.runtime.preprocess.MAX_PIXELS pixels (100 MP, what a Segmenter
+accepts) is refused from its header alone; a directory, a symbolic-link loop or a dangling
+link where a file should be, and a file PIL cannot read or decode (a truncated PNG), raise
+a DatasetError naming the file and what it is.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,9 +40,11 @@ from crnet.data.episodes import (
     assemble_episode,
     check_same_size,
     check_shots,
+    decode_image,
     episode_rng,
+    image_size,
+    load_rgb,
 )
-from crnet.runtime.preprocess import MAX_PIXELS
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -81,59 +81,6 @@ def check_file(path: Path, what: str) -> None:
         raise DatasetError(f"{what} {path} is not a regular file; expected an image file")
 
 
-def _open(path: Path, what: str) -> PILImage:
-    """``path`` opened by PIL, its header read and nothing decoded; refused when it is not
-    an image or has more than MAX_PIXELS pixels."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            # MAX_PIXELS below is the limit: PIL's own warning would only repeat it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except Image.DecompressionBombError as error:
-        # PIL refuses sizes past twice its own limit before giving the size; it names
-        # the pixel count in its message
-        found = re.search(r"\((\d+) pixels\)", str(error))
-        pixels = int(found[1]) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        size = f"{pixels / 1e6:.0f} MP" if found else f"over {pixels / 1e6:.0f} MP"
-        raise _too_large(path, what, size) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"cannot read {what} {path}: {error}") from None
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        image.close()
-        raise _too_large(path, what, f"{width}x{height} ({width * height / 1e6:.0f} MP)")
-    return image
-
-
-def _too_large(path: Path, what: str, size: str) -> DatasetError:
-    return DatasetError(f"{what} {path} is {size}; at most {MAX_PIXELS / 1e6:.0f} MP is "
-                        "accepted (read from its header, nothing decoded): downscale it")
-
-
-def header_size(path: Path, what: str = "image") -> tuple[int, int]:
-    """(height, width) of an image file from its header only, checked as ``_open`` does."""
-    with _open(path, what) as image:
-        width, height = image.size
-    return height, width
-
-
-def _decode(path: Path, what: str, convert: Callable[[PILImage], np.ndarray]
-            ) -> np.ndarray:
-    """``convert(image)`` of the opened, size-checked file; a decoding error (a truncated
-    or corrupt file) names the file."""
-    with _open(path, what) as image:
-        try:
-            return convert(image)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise DatasetError(f"cannot decode {what} {path}: {error}") from None
-
-
-def _rgb(image: PILImage) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
 def _grey(image: PILImage) -> np.ndarray:
     if image.mode == "1":
         return np.asarray(image, dtype=bool).astype(np.uint8) * np.uint8(IGNORE)
@@ -142,14 +89,9 @@ def _grey(image: PILImage) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_image(path: Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB, checked as the module docstring says."""
-    return _decode(path, "image", _rgb)
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A mask PNG as HxW uint8 0/1/255 (see the module docstring for the rule)."""
-    raw = np.asarray(_decode(path, "mask", _grey), dtype=np.uint8)
+    raw = np.asarray(decode_image(path, "mask", _grey), dtype=np.uint8)
     middle = (raw > 0) & (raw < IGNORE)
     if middle.any():
         mask = middle.astype(np.uint8)
@@ -192,7 +134,7 @@ class FolderDataset:
 
     @staticmethod
     def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        image = load_image(path)
+        image = load_rgb(path)
         mask_path = mask_path_for(path)
         mask = read_mask(mask_path)
         check_same_size(path, mask_path, image.shape[:2], mask.shape)
@@ -218,4 +160,4 @@ def _check_pair(path: Path) -> None:
     check_file(path, "image")
     mask = mask_path_for(path)
     check_file(mask, "mask")
-    check_same_size(path, mask, header_size(path, "image"), header_size(mask, "mask"))
+    check_same_size(path, mask, image_size(path, "image"), image_size(mask, "mask"))

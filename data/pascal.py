@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,12 +65,16 @@ from crnet.data.episodes import (
     check_shots,
     check_split,
     class_mask,
+    decode_image,
     draw_query_and_supports,
     episode_rng,
     fold_classes,
     image_size,
     load_rgb,
 )
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 SALT = 0x5A5C_A15F
 SPLIT_CODE = {"train": 1, "test": 2}
@@ -133,13 +137,14 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A class-id label map (P or L PNG) as HxW uint8."""
-    from PIL import Image
+    """A class-id label map (P or L PNG) as HxW uint8, size-checked from its header."""
+    return decode_image(path, "label", _class_ids)
 
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            image = image.convert("L")
-        return np.asarray(image, dtype=np.uint8)
+
+def _class_ids(image: PILImage) -> np.ndarray:
+    if image.mode not in ("P", "L"):
+        image = image.convert("L")
+    return np.asarray(image, dtype=np.uint8)
 
 
 def published_hsnet_list(fold: int) -> list[tuple[str, int]]:

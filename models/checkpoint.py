@@ -7,7 +7,6 @@ Loading never unpickles anything: a pickle or torch.save file is refused.
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass
@@ -27,14 +26,12 @@ from crnet.runtime.files import (
     sha256_regular_file,
     write_json_atomic,
 )
+from crnet.runtime.safetensors_header import read_safetensors_header as read_header
 
 FORMAT = "crnet-deploy/checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "crnet-lite-fold0.safetensors"
-# safetensors' own limit (100 MB, not MiB): its loader refuses a longer header as "header
-# too large", so a checkpoint past it could never load
-MAX_HEADER_BYTES = 100_000_000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                        torch.float64: "F64", torch.int64: "I64", torch.int32: "I32",
@@ -164,43 +161,8 @@ def read_checkpoint_info(path: str | Path, *, allow_unverified: bool = False
 
 def read_safetensors_header(path: str | Path) -> dict[str, dict[str, Any]]:
     """The tensor table of a safetensors file ({name: {dtype, shape, data_offsets}}), read
-    without torch: an 8-byte little-endian length, then that many bytes of JSON."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path}: safetensors header of {length} bytes is over "
-                                  f"safetensors' limit of {MAX_HEADER_BYTES} bytes (100 MB) "
-                                  "for a header")
-        if length > size - 8:
-            raise CheckpointError(f"{path}: safetensors header of {length} bytes does not fit "
-                                  f"the {size}-byte file (corrupt or not safetensors)")
-        raw = handle.read(length)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON: "
-                              f"{type(error).__name__}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-    tensors: dict[str, dict[str, Any]] = {}
-    data_size = size - 8 - length
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and \
-            isinstance(entry.get("shape"), list) and \
-            all(isinstance(d, int) and d >= 0 for d in entry["shape"]) and \
-            isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2 \
-            and all(isinstance(o, int) and 0 <= o <= data_size for o in entry["data_offsets"])
-        if not ok:
-            raise CheckpointError(f"{path}: safetensors header entry {name!r} is malformed")
-        tensors[name] = entry
-    return tensors
+    without torch (crnet.runtime.safetensors_header); CheckpointError for a malformed one."""
+    return read_header(path, CheckpointError)[0]
 
 
 def check_header_fits(header: dict[str, dict[str, Any]], config: CRNetConfig,

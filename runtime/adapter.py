@@ -39,6 +39,7 @@ import numpy as np
 
 from crnet.runtime.bundle import BundleError
 from crnet.runtime.files import atomic_path, read_json_file, sha256_regular_file
+from crnet.runtime.safetensors_header import read_safetensors_header
 
 if TYPE_CHECKING:
     from crnet.runtime.bundle import Bundle
@@ -54,7 +55,6 @@ ADAPTABLE_KEY = "adaptable"  # the manifest's record of the adaptable tensors
 ADAPTABLE_PARTS = ("cross_reference", "condition", "refinement")
 IDENTITY_KEYS = ("checkpoint_sha256", "refine_sha256")
 
-_HEADER_LIMIT = 100 << 20  # a safetensors header larger than this is not an adapter
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4")}
 
 
@@ -170,33 +170,19 @@ def _safetensors_bytes(tensors: dict[str, np.ndarray]) -> bytes:
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Parse a float32 safetensors file with numpy; AdapterError for a malformed one."""
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise AdapterError(f"{path} is too short to be a safetensors file")
-    (length,) = struct.unpack("<Q", raw[:8])
-    if length > min(_HEADER_LIMIT, len(raw) - 8):
-        raise AdapterError(f"{path}: safetensors header length {length} exceeds the file")
-    try:
-        header = json.loads(raw[8:8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AdapterError(f"{path}: safetensors header is not valid JSON: {error}") from None
-    if not isinstance(header, dict):
-        raise AdapterError(f"{path}: safetensors header is not a JSON object")
-    data = memoryview(raw)[8 + length:]
+    header, data_start = read_safetensors_header(path, AdapterError)
+    with open(path, "rb") as handle:
+        handle.seek(data_start)
+        data = memoryview(handle.read())
     tensors: dict[str, np.ndarray] = {}
     for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(v) for v in entry["shape"])
-            begin, end = (int(v) for v in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise AdapterError(f"{path}: tensor {name!r} has a bad header entry {entry!r} "
-                               f"({error}); expected F32 with shape and data_offsets"
-                               ) from None
-        if not 0 <= begin <= end <= len(data) or end - begin != dtype.itemsize * int(
-                np.prod(shape, dtype=np.int64)):
+        dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise AdapterError(f"{path}: tensor {name!r} is {entry['dtype'][:20]}; an "
+                               "adapter holds F32 tensors")
+        shape = tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
             raise AdapterError(f"{path}: tensor {name!r} data offsets {[begin, end]} do not "
                                f"fit shape {list(shape)} in a {len(data)}-byte body")
         tensors[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape).astype(

@@ -8,6 +8,7 @@ from PIL import Image
 
 from crnet.data.episodes import DataNotFoundError, DatasetError
 from crnet.data.folder import FolderDataset
+from tests.data.images import png_header
 
 H, W = 48, 64
 
@@ -72,21 +73,6 @@ def test_too_few_images(tmp_path) -> None:
         FolderDataset(tmp_path).episode(0, shots=2)
 
 
-def _png_header(path, width: int, height: int) -> None:
-    """A PNG whose header claims ``width`` x ``height`` RGB, with a few bytes of pixel data:
-    opening it reads the size, decoding it would need width * height * 3 bytes."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize(("side", "megapixels"), [(20_000, 400), (12_248, 150)])
 def test_huge_image_refused_from_its_header(tmp_path, monkeypatch, side, megapixels) -> None:  # noqa: ANN001
     """400 MP is past PIL's own bomb limit, 150 MP below it: both are refused by the
@@ -97,8 +83,8 @@ def test_huge_image_refused_from_its_header(tmp_path, monkeypatch, side, megapix
         raise AssertionError("an image was decoded")
 
     _tree(tmp_path)
-    _png_header(tmp_path / "cats" / "im1.png", side, side)
-    _png_header(tmp_path / "cats" / "im1.mask.png", side, side)
+    png_header(tmp_path / "cats" / "im1.png", side, side)
+    png_header(tmp_path / "cats" / "im1.mask.png", side, side)
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     with pytest.raises(DatasetError, match=rf"image \S*im1.png is (\d+x\d+ \()?{megapixels} "
                        r"MP\)?; at most 100 MP is accepted") as caught:

@@ -8,6 +8,7 @@ from PIL import Image
 
 from crnet.data.episodes import DatasetError
 from crnet.data.pascal import Pascal5i
+from tests.data.images import png_header
 
 H, W = 48, 64
 
@@ -254,3 +255,27 @@ def test_plan_is_what_the_episodes_load(tmp_path) -> None:
 
 def _query_number_of(image: np.ndarray) -> int:
     return round(float(image.mean()) / 10)
+
+
+@pytest.mark.parametrize("folder", ["JPEGImages", "SegmentationClassAug"])
+def test_a_huge_image_or_label_is_refused_from_its_header(tmp_path, monkeypatch,
+                                                          folder) -> None:  # noqa: ANN001
+    """A 150 MP file (below PIL's own bomb limit) is refused by the 100 MP limit, named,
+    before any pixel is decoded."""
+    from PIL import ImageFile
+
+    decode = ImageFile.ImageFile.load
+
+    def no_decoding(self):  # noqa: ANN001, ANN202 - the small files decode as usual
+        if self.size[0] * self.size[1] > 100_000_000:
+            raise AssertionError("the huge image was decoded")
+        return decode(self)
+
+    ids = _tree(tmp_path)
+    suffix = ".jpg" if folder == "JPEGImages" else ".png"
+    png_header(tmp_path / folder / f"{ids[0]}{suffix}", 12_248, 12_248)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(DatasetError, match=rf"{ids[0]}{suffix} is 12248x12248 \(150 MP\); at "
+                       "most 100 MP is accepted"):
+        dataset = Pascal5i(tmp_path, fold=0, split="test", seed=0, min_pixels=1)
+        dataset.episode(0)
