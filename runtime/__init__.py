@@ -37,13 +37,14 @@ if TYPE_CHECKING:
         RequestLimitError,
         UnknownSupportError,
     )
-    from crnet.runtime.segmenter import Segmenter, SegmenterClosedError, SupportReplacedError
+    from crnet.runtime.segmenter import Segmenter, SegmenterClosedError
+    from crnet.runtime.support_slot import SupportReplacedError
 
 # public name -> the module that defines it (imported on first use of the name)
 _HOMES: dict[str, str] = {
     "Segmenter": "crnet.runtime.segmenter",
     "SegmenterClosedError": "crnet.runtime.segmenter",
-    "SupportReplacedError": "crnet.runtime.segmenter",
+    "SupportReplacedError": "crnet.runtime.support_slot",
     "RemoteSegmenter": "crnet.runtime.remote",
     "CrnetError": "crnet.runtime.errors",
     "MissingExtraError": "crnet.runtime.errors",

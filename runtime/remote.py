@@ -9,7 +9,9 @@
 
 The client keeps the support it registered: when the server restarts, or evicts the
 support from its bounded store, the next request re-registers it and retries, and while
-the server is unreachable requests are retried until ``retry_timeout_s``. tritonclient is
+the server is unreachable requests are retried until ``retry_timeout_s``. Threads share
+the support as they share a Segmenter's (crnet.runtime.support_slot): one whose own
+support another thread replaced gets SupportReplacedError. tritonclient is
 imported on first use (the ``remote`` extra); torch never is.
 """
 
@@ -22,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -36,6 +39,7 @@ from crnet.runtime.preprocess import (
     checked_mask,
     resize_bilinear,
 )
+from crnet.runtime.support_slot import SupportSlot
 
 SUPPORT_MODEL = "crnet_support"
 SEGMENT_MODEL = "crnet_segment"
@@ -56,6 +60,16 @@ class UnknownSupportError(InputError):
 
 class RequestLimitError(InputError):
     """A request over one of the server's bounds (id length, image pixels, K, request size)."""
+
+
+@dataclass
+class _Registered:
+    """A support registered with the server: what was sent, and the id it gave (updated
+    when the server lost the support and it was registered again)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    key: str
 
 
 class RemoteError(BackendError):
@@ -92,9 +106,11 @@ class RemoteSegmenter:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
-        self._support: tuple[np.ndarray, np.ndarray] | None = None
-        self._support_id: str | None = None
-        self._support_lock = threading.Lock()
+        self._support_slot: SupportSlot[_Registered] = SupportSlot(
+            missing="call set_support(images, masks) before segment()",
+            advice="to give each thread its own support, give each thread its own "
+                   "RemoteSegmenter (registering the same support twice gives the same id "
+                   "and one copy on the server)")
         self.reregistrations = 0
         self.retries = 0
 
@@ -118,7 +134,8 @@ class RemoteSegmenter:
     @property
     def support_id(self) -> str | None:
         """The id the server gave the current support, or None before set_support()."""
-        return self._support_id
+        registered = self._support_slot.current
+        return None if registered is None else registered.key
 
     # -- support ---------------------------------------------------------------------------
 
@@ -138,13 +155,11 @@ class RemoteSegmenter:
         image_batch, mask_batch = _stack_support(images, masks,
                                                  self._order(channels))
         key = self._register(image_batch, mask_batch)
-        with self._support_lock:
-            self._support, self._support_id = (image_batch, mask_batch), key
+        self._support_slot.install(_Registered(image_batch, mask_batch, key))
 
     def clear_support(self) -> None:
         """Forget the support set (the server drops it in time, by its LRU bounds)."""
-        with self._support_lock:
-            self._support, self._support_id = None, None
+        self._support_slot.clear()
 
     # -- query -----------------------------------------------------------------------------
 
@@ -165,12 +180,17 @@ class RemoteSegmenter:
                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Segment ``image`` (HxWx3 uint8 in ``channels`` order, "rgb" or "bgr";
         grayscale and RGBA converted) on the server: the HxW bool mask, or
-        ``(mask, probability)`` with ``return_prob``."""
-        rgb = np.ascontiguousarray(as_rgb_uint8(image, "query image", self._order(channels)))
-        with self._support_lock:
-            support, key = self._support, self._support_id
-        if support is None or key is None:
-            raise InputError("no support set: call set_support(images, masks) before segment()")
+        ``(mask, probability)`` with ``return_prob``. Threads share the support
+        set_support() registered, with Segmenter's rule: a thread whose own support another
+        thread has replaced gets SupportReplacedError."""
+        return self._segment_with(self._support_slot.for_this_thread(), image, return_prob,
+                                  self._order(channels))
+
+    def _segment_with(self, registered: _Registered, image: np.ndarray, return_prob: bool,
+                      order: str) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """segment() against ``registered``, re-registering it when the server lost it."""
+        rgb = np.ascontiguousarray(as_rgb_uint8(image, "query image", order))
+        key = registered.key
         deadline = time.monotonic() + self.retry_timeout_s
         for attempt in range(MAX_REREGISTRATIONS + 1):
             try:
@@ -180,11 +200,9 @@ class RemoteSegmenter:
                 if error.kind != "UnknownSupportError" or attempt == MAX_REREGISTRATIONS:
                     raise error.as_exception() from None
                 # Evicted or the server restarted: register again (same content, same id).
-                key = self._register(*support, deadline=deadline)
+                key = self._register(registered.images, registered.masks, deadline=deadline)
                 self.reregistrations += 1
-                with self._support_lock:
-                    if self._support is support:
-                        self._support_id = key
+                registered.key = key
         if not return_prob:
             return mask
         if probability is None:  # the server answered without the output asked for
@@ -212,16 +230,18 @@ class RemoteSegmenter:
         """Segment frames in order; with ``pipeline``, up to ``pipeline_depth`` requests are
         in flight at once. An error raises at the failing frame."""
         order = self._order(channels)
+        # the calling thread's support, resolved here: the pool's threads set none
+        registered = self._support_slot.for_this_thread()
         if not pipeline:
             for frame in frames:
-                yield self.segment(frame, return_prob, channels=order)
+                yield self._segment_with(registered, frame, return_prob, order)
             return
         with ThreadPoolExecutor(self.pipeline_depth, thread_name_prefix="remote-seg") as pool:
             pending: deque[Future[Any]] = deque()
             try:
                 for frame in frames:
-                    pending.append(pool.submit(self.segment, frame, return_prob,
-                                               channels=order))
+                    pending.append(pool.submit(self._segment_with, registered, frame,
+                                               return_prob, order))
                     if len(pending) >= self.pipeline_depth:
                         yield pending.popleft().result()
                 while pending:

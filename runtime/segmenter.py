@@ -72,19 +72,12 @@ from crnet.runtime.preprocess import (
 )
 from crnet.runtime.resize_kernels import available as resize_kernels_available
 from crnet.runtime.resize_plans import scratch
+from crnet.runtime.support_slot import NoSupportError as NoSupportError  # re-exported
+from crnet.runtime.support_slot import SupportReplacedError as SupportReplacedError
+from crnet.runtime.support_slot import SupportSlot
 
 BACKENDS = ("auto", *REGISTRY)
 _LOG = logging.getLogger(__name__)
-
-
-class NoSupportError(InputError):
-    """segment() called before set_support()."""
-
-
-class SupportReplacedError(InputError):
-    """segment() without ``support=`` in a thread whose set_support() another thread has
-    since replaced: the cached support is one per Segmenter, so threads that each need
-    their own pass ``support=encode_support(...)`` instead."""
 
 
 class SegmenterClosedError(CrnetError, RuntimeError):
@@ -102,71 +95,6 @@ class SupportSet:
     def shots(self) -> int:
         """K, the number of support images."""
         return int(self.feat.shape[0])
-
-
-@dataclass(frozen=True)
-class _Installed:
-    """The cached support, with a token unique to the set_support() call that set it and
-    the name of the thread that called it."""
-
-    support: SupportSet
-    token: object
-    thread: str
-
-
-class _SupportSlot:
-    """A Segmenter's one cached support, and which thread set it.
-
-    Each thread remembers (thread-locally) the token of the support it last set. A thread
-    that has set one only segments with that same support: when another thread has
-    replaced it, ``for_this_thread`` raises SupportReplacedError instead of handing over
-    the other thread's support. A thread that never set one uses whatever is current
-    (one thread sets the support, others segment with it).
-    """
-
-    def __init__(self) -> None:
-        self._installed: _Installed | None = None
-        self._lock = threading.Lock()
-        self._mine = threading.local()
-
-    @property
-    def current(self) -> SupportSet | None:
-        """The cached support, whoever set it; None when there is none."""
-        installed = self._installed
-        return None if installed is None else installed.support
-
-    def install(self, support: SupportSet) -> None:
-        """Make ``support`` the cached one, set by the calling thread."""
-        token = object()
-        with self._lock:
-            self._installed = _Installed(support, token, threading.current_thread().name)
-        self._mine.token = token
-
-    def clear(self) -> None:
-        """Forget the calling thread's support. One another thread has set since is
-        left in place (it is not this thread's to clear)."""
-        mine = getattr(self._mine, "token", None)
-        with self._lock:
-            installed = self._installed
-            if installed is not None and (mine is None or installed.token is mine):
-                self._installed = None
-        self._mine.token = None
-
-    def for_this_thread(self) -> SupportSet:
-        """The support a call without ``support=`` uses in the calling thread."""
-        installed = self._installed  # one read: the support and its owner together
-        if installed is None:
-            raise NoSupportError("no support set: call set_support(images, masks) before "
-                                 "segment(), or pass support=encode_support(images, masks)")
-        mine = getattr(self._mine, "token", None)
-        if mine is not None and installed.token is not mine:
-            here = threading.current_thread().name
-            raise SupportReplacedError(
-                f"thread {here!r} set a support, but thread {installed.thread!r} has "
-                "since replaced it with its own (a Segmenter caches one support); to give "
-                "each thread its own support, pass support=seg.encode_support(images, "
-                "masks) to segment() instead of calling set_support()")
-        return installed.support
 
 
 class Segmenter:
@@ -280,7 +208,11 @@ class Segmenter:
         self.backend = backend
         self.spec = spec
         self.threshold = float(threshold)
-        self._support_slot = _SupportSlot()
+        self._support_slot: SupportSlot[SupportSet] = SupportSlot(
+            missing="call set_support(images, masks) before segment(), or pass "
+                    "support=encode_support(images, masks)",
+            advice="to give each thread its own support, pass support=seg.encode_support("
+                   "images, masks) to segment() instead of calling set_support()")
         self.adapter: Adapter | None = None
         self._backend_lock: threading.Lock | contextlib.nullcontext[None] = (
             contextlib.nullcontext() if backend.thread_safe else threading.Lock())

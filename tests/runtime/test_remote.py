@@ -196,3 +196,89 @@ def test_segment_re_registers_an_evicted_support_a_bounded_number_of_times(
         segmenter.segment(image)  # a store that never keeps it: bounded, then an error
     assert segmenter.reregistrations == 1 + remote.MAX_REREGISTRATIONS
     segmenter.close()
+
+
+def stand_in_server(segmenter: RemoteSegmenter, monkeypatch: pytest.MonkeyPatch,
+                    seen: list[str] | None = None) -> None:
+    """Replace the client's two server calls by a stand-in on this process (no network):
+    a support's id is its first pixel's value, and a mask is full of that value's parity,
+    so a mask tells which support made it."""
+
+    def register(images: np.ndarray, masks: np.ndarray, deadline: float | None = None) -> str:
+        return f"{int(images[0, 0, 0, 0]):02x}"
+
+    def once(key: str, rgb: np.ndarray, return_prob: bool) -> tuple[np.ndarray, None]:
+        if seen is not None:
+            seen.append(key)
+        return np.full(rgb.shape[:2], int(key, 16) % 2 == 1), None
+
+    monkeypatch.setattr(segmenter, "_register", register)
+    monkeypatch.setattr(segmenter, "_segment_once", once)
+
+
+def support(value: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    return [np.full((16, 16, 3), value, np.uint8)], [np.ones((16, 16), np.uint8)]
+
+
+def test_a_thread_whose_support_another_replaced_gets_support_replaced_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from crnet.runtime.support_slot import SupportReplacedError
+
+    segmenter = RemoteSegmenter(f"127.0.0.1:{free_port()}")
+    stand_in_server(segmenter, monkeypatch)
+    image = np.zeros((16, 16, 3), np.uint8)
+    segmenter.set_support(*support(1))  # this thread's support: odd
+    replaced = threading.Event()
+    other: list[object] = []
+
+    def other_thread() -> None:
+        segmenter.set_support(*support(2))  # even
+        other.append(bool(segmenter.segment(image).all()))
+        replaced.set()
+
+    threading.Thread(target=other_thread, name="camera-2").start()
+    assert replaced.wait(10)
+    assert other == [False]  # the other thread segments with its own support
+    with pytest.raises(SupportReplacedError, match="thread 'camera-2' has since replaced") \
+            as caught:
+        segmenter.segment(image)
+    assert "its own RemoteSegmenter" in str(caught.value)
+    with pytest.raises(SupportReplacedError):
+        next(iter(segmenter.segment_stream([image])))
+    segmenter.close()
+
+
+def test_threads_that_set_no_support_use_the_current_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    segmenter = RemoteSegmenter(f"127.0.0.1:{free_port()}")
+    stand_in_server(segmenter, monkeypatch)
+    segmenter.set_support(*support(3))
+    image = np.zeros((16, 16, 3), np.uint8)
+    with ThreadPoolExecutor(4) as pool:
+        masks = list(pool.map(lambda _: segmenter.segment(image), range(8)))
+    assert all(mask.all() for mask in masks)
+    segmenter.close()
+
+
+def test_a_stream_keeps_the_support_of_the_thread_that_started_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    seen: list[str] = []
+    segmenter = RemoteSegmenter(f"127.0.0.1:{free_port()}", pipeline_depth=2)
+    stand_in_server(segmenter, monkeypatch, seen)
+    segmenter.set_support(*support(5))
+    frames = [np.zeros((16, 16, 3), np.uint8)] * 6
+    stream = segmenter.segment_stream(frames)
+    first = next(stream)
+    swapper = threading.Thread(target=segmenter.set_support, args=support(6))
+    swapper.start()
+    swapper.join()
+    rest = list(stream)
+    assert first.all() and all(mask.all() for mask in rest)  # all made with support 5
+    assert set(seen) == {"05"}
+    segmenter.close()
