@@ -6,10 +6,12 @@ rerun draws its pictures from the same results its report gives. The entry's fil
 a hash of ``evaluation_inputs``: the cache format and crnet-deploy version, the backend and
 the version its registry reports, the precision, the model fields of the manifest, the
 checkpoint's hashes, the hashes of every file the backend loads for the variant (graphs,
-ONNX Runtime builds, TensorRT plans), and the episodes (dataset, data root, fold, split,
-shots, count, seed). A change to any of them names another file, so a stale entry is never
-read; the inputs are also stored in the entry and compared on load. An entry that does not
-parse or does not match is evaluated again and overwritten.
+ONNX Runtime builds, TensorRT plans), and the episodes (dataset, data root and a
+fingerprint of the files under it, fold, split, shots, count, seed). A change to any of
+them names another file, so a stale entry is never read (a dataset edited in place under
+the same root changes the fingerprint); the inputs are also stored in the entry and
+compared on load. An entry that does not parse or does not match is evaluated again and
+overwritten.
 """
 
 from __future__ import annotations
@@ -83,6 +85,30 @@ def evaluation_inputs(manifest: dict[str, Any], backend: str, backend_version: s
                      for key, value in episodes.items()},
         "picture_episodes": picture_episodes,
     }
+
+
+def data_fingerprint(root: str | Path | None) -> str | None:
+    """A hash of every regular file under ``root``: its path relative to the root, its size
+    and its modification time (nothing is read; symbolic links are not followed). None
+    without a root (synthetic episodes are made from the seed alone)."""
+    import os
+
+    if root is None:
+        return None
+    digest = hashlib.sha256()
+    base = Path(root)
+    for directory, folders, names in os.walk(base):
+        folders.sort()
+        for name in sorted(names):
+            path = Path(directory) / name
+            try:
+                found = path.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            relative = path.relative_to(base).as_posix()
+            digest.update(f"{relative}\0{found.st_size}\0{found.st_mtime_ns}\n".encode(
+                "utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def entry_path(cache_dir: Path, inputs: dict[str, Any]) -> Path:

@@ -278,14 +278,15 @@ def _evaluation_inputs(bundle_dir: Path, variants: dict[str, tuple[str, str]],
                        options: DeployOptions, settings: dict[str, Any]
                        ) -> dict[str, dict[str, Any]]:
     """The cache inputs of each variant (crnet.deploy.cache.evaluation_inputs)."""
-    from crnet.deploy.cache import evaluation_inputs
+    from crnet.deploy.cache import data_fingerprint, evaluation_inputs
     from crnet.runtime.backends.base import backend_class
     from crnet.runtime.bundle import Bundle
 
     manifest = Bundle.load(bundle_dir, verify=False).manifest
     versions = {backend: backend_class(backend).is_available()[1]
                 for backend, _ in variants.values()}
-    episodes = {**settings, "sampler": options.data.sampler}
+    episodes = {**settings, "sampler": options.data.sampler,
+                "data_files": data_fingerprint(options.data.resolved_root)}
     return {name: evaluation_inputs(manifest, backend, versions[backend], precision,
                                     episodes, min(PICTURE_EPISODES, options.episodes))
             for name, (backend, precision) in variants.items()}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from crnet.deploy.cache import (
+    data_fingerprint,
     decode_mask,
     encode_mask,
     entry_path,
@@ -65,7 +66,7 @@ CHANGES = {
     "preprocessing": inputs_of(changed_manifest(("preprocessing", "mean"), [0.4])),
     **{f"episodes {key}": inputs_of(episodes={**EPISODES, key: value}) for key, value in (
         ("episodes", 4), ("seed", 1), ("shots", 5), ("dataset", "pascal-5i"), ("fold", 1),
-        ("data_root", "/data/VOC2012"), ("sampler", "hsnet"))},
+        ("data_root", "/data/VOC2012"), ("sampler", "hsnet"), ("data_files", "f" * 64))},
 }
 
 
@@ -164,3 +165,53 @@ def test_a_bad_entry_is_not_read(how: str, tmp_path: Path) -> None:
 
 def test_a_missing_entry_is_not_cached(tmp_path: Path) -> None:
     assert read_entry(tmp_path / "eval-x.json", inputs_of(), 3) == (None, "not cached")
+
+
+def test_the_data_fingerprint_follows_the_files_under_the_root(tmp_path: Path) -> None:
+    """A dataset edited in place, under the same root, is another input."""
+    import os
+
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    image = root / "JPEGImages" / "a.jpg"
+    image.write_bytes(b"1234")
+    os.utime(image, ns=(1_000_000_000, 1_000_000_000))
+    first = data_fingerprint(root)
+    assert data_fingerprint(str(root)) == first and data_fingerprint(None) is None
+    image.write_bytes(b"5678")  # same size, new contents: the modification time moves
+    os.utime(image, ns=(2_000_000_000, 2_000_000_000))
+    edited = data_fingerprint(root)
+    assert edited != first
+    (root / "JPEGImages" / "b.jpg").write_bytes(b"")
+    assert data_fingerprint(root) != edited
+    (root / "JPEGImages" / "b.jpg").rename(root / "JPEGImages" / "c.jpg")
+    assert data_fingerprint(root) not in (first, edited)
+
+
+def test_deploy_keys_its_evaluations_by_the_data_under_the_root(tiny_bundle: Path,
+                                                                tmp_path: Path) -> None:
+    """The pipeline passes the fingerprint into every variant's key: a mask edited in
+    place names another cache entry."""
+    from crnet.data.options import EpisodeSource
+    from crnet.deploy import pipeline
+    from crnet.deploy.options import DeployOptions
+
+    root = tmp_path / "folder"
+    (root / "cats").mkdir(parents=True)
+    mask = root / "cats" / "a.mask.png"
+    mask.write_bytes(b"old")
+    deploy_options = DeployOptions(checkpoint=None, data=EpisodeSource("folder", root),
+                                   episodes=3, progress=False)
+    variants = {"reference": ("torch", "fp32"), "fp32": ("onnxruntime", "fp32")}
+    settings = pipeline.gate_settings(deploy_options, 0)
+
+    def keys() -> dict[str, Path]:
+        inputs = pipeline._evaluation_inputs(tiny_bundle, variants, deploy_options, settings)
+        assert {entry["episodes"]["data_files"] for entry in inputs.values()} == {
+            data_fingerprint(root)}
+        return {name: entry_path(tmp_path, entry) for name, entry in inputs.items()}
+
+    before = keys()
+    mask.write_bytes(b"new, longer")
+    after = keys()
+    assert all(before[name] != after[name] for name in variants)
