@@ -36,7 +36,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from crnet.serve.http_front import free_loopback_port
 from crnet.serve.lifecycle import (
     descendants,
     mapped_shared_memory,
@@ -76,13 +76,6 @@ CLIENT_ERRORS = ("400 ", "403 ", "411 ", "413 ", "StatusCode.INVALID_ARGUMENT ",
 STORE_MAX_MB = 8
 """The soak's support store bound (--store-max-mb), so RSS growth measures leaks, not a
 store filling up to its default 512 MiB by design."""
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the server's process tree -----------------------------------------------------------
@@ -128,7 +121,8 @@ class Server:
     def start(self, timeout_s: float = 300.0) -> float:
         """Start it; the seconds until it printed ready."""
         if not self.ports:
-            self.ports = {name: free_port() for name in ("http", "grpc", "metrics", "store")}
+            self.ports = {name: free_loopback_port()
+                          for name in ("http", "grpc", "metrics", "store")}
         command = [self.crnet, "serve", str(self.bundle), "--host", HOST,
                    "--http-port", str(self.ports["http"]), "--grpc-port",
                    str(self.ports["grpc"]), "--metrics-port", str(self.ports["metrics"]),

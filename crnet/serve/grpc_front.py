@@ -32,6 +32,7 @@ serialization) is refused the same way, as Triton would refuse it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
@@ -41,7 +42,7 @@ import grpc
 
 from crnet.runtime.preprocess import InputError
 from crnet.serve.http_front import FrontEndError
-from crnet.serve.limits import DeclaredTensor, bytes_items
+from crnet.serve.limits import DeclaredTensor, bytes_items, one_line
 
 LOG = logging.getLogger("crnet.serve.grpc_front")
 
@@ -74,7 +75,6 @@ MAX_SCANNED_ITEMS = 1 << 16
 """BYTES inputs with more elements than this are not measured item by item (item_bytes
 None): the crnet models take one id, and Triton checks the serialization itself."""
 MAX_LOGGED_CHARS = 300
-MAX_DETAILS_CHARS = 1000
 CHECK_FAILED_DETAILS = ("[crnet:InternalError] the request could not be checked; the "
                         "server log has the cause")
 UNREACHABLE_DETAILS = ("[crnet:ServerUnavailable] the inference server behind this port is not "
@@ -153,11 +153,8 @@ def declared_inputs(message: bytes, service_pb2: Any
         shape = tuple(tensor.shape)
         item_bytes = None
         if tensor.datatype == "BYTES":
-            count = 1
-            for side in shape:
-                count *= side
             if raw:
-                item_bytes = _raw_items(raw[index], count, tensor.name)
+                item_bytes = _raw_items(raw[index], math.prod(shape), tensor.name)
             elif tensor.contents.bytes_contents:
                 item_bytes = tuple(len(item) for item in tensor.contents.bytes_contents)
         declared[tensor.name] = DeclaredTensor(tensor.datatype, shape, item_bytes)
@@ -167,23 +164,15 @@ def declared_inputs(message: bytes, service_pb2: Any
 def _raw_items(buffer: bytes, count: int, name: str) -> tuple[int, ...] | None:
     """The element lengths of a raw BYTES buffer of ``count`` elements (None if there are
     too many to measure); InputError if the buffer is not Triton's serialization."""
-    # each element takes at least its 4-byte length: more cannot be there
-    if count < 0 or count > len(buffer) // 4:
-        items = None
-    elif count > MAX_SCANNED_ITEMS:
+    # each element takes at least its 4-byte length: bytes_items refuses more than fit
+    if MAX_SCANNED_ITEMS < count <= len(buffer) // 4:
         return None
-    else:
-        items = bytes_items(buffer, count)
+    items = bytes_items(buffer, count)
     if items is None:
         shown = "".join(c if c.isprintable() else "?" for c in name[:MAX_NAME_CHARS])
         raise InputError(f"{shown} data is not Triton's BYTES serialization (a 4-byte "
                          "length before each element)")
     return items
-
-
-def _one_line(text: str, limit: int) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 class _Refusal:
@@ -199,7 +188,7 @@ def _checked(message: bytes, check: Check, service_pb2: Any) -> _Refusal | None:
         model, declared = declared_inputs(message, service_pb2)
         check(model, declared)
     except InputError as error:
-        text = _one_line(str(error), MAX_DETAILS_CHARS)
+        text = one_line(str(error))
         LOG.warning("refused gRPC inference request: %s", text[:MAX_LOGGED_CHARS])
         return _Refusal(grpc.StatusCode.INVALID_ARGUMENT,
                         f"[crnet:{type(error).__name__}] {text}")

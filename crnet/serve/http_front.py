@@ -28,19 +28,20 @@ import contextlib
 import http.client
 import json
 import logging
+import math
 import re
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from crnet.runtime.errors import CrnetError
 from crnet.runtime.preprocess import InputError
-from crnet.serve.limits import DeclaredTensor, flattened
+from crnet.serve.limits import DeclaredTensor, flattened, one_line
 
 LOG = logging.getLogger("crnet.serve.http_front")
 
@@ -144,18 +145,11 @@ def declared_inputs(header: Any, binary: bool) -> dict[str, DeclaredTensor]:
         if datatype == "BYTES":
             size = parameters.get("binary_data_size")
             if binary and isinstance(size, int) and "data" not in entry:
-                items = (max(0, size - 4),) if _product(shape) == 1 else None
+                items = (max(0, size - 4),) if math.prod(shape) == 1 else None
             elif "data" in entry:
                 items = tuple(len(str(value).encode()) for value in flattened(entry["data"]))
         declared[name] = DeclaredTensor(datatype, tuple(shape), items)
     return declared
-
-
-def _product(shape: Sequence[int]) -> int:
-    count = 1
-    for side in shape:
-        count *= side
-    return count
 
 
 def _mib(count: int) -> str:
@@ -208,7 +202,6 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     _upstream: http.client.HTTPConnection | None = None
-    _drop_upstream_after = False
     _continued = False
     """Whether "100 Continue" was sent for the request being handled."""
 
@@ -272,12 +265,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._continued = True
         try:
             prefix = self._checked_header(length)
-        except _ClientGone:
-            self.close_connection = True
-            return
-        if prefix is None:
-            return
-        try:
+            if prefix is None:
+                return
             response = self._send_upstream(length, prefix)
         except _ClientGone:
             self.close_connection = True
@@ -313,13 +302,13 @@ class _Handler(BaseHTTPRequestHandler):
                          "tensor data in binary (Triton's binary tensor extension, as "
                          "tritonclient does) or smaller images", unread=length)
             return None
-        prefix = self._read_exactly(json_length)
+        prefix = b"".join(self._body_pieces(json_length))
         try:
             header = json.loads(prefix)
             declared = declared_inputs(header, binary=raw is not None)
             settings.check(model.group(1), declared)
         except InputError as error:  # before ValueError: InputError is one
-            self._refuse(400, type(error).__name__, " ".join(str(error).split())[:1000],
+            self._refuse(400, type(error).__name__, one_line(str(error)),
                          unread=length - json_length)
             return None
         except (ValueError, RecursionError):
@@ -328,8 +317,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return prefix
 
-    def _read_exactly(self, count: int) -> bytes:
-        pieces, remaining = [], count
+    def _body_pieces(self, count: int) -> Iterator[bytes]:
+        """The next ``count`` bytes of the request body, at most PIECE_BYTES at a time;
+        _ClientGone when the client stops sending first."""
+        remaining = count
         while remaining:
             try:
                 piece = self.rfile.read(min(PIECE_BYTES, remaining))
@@ -337,9 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = b""
             if not piece:
                 raise _ClientGone
-            pieces.append(piece)
+            yield piece
             remaining -= len(piece)
-        return b"".join(pieces)
 
     def _send_upstream(self, length: int, prefix: bytes = b"") -> http.client.HTTPResponse:
         """Send this request's head and its ``length`` body bytes to Triton (``prefix``,
@@ -356,17 +346,12 @@ class _Handler(BaseHTTPRequestHandler):
         connection.endheaders()
         if prefix:
             connection.send(prefix)
-        remaining = length - len(prefix)
-        while remaining:
-            try:
-                piece = self.rfile.read(min(PIECE_BYTES, remaining))
-            except OSError:
-                piece = b""
-            if not piece:  # the client stopped sending: Triton gets a cut request, dropped
-                self._drop_upstream()
-                raise _ClientGone
-            connection.send(piece)
-            remaining -= len(piece)
+        try:
+            for piece in self._body_pieces(length - len(prefix)):
+                connection.send(piece)
+        except _ClientGone:  # Triton gets a cut request, which it drops
+            self._drop_upstream()
+            raise
         return connection.getresponse()
 
     def _relay(self, response: http.client.HTTPResponse) -> None:
@@ -383,8 +368,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(known + len(extra)))
         elif chunked:
             self.send_header("Transfer-Encoding", "chunked")
-        if response.will_close:
-            self._drop_upstream_after = True
         self.end_headers()
         try:
             while self.command != "HEAD":
@@ -400,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             response.close()
-        if self._drop_upstream_after or known is None:
+        if response.will_close or known is None:
             self._drop_upstream()
 
     def _upstream_connection(self) -> http.client.HTTPConnection:
@@ -418,7 +401,6 @@ class _Handler(BaseHTTPRequestHandler):
             connection.connect()
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._upstream = connection
-        self._drop_upstream_after = False
         return connection
 
     def _drop_upstream(self) -> None:

@@ -8,6 +8,7 @@ bound, the value sent and the flag that raises it; a support id is never echoed 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ HEADER_ALLOWANCE_BYTES = 1 << 20
 form, protobuf fields): the front ends read at most max_request_mb plus this."""
 REQUEST_SIZE_MESSAGE = ("request of {mib:.1f} MiB is larger than the {limit:g} MiB this server "
                         "accepts (--max-request-mb); send smaller images")
+MAX_MESSAGE_CHARS = 1000
+"""The longest message a refusal carries to the client (cut, with "...")."""
 ID_DIGITS = frozenset(b"0123456789abcdef")
 LOGGED_ID_CHARS = 64
 
@@ -77,9 +80,19 @@ def loggable_id(raw: object) -> str:
     return f"{text!r}{more} ({length} chars)"
 
 
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, made one space), cut to
+    ``limit`` characters with "..." after: the form every refusal's message takes."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 def check_request_size(request: Mapping[str, Any], limits: RequestLimits) -> None:
     """Refuse a request whose input tensors hold more than max_request_mb together."""
-    total = sum(int(getattr(value, "nbytes", 0)) for value in request.values())
+    _check_total(sum(int(getattr(value, "nbytes", 0)) for value in request.values()), limits)
+
+
+def _check_total(total: int, limits: RequestLimits) -> None:
     if total > limits.max_request_bytes:
         raise RequestLimitError(REQUEST_SIZE_MESSAGE.format(mib=total / 2**20,
                                                             limit=limits.max_request_mb))
@@ -200,10 +213,7 @@ class DeclaredTensor:
 
     @property
     def elements(self) -> int:
-        count = 1
-        for side in self.shape:
-            count *= side
-        return count
+        return math.prod(self.shape)
 
 
 def _declared(tensors: Mapping[str, DeclaredTensor], name: str, datatype: str,
@@ -226,11 +236,9 @@ def check_declared(model: str, tensors: Mapping[str, DeclaredTensor],
     other models pass (Triton answers for them)."""
     if model not in (SUPPORT_MODEL, SEGMENT_MODEL):
         return
-    total = sum(tensor.elements for tensor in tensors.values()
-                if tensor.datatype == "UINT8" and all(side >= 0 for side in tensor.shape))
-    if total > limits.max_request_bytes:
-        raise RequestLimitError(REQUEST_SIZE_MESSAGE.format(mib=total / 2**20,
-                                                            limit=limits.max_request_mb))
+    _check_total(sum(tensor.elements for tensor in tensors.values()
+                     if tensor.datatype == "UINT8" and all(side >= 0 for side in tensor.shape)),
+                 limits)
     if model == SUPPORT_MODEL:
         images = _declared(tensors, "images", "UINT8", "[K,H,W,3]")
         masks = _declared(tensors, "masks", "UINT8", "[K,H,W]")

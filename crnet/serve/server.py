@@ -44,12 +44,14 @@ import numpy as np
 from crnet.runtime.preprocess import InputError
 from crnet.serve.http_front import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT_S, FrontEndError
 from crnet.serve.limits import (
+    HEADER_ALLOWANCE_BYTES,
     DeclaredTensor,
     RequestLimits,
     check_declared,
     check_segment_request,
     check_support_request,
     loggable_id,
+    one_line,
 )
 from crnet.serve.support_store import (
     DEFAULT_MAX_BYTES,
@@ -113,19 +115,15 @@ class SupportService:
         return mask, probability.astype(np.float32, copy=False)
 
 
-MAX_MESSAGE_CHARS = 1000
 CLIENT_ERRORS = (InputError,)
 
 
 def request_error(error: Exception) -> RequestError:
     """The client-facing error for an exception raised while serving a request: its class
-    name and its message on one line (at most MAX_MESSAGE_CHARS characters)."""
+    name and its message on one line (crnet.serve.limits.one_line)."""
     if isinstance(error, RequestError):
         return error
-    message = " ".join(str(error).split())
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS] + "..."
-    return RequestError(type(error).__name__, message)
+    return RequestError(type(error).__name__, one_line(str(error)))
 
 
 def tensors(request: Any) -> dict[str, Any]:
@@ -305,7 +303,8 @@ def front_ends(args: ServeOptions, ports: InternalPorts, store: SupportStore) ->
     from crnet.serve.grpc_front import GrpcFront
     from crnet.serve.http_front import METRICS_ROUTES, FrontSettings, HttpFront
 
-    hint = f"--max-request-mb {args.limits.max_request_mb:g} plus 1 MiB for the header"
+    hint = (f"--max-request-mb {args.limits.max_request_mb:g} plus "
+            f"{HEADER_ALLOWANCE_BYTES / 2**20:g} MiB for the header")
     limits = args.limits
 
     def check(model: str, tensors: Mapping[str, DeclaredTensor]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from crnet.serve.http_front import free_loopback_port
 from crnet.serve.lifecycle import process_running, shared_memory_files
 from tests.tool_modules import load_tool
 from tests.venvs import clean_environment, tiny_bundle
@@ -72,7 +73,7 @@ def load(url: str, stop: threading.Event, served: list[int]) -> None:
 def test_ready_only_with_both_models_and_sigterm_under_load_leaves_nothing(
         serve_venv: Path, bundle: Path, tmp_path: Path) -> None:
     server = soak.Server(str(serve_venv / "crnet"), bundle, tmp_path / "serve.log")
-    server.ports = {name: soak.free_port() for name in ("http", "grpc", "metrics", "store")}
+    server.ports = {name: free_loopback_port() for name in ("http", "grpc", "metrics", "store")}
     done, seen = threading.Event(), []
     poller = threading.Thread(target=poll_readiness,
                               args=(f"http://{server.url}", done, seen))
@@ -124,7 +125,7 @@ def test_the_death_of_its_parent_stops_it_and_leaves_nothing(
     log = tmp_path / "serve.log"
     command = [str(serve_venv / "crnet"), "serve", str(bundle), "--threads", "1",
                *[arg for name in ("http", "grpc", "metrics", "store-metrics")
-                 for arg in (f"--{name}-port", str(soak.free_port()))]]
+                 for arg in (f"--{name}-port", str(free_loopback_port()))]]
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(log), *command],
                               stdout=subprocess.PIPE, text=True, start_new_session=True,
                               env=clean_environment())
